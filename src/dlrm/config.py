@@ -1,0 +1,121 @@
+"""Plain dataclass configs for the model and its training, and the reference's presets.
+
+Architectures are written as the reference writes them: ``"13-512-256-64-16"`` for the bottom
+MLP (input width first) and ``"512-256-1"`` for the top MLP (its input width is computed from
+the interaction, so it is left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+# The 26 Criteo Kaggle table sizes with one id per distinct value (../shared/README.md).
+CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
+    14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+
+
+def parse_arch(spec: str | list[int] | tuple[int, ...]) -> list[int]:
+    """``"13-512-256"`` -> ``[13, 512, 256]``; lists pass through. Widths must be positive."""
+    if isinstance(spec, str):
+        try:
+            widths = [int(part) for part in spec.strip().split("-") if part != ""]
+        except ValueError as err:
+            raise ValueError(f"architecture {spec!r}: expected widths like '13-512-256'") from err
+    else:
+        widths = [int(w) for w in spec]
+    if not widths or any(w <= 0 for w in widths):
+        raise ValueError(f"architecture {spec!r}: every width must be a positive integer")
+    return widths
+
+
+@dataclass
+class DLRMConfig:
+    """Shape of a DLRM.
+
+    Args:
+        table_sizes: rows of each categorical feature's embedding table (F tables).
+        embedding_dim: D, the width of every embedding row and of the bottom MLP's output.
+        bottom_mlp: widths from the dense input to D, e.g. ``[13, 512, 256, 64, 16]``.
+        top_mlp: widths after the interaction, ending at 1, e.g. ``[512, 256, 1]``.
+        interaction: ``"dot"`` (pairwise dot products, the paper's) or ``"cat"``.
+        interaction_self: also include each vector's dot product with itself.
+    """
+
+    table_sizes: list[int]
+    embedding_dim: int = 16
+    bottom_mlp: list[int] = field(default_factory=lambda: [13, 512, 256, 64, 16])
+    top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])
+    interaction: str = "dot"
+    interaction_self: bool = False
+
+    def __post_init__(self) -> None:
+        self.bottom_mlp = parse_arch(self.bottom_mlp)
+        self.top_mlp = parse_arch(self.top_mlp)
+        self.table_sizes = [int(n) for n in self.table_sizes]
+        self.validate()
+
+    @property
+    def num_dense(self) -> int:
+        return self.bottom_mlp[0]
+
+    @property
+    def num_sparse(self) -> int:
+        return len(self.table_sizes)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field that is wrong."""
+        for k, n in enumerate(self.table_sizes):
+            if n <= 0:
+                raise ValueError(f"table_sizes[{k}] = {n}: every table needs at least one row")
+        if self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim = {self.embedding_dim}: must be positive")
+        if len(self.bottom_mlp) < 2:
+            raise ValueError(f"bottom_mlp {self.bottom_mlp}: needs an input width and an output")
+        if self.bottom_mlp[-1] != self.embedding_dim:
+            raise ValueError(
+                f"bottom_mlp {'-'.join(map(str, self.bottom_mlp))} ends at {self.bottom_mlp[-1]},"
+                f" but it must end at the embedding dimension D={self.embedding_dim}"
+            )
+        if self.top_mlp[-1] != 1:
+            raise ValueError(f"top_mlp {self.top_mlp}: must end with width 1 (one logit)")
+        if self.interaction not in ("dot", "cat"):
+            raise ValueError(f"interaction {self.interaction!r}: expected 'dot' or 'cat'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DLRMConfig:
+        return cls(**d)
+
+
+def preset(name: str, table_sizes: list[int] | None = None, rows_cap: int | None = None,
+           num_dense: int = 13) -> DLRMConfig:
+    """The reference recipes: ``kaggle``, ``terabyte``, ``mlperf``, and ``tiny`` for tests.
+
+    ``table_sizes`` defaults to the Criteo Kaggle sizes (``tiny``: 8 small tables);
+    ``rows_cap`` caps every table (e.g. 100_000 to fit a laptop).
+    """
+    recipes = {
+        "kaggle": (16, [512, 256, 64, 16], [512, 256, 1]),
+        "terabyte": (64, [512, 256, 64], [512, 512, 256, 1]),
+        "mlperf": (128, [512, 256, 128], [1024, 1024, 512, 256, 1]),
+        "tiny": (8, [32, 8], [32, 16, 1]),
+    }
+    if name not in recipes:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(recipes)}")
+    dim, bottom, top = recipes[name]
+    if table_sizes is None:
+        table_sizes = [200, 100, 500, 50, 1000, 20, 300, 80] if name == "tiny" \
+            else list(CRITEO_KAGGLE_TABLE_SIZES)
+    sizes = [min(n, rows_cap) if rows_cap else n for n in table_sizes]
+    return DLRMConfig(table_sizes=sizes, embedding_dim=dim, bottom_mlp=[num_dense, *bottom],
+                      top_mlp=top)
+
+
+def with_tables(config: DLRMConfig, table_sizes: list[int]) -> DLRMConfig:
+    """A copy of ``config`` with other table sizes."""
+    return replace(config, table_sizes=list(table_sizes))

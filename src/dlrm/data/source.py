@@ -1,0 +1,50 @@
+"""What every data source offers the training loop, the benchmarks and the CLI.
+
+A data source is any object with these attributes and methods (a ``typing.Protocol``, so
+synthetic generators and memory-mapped Criteo folders need no common base class):
+
+- ``num_dense``: int, dense features per sample; ``table_sizes``: list[int], rows per table.
+- ``splits()``: the split names it has, e.g. ``["train", "val", "test"]``.
+- ``num_samples(split)``: rows in a split.
+- ``batches(split, batch_size, start_batch=0, epoch=0, shuffle=False, seed=0, drop_last=False,
+  rank=0, world_size=1)``: an iterator of ``Batch``; batch ``k`` of an epoch is a pure function
+  of ``(split, batch_size, epoch, seed, k)``, so a resumed run starting at ``start_batch``
+  sees exactly the batches an uninterrupted run saw. With ``world_size > 1`` each yielded
+  batch is rank ``rank``'s contiguous slice of the global batch.
+- ``spec()``: a JSON-able dict from which ``dlrm.data.open_data`` rebuilds the same source
+  (stored in checkpoints so ``dlrm eval`` evaluates on the same data).
+- optionally ``optimal_metrics(split)``: Bayes-optimal AUC / log loss where the true click
+  probabilities are known (planted synthetic data), else absent or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+from dlrm.features import Batch
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    num_dense: int
+    table_sizes: list[int]
+
+    def splits(self) -> list[str]: ...
+
+    def num_samples(self, split: str) -> int: ...
+
+    def batches(self, split: str, batch_size: int, start_batch: int = 0, epoch: int = 0,
+                shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                rank: int = 0, world_size: int = 1) -> Iterator[Batch]: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous part of a global batch; the first ``B % W`` ranks get one more."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    base, extra = divmod(batch_size, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))

@@ -1,0 +1,94 @@
+"""DLRM: Naumov et al. 2019, "Deep Learning Recommendation Model for Personalization and
+Recommendation Systems" (arXiv:1906.00091).
+
+Math, for dense features d (B, 13) and F bags of categorical ids:
+    x       = BottomMLP(d)                             (B, D), ReLU after every layer
+    e_f     = sum of table f's rows over the bag        (B, F, D)
+    z       = [x, <T_i, T_j> for j < i] with T = [x, e_1..e_F]   (B, D + F(F+1)/2)
+    logit   = TopMLP(z)                                 (B,), no activation at the end
+    p(click) = sigmoid(logit); trained with BCE-with-logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlrm.config import DLRMConfig
+from dlrm.features import SparseFeatures
+from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.interactions import CatInteraction, DotInteraction
+from dlrm.models.mlp import MLP
+
+
+class DLRM(nn.Module):
+    """The DLRM model.
+
+    Args:
+        config: a ``DLRMConfig`` (see ``dlrm.config.preset`` for the reference recipes). The
+            top MLP's input width is computed from the interaction and prepended here.
+        check_inputs: check every batch for NaN/inf dense values and out-of-range ids (a few
+            cheap reductions); benchmarks turn it off.
+
+    Call: ``forward(dense (B, num_dense) float, sparse SparseFeatures with F features)``
+    returns logits ``(B,)``.
+
+    Example:
+        >>> model = DLRM(preset("tiny"))
+        >>> ids = torch.zeros(4, 8, dtype=torch.long)
+        >>> model(torch.randn(4, 13), SparseFeatures.from_ids(ids)).shape
+        torch.Size([4])
+    """
+
+    def __init__(self, config: DLRMConfig, check_inputs: bool = True) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.check_inputs = check_inputs
+        dim = config.embedding_dim
+        num_features = config.num_sparse
+        self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, dim)
+        if config.interaction == "dot":
+            self.interaction: nn.Module = DotInteraction(num_features, config.interaction_self)
+            top_in = DotInteraction.output_width(num_features, dim, config.interaction_self)
+        else:
+            self.interaction = CatInteraction()
+            top_in = CatInteraction.output_width(num_features, dim)
+        self.top_mlp = MLP([top_in, *config.top_mlp], final_activation=False)
+        self.register_buffer("_table_sizes", torch.tensor(config.table_sizes), persistent=False)
+
+    def validate_inputs(self, dense: torch.Tensor, sparse: SparseFeatures) -> None:
+        """Raise ``ValueError`` naming the bad input (shape, NaN, id out of range)."""
+        num_dense = self.config.num_dense
+        if dense.dim() != 2 or dense.shape[1] != num_dense:
+            raise ValueError(f"dense input has shape {tuple(dense.shape)}; "
+                             f"expected (B, {num_dense})")
+        if sparse.num_features != self.config.num_sparse:
+            raise ValueError(f"got {sparse.num_features} sparse features; "
+                             f"the model has {self.config.num_sparse} tables")
+        if sparse.batch_size != dense.shape[0]:
+            raise ValueError(f"sparse batch size {sparse.batch_size} != dense batch size "
+                             f"{dense.shape[0]}")
+        if not bool(torch.isfinite(dense).all()):
+            bad = (~torch.isfinite(dense)).nonzero()[0].tolist()
+            raise ValueError(f"dense input has a NaN or infinite value at sample {bad[0]}, "
+                             f"dense feature {bad[1]}")
+        if sparse.values.numel() == 0:
+            return
+        if sparse.one_hot:
+            ids = sparse.values.view(sparse.num_features, -1)
+            too_big = ids.amax(1) >= self._table_sizes
+            too_small = ids.amin(1) < 0
+            if bool(too_big.any() | too_small.any()):
+                sparse.validate(self.config.table_sizes)  # names the feature and id
+        else:
+            sparse.validate(self.config.table_sizes)
+
+    def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
+        if self.check_inputs:
+            self.validate_inputs(dense, sparse)
+        x = self.bottom_mlp(dense)  # (B, D)
+        pooled = self.embeddings(sparse)  # (B, F, D)
+        interactions = self.interaction(x, pooled.to(x.dtype))  # (B, D + P)
+        return self.top_mlp(interactions).squeeze(1)  # (B,)

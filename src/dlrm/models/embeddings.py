@@ -1,0 +1,124 @@
+"""All embedding tables in one fused weight, one lookup for all features, sparse row grads.
+
+Math: for feature f and sample b with bag S_fb of ids, ``pooled[b, f] = sum_{i in S_fb} E_f[i]``.
+
+All F tables live in one ``(sum_f n_f, D)`` weight; table f starts at row ``table_offsets[f]``.
+A lookup adds the offsets to the local ids and gathers once (``index_select`` for one-hot bags,
+``embedding_bag`` otherwise), instead of a Python loop over F ``nn.EmbeddingBag`` modules.
+
+The backward pass hands autograd a *sparse* COO gradient ``(ids, rows)`` of the weight — one
+row of D values per looked-up id, duplicates left uncoalesced — so the optimizer can update
+only the touched rows (``dlrm.training.optim``). Producing it costs one reshape of the pooled
+gradient for one-hot bags; no (rows, D) dense gradient is ever allocated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dlrm.features import SparseFeatures
+
+
+class _FusedLookup(torch.autograd.Function):
+    """pooled (F*B, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor,
+                one_hot: bool) -> torch.Tensor:  # type: ignore[override]
+        if one_hot:
+            pooled = weight.index_select(0, ids)  # (F*B, D)
+        else:
+            pooled = torch.nn.functional.embedding_bag(
+                ids, weight, offsets[:-1], mode="sum", include_last_offset=False)
+        ctx.save_for_backward(ids, offsets)
+        ctx.one_hot = one_hot
+        ctx.weight_shape = weight.shape
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
+        ids, offsets = ctx.saved_tensors
+        grad_pooled = grad_pooled.contiguous()
+        if ctx.one_hot:
+            rows = grad_pooled  # (N, D): one id per bag
+        else:
+            lengths = offsets[1:] - offsets[:-1]
+            bag_of_value = torch.repeat_interleave(
+                torch.arange(lengths.numel(), device=ids.device), lengths)
+            rows = grad_pooled.index_select(0, bag_of_value)  # (N, D)
+        grad_weight = torch.sparse_coo_tensor(
+            ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
+        return grad_weight, None, None, None
+
+
+class FusedEmbeddingBag(nn.Module):
+    """F sum-pooled embedding tables of dimension D in one weight.
+
+    Args:
+        table_sizes: rows n_f of each table.
+        embedding_dim: D.
+        init: ``"uniform"`` draws table f's rows from U(-sqrt(1/n_f), sqrt(1/n_f)) as the
+            reference DLRM does.
+
+    Call: ``forward(sparse)`` with F features and batch B returns ``(B, F, D)``.
+
+    Example:
+        >>> emb = FusedEmbeddingBag([10, 20], embedding_dim=4)
+        >>> emb(SparseFeatures.from_ids(torch.tensor([[1, 19], [0, 3]]))).shape
+        torch.Size([2, 2, 4])
+    """
+
+    def __init__(self, table_sizes: list[int], embedding_dim: int) -> None:
+        super().__init__()
+        for k, n in enumerate(table_sizes):
+            if n <= 0:
+                raise ValueError(f"table {k}: size {n}; every table needs at least one row")
+        self.table_sizes = [int(n) for n in table_sizes]
+        self.embedding_dim = int(embedding_dim)
+        offsets = [0]
+        for n in self.table_sizes:
+            offsets.append(offsets[-1] + n)
+        self.register_buffer("table_offsets", torch.tensor(offsets, dtype=torch.int64),
+                             persistent=False)
+        self.weight = nn.Parameter(torch.empty(offsets[-1], self.embedding_dim))
+        self.weight.sparse_rows = True  # tells build_optimizer to use a sparse row update
+        self.reset_parameters()
+
+    @property
+    def num_features(self) -> int:
+        return len(self.table_sizes)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for k, n in enumerate(self.table_sizes):
+                bound = math.sqrt(1.0 / n)
+                self.table(k).uniform_(-bound, bound)
+
+    def table(self, k: int) -> torch.Tensor:
+        """Table k as a view (n_k, D) of the fused weight."""
+        start = int(self.table_offsets[k])
+        return self.weight[start: start + self.table_sizes[k]]
+
+    def global_ids(self, sparse: SparseFeatures) -> torch.Tensor:
+        """Local ids + each value's table offset -> rows of the fused weight, (N,)."""
+        batch = sparse.batch_size
+        if sparse.one_hot:
+            ids = sparse.values.view(self.num_features, batch)
+            return (ids + self.table_offsets[:-1, None]).view(-1)
+        # Values of feature f are the contiguous run offsets[f*B] : offsets[(f+1)*B].
+        bounds = sparse.offsets[:: batch]
+        per_feature = bounds[1:] - bounds[:-1]
+        shift = torch.repeat_interleave(self.table_offsets[:-1], per_feature)
+        return sparse.values + shift
+
+    def forward(self, sparse: SparseFeatures) -> torch.Tensor:
+        if sparse.num_features != self.num_features:
+            raise ValueError(f"got {sparse.num_features} sparse features, "
+                             f"the model has {self.num_features} tables")
+        batch = sparse.batch_size
+        ids = self.global_ids(sparse)
+        pooled = _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot)
+        return pooled.view(self.num_features, batch, self.embedding_dim).transpose(0, 1)
