@@ -17,7 +17,7 @@ install: $(STAMP)
 # Train DLRM on the built-in planted synthetic data set and print AUC / log loss beside the
 # Bayes-optimal values that the data set's hidden click model allows.
 run: $(STAMP)
-	$(BIN)/dlrm train --preset tiny --data synthetic:planted --max-samples 1500000 --batch-size 256 --eval-every 0 --out runs
+	$(BIN)/dlrm train --preset tiny --data synthetic:planted --optimizer adagrad --lr 0.05 --batch-size 256 --max-samples 4000000 --eval-every 4000 --out runs
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

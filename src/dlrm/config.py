@@ -119,3 +119,31 @@ def preset(name: str, table_sizes: list[int] | None = None, rows_cap: int | None
 def with_tables(config: DLRMConfig, table_sizes: list[int]) -> DLRMConfig:
     """A copy of ``config`` with other table sizes."""
     return replace(config, table_sizes=list(table_sizes))
+
+
+def dlrm_config_for_data(name: str, table_sizes: list[int], num_dense: int,
+                         embedding_dim: int | None = None, bottom_mlp: str | None = None,
+                         top_mlp: str | None = None, interaction: str | None = None,
+                         interaction_self: bool = False) -> DLRMConfig:
+    """A preset's DLRM shaped for a data set's tables and dense width, with overrides.
+
+    ``bottom_mlp`` given without its input width (``"512-256-16"``) gets ``num_dense``
+    prepended; with it (``"13-512-256-16"``), the first width must equal ``num_dense``.
+    """
+    cfg = preset(name, table_sizes=table_sizes, num_dense=num_dense)
+    if embedding_dim is not None:
+        cfg.embedding_dim = embedding_dim
+    if bottom_mlp is not None:
+        widths = parse_arch(bottom_mlp)
+        if widths[0] != num_dense:
+            widths = [num_dense, *widths]
+        cfg.bottom_mlp = widths
+    elif embedding_dim is not None:
+        cfg.bottom_mlp = [*cfg.bottom_mlp[:-1], embedding_dim]
+    if top_mlp is not None:
+        cfg.top_mlp = parse_arch(top_mlp)
+    if interaction is not None:
+        cfg.interaction = interaction
+    cfg.interaction_self = interaction_self
+    cfg.validate()
+    return cfg

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 
-def dot_pairs(num_vectors: int, self_interaction: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def dot_pairs(num_vectors: int, self_interaction: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-by-row lower-triangle pairs (i, j), j < i (j <= i with self): (1,0), (2,0), (2,1), ..."""
     offset = 0 if self_interaction else -1
     pairs = torch.tril_indices(num_vectors, num_vectors, offset=offset)

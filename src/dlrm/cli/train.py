@@ -1,0 +1,166 @@
+"""`dlrm train`, `dlrm eval`, `dlrm convert-reference`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dlrm.cli.progress import TrainProgress
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="synthetic:planted",
+                   help="synthetic:planted, synthetic:random, or a `dlrm preprocess` folder")
+    g.add_argument("--rows-cap", type=int, default=100_000,
+                   help="synthetic data: cap on every table's rows (default 100000)")
+    g.add_argument("--tables", default=None,
+                   help="synthetic data: comma-separated table sizes (default: the preset's)")
+    g.add_argument("--zipf", type=float, default=1.1, help="synthetic: id power-law exponent")
+    g.add_argument("--train-samples", type=int, default=10_000_000, help="synthetic: train size")
+    g.add_argument("--val-samples", type=int, default=100_000, help="synthetic: validation size")
+    g.add_argument("--test-samples", type=int, default=0, help="synthetic: test size")
+    g.add_argument("--data-seed", type=int, default=0, help="synthetic: generator seed")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="kaggle", choices=["tiny", "kaggle", "terabyte", "mlperf"])
+    g.add_argument("--embedding-dim", type=int, default=None, help="D (default: the preset's)")
+    g.add_argument("--bottom-mlp", default=None, help="e.g. 512-256-64-16 (ends at D)")
+    g.add_argument("--top-mlp", default=None, help="e.g. 512-256-1")
+    g.add_argument("--interaction", choices=["dot", "cat"], default=None)
+    g.add_argument("--interaction-self", action="store_true")
+
+
+def open_data_from_args(args: argparse.Namespace):
+    """The DataSource that --data and the synthetic options describe."""
+    from dlrm.config import preset
+    from dlrm.data import open_data
+
+    if not args.data.startswith("synthetic:"):
+        return open_data(args.data)
+    tables = [int(x) for x in args.tables.split(",")] if args.tables \
+        else preset(args.preset).table_sizes
+    return open_data(args.data, table_sizes=tables, rows_cap=args.rows_cap, zipf=args.zipf,
+                     train_samples=args.train_samples, val_samples=args.val_samples,
+                     test_samples=args.test_samples, seed=args.data_seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dlrm.config import dlrm_config_for_data
+    from dlrm.training import checkpoint as ckpt_io
+    from dlrm.training.loop import TrainConfig, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = ckpt_io.load(run_dir / "last.pt")
+        from dlrm.data import open_data
+
+        data = open_data(saved["data_spec"])
+        config = TrainConfig(**saved["train_config"])
+        kind, model_config = saved["model_kind"], saved["model_config"]
+    else:
+        data = open_data_from_args(args)
+        model_config = dlrm_config_for_data(
+            args.preset, data.table_sizes, data.num_dense, args.embedding_dim, args.bottom_mlp,
+            args.top_mlp, args.interaction, args.interaction_self).to_dict()
+        kind = "dlrm"
+        config = TrainConfig(
+            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+            sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
+            weight_decay=args.weight_decay, epochs=args.epochs, max_samples=args.max_samples,
+            eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
+            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            patience=args.patience, precision=args.precision, device=args.device,
+            threads=args.threads, seed=args.seed)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
+    summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
+                    progress=TrainProgress(disable=args.quiet),
+                    extra={"command": " ".join(sys.argv)})
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    line = (f"val AUC {summary['val_auc']:.4f}  log loss {summary['val_logloss']:.4f}  "
+            f"accuracy {summary['val_accuracy']:.4f}")
+    print(line)
+    if "optimal_auc" in summary:
+        gap = summary["optimal_auc"] - summary["val_auc"]
+        print(f"Bayes-optimal AUC {summary['optimal_auc']:.4f}  log loss "
+              f"{summary['optimal_logloss']:.4f}  (gap {gap:.4f} AUC)")
+    if summary.get("test_auc") is not None:
+        print(f"test AUC {summary['test_auc']:.4f}  log loss {summary['test_logloss']:.4f}")
+    if summary.get("samples_per_s"):
+        print(f"training throughput {summary['samples_per_s']:,.0f} samples/s")
+    print(f"run directory: {summary['run_dir']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dlrm.data import open_data
+    from dlrm.training.checkpoint import load_model
+    from dlrm.training.loop import evaluate
+
+    model, ckpt = load_model(args.checkpoint, args.device)
+    data = open_data(args.data) if args.data else open_data(ckpt["data_spec"])
+    train_cfg = ckpt["train_config"]
+    metrics = evaluate(model, data, args.split, train_cfg["eval_batch_size"],
+                       train_cfg["precision"], args.device)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dlrm.compat import convert_reference_checkpoint
+
+    info = convert_reference_checkpoint(args.input, args.output)
+    print(f"wrote {args.output}: {info}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train DLRM and report validation metrics")
+    add_data_args(p)
+    add_model_args(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default="sgd")
+    g.add_argument("--sparse-optimizer", choices=["sgd", "rowwise_adagrad"], default=None)
+    g.add_argument("--sparse-lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--max-samples", type=int, default=None)
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations")
+    g.add_argument("--eval-batch-size", type=int, default=8192)
+    g.add_argument("--checkpoint-every", type=int, default=0)
+    g.add_argument("--log-every", type=int, default=100)
+    g.add_argument("--patience", type=int, default=0, help="early stopping, in evaluations")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="runs", help="parent folder of run directories")
+    g.add_argument("--run-dir", default=None, help="exact run directory (overrides --out)")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("convert-reference",
+                              help="convert a facebookresearch/dlrm checkpoint")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(func=cmd_convert)

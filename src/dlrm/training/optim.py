@@ -1,0 +1,171 @@
+"""One optimizer object for dense parameters (SGD, Adagrad, Adam) and sparse embedding rows.
+
+Embedding weights (parameters marked ``sparse_rows``) receive sparse COO gradients: one row per
+looked-up id, duplicates uncoalesced. Their update touches only those rows:
+
+- ``sgd``: ``W[i] -= lr * sum of the gradient rows of id i`` via one ``scatter_add_`` (it
+  accumulates duplicates; on CPU it is ~4x faster than ``index_add_`` for this shape).
+- ``rowwise_adagrad`` (as FBGEMM): one accumulator per row, ``a[i] += mean_d(g_i^2)``,
+  ``W[i] -= lr * g_i / (sqrt(a[i]) + eps)``, with g_i the summed gradient of id i.
+
+Usage is a plain PyTorch loop: ``loss.backward(); opt.step(); opt.zero_grad()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (N,), rows (N, D)) of a sparse COO gradient, coalesced or not."""
+    return grad._indices()[0], grad._values()
+
+
+class SparseSGD:
+    """Plain SGD on the rows a batch touched; duplicates accumulate."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+        self.params = params
+        self.lr = lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for weight in self.params:
+            grad = weight.grad
+            if grad is None:
+                continue
+            if not grad.is_sparse:
+                weight.add_(grad, alpha=-self.lr)
+                continue
+            ids, rows = _sparse_rows(grad)
+            index = ids.unsqueeze(1).expand(-1, weight.shape[1])
+            weight.scatter_add_(0, index, rows.to(weight.dtype).mul(-self.lr))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = state["lr"]
+
+
+class RowWiseAdagrad:
+    """Row-wise Adagrad (one accumulator per embedding row), as FBGEMM's."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, eps: float = 1e-8,
+                 initial_accumulator_value: float = 0.0) -> None:
+        self.params = params
+        self.lr = lr
+        self.eps = eps
+        self.accumulators = [torch.full((p.shape[0],), initial_accumulator_value,
+                                        dtype=torch.float32, device=p.device) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for weight, acc in zip(self.params, self.accumulators):
+            grad = weight.grad
+            if grad is None:
+                continue
+            if not grad.is_sparse:
+                grad = grad.to_sparse()
+            grad = grad.coalesce()  # sums duplicate ids
+            ids, rows = grad.indices()[0], grad.values().float()
+            acc_rows = acc.index_select(0, ids) + rows.pow(2).mean(1)
+            acc.index_copy_(0, ids, acc_rows)
+            scale = self.lr / (acc_rows.sqrt() + self.eps)
+            weight.index_add_(0, ids, (rows * scale.unsqueeze(1)).to(weight.dtype), alpha=-1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "eps": self.eps, "accumulators": self.accumulators}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr, self.eps = state["lr"], state["eps"]
+        for acc, saved in zip(self.accumulators, state["accumulators"]):
+            acc.copy_(saved)
+
+
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
+
+
+class HybridOptimizer:
+    """Dense optimizer over ordinary parameters + a row-sparse one over embedding weights."""
+
+    def __init__(self, dense: torch.optim.Optimizer | None,
+                 sparse: SparseSGD | RowWiseAdagrad | None,
+                 sparse_params: list[nn.Parameter]) -> None:
+        self.dense = dense
+        self.sparse = sparse
+        self.sparse_params = sparse_params
+
+    def zero_grad(self) -> None:
+        if self.dense is not None:
+            self.dense.zero_grad(set_to_none=True)
+        for p in self.sparse_params:
+            p.grad = None
+
+    def step(self) -> None:
+        if self.dense is not None:
+            self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def set_lr(self, dense_lr: float, sparse_lr: float | None = None) -> None:
+        """Change the learning rates (for schedules)."""
+        if self.dense is not None:
+            for group in self.dense.param_groups:
+                group["lr"] = dense_lr
+        if self.sparse is not None:
+            self.sparse.lr = dense_lr if sparse_lr is None else sparse_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict() if self.dense is not None else None,
+                "sparse": self.sparse.state_dict() if self.sparse is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.dense is not None:
+            self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None:
+            self.sparse.load_state_dict(state["sparse"])
+
+
+def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1,
+                    sparse_name: str | None = None, sparse_lr: float | None = None,
+                    weight_decay: float = 0.0, eps: float = 1e-8) -> HybridOptimizer:
+    """Optimizer for ``model``'s dense parameters (``name``) and embedding rows.
+
+    Args:
+        name: dense optimizer, ``sgd`` (default, lr 0.1 as the reference Kaggle recipe),
+            ``adagrad`` or ``adam``.
+        lr: dense learning rate; also the embeddings' unless ``sparse_lr`` is given.
+        sparse_name: ``sgd`` or ``rowwise_adagrad``; default ``rowwise_adagrad`` when the dense
+            optimizer is adaptive, else ``sgd``.
+        weight_decay: L2 on dense parameters only (embedding rows stay sparse).
+    """
+    if name not in DENSE_OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r}: expected one of {DENSE_OPTIMIZERS}")
+    if sparse_name is None:
+        sparse_name = "sgd" if name == "sgd" else "rowwise_adagrad"
+    if sparse_name not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"sparse optimizer {sparse_name!r}: expected one of {SPARSE_OPTIMIZERS}")
+    if lr <= 0:
+        raise ValueError(f"learning rate {lr}: must be positive")
+    sparse_params = [p for p in model.parameters() if getattr(p, "sparse_rows", False)]
+    sparse_ids = {id(p) for p in sparse_params}
+    dense_params = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+    dense: torch.optim.Optimizer | None = None
+    if dense_params:
+        if name == "sgd":
+            dense = torch.optim.SGD(dense_params, lr=lr, weight_decay=weight_decay)
+        elif name == "adagrad":
+            dense = torch.optim.Adagrad(dense_params, lr=lr, weight_decay=weight_decay, eps=eps)
+        else:
+            dense = torch.optim.Adam(dense_params, lr=lr, weight_decay=weight_decay, eps=eps)
+    row_lr = lr if sparse_lr is None else sparse_lr
+    sparse: SparseSGD | RowWiseAdagrad | None = None
+    if sparse_params:
+        sparse = SparseSGD(sparse_params, row_lr) if sparse_name == "sgd" \
+            else RowWiseAdagrad(sparse_params, row_lr, eps=eps)
+    return HybridOptimizer(dense, sparse, sparse_params)
