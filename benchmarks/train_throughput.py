@@ -30,6 +30,7 @@ from reference_dlrm import ReferenceDLRM  # noqa: E402
 from dlrm.config import preset  # noqa: E402
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData  # noqa: E402
 from dlrm.models.dlrm import DLRM  # noqa: E402
+from dlrm.models.interactions import DotInteraction  # noqa: E402
 from dlrm.training.loop import autocast  # noqa: E402
 from dlrm.training.optim import build_optimizer  # noqa: E402
 
@@ -47,6 +48,77 @@ def timed(fn, steps: int, trials: int) -> list[float]:
     return out
 
 
+def reference_model(config) -> ReferenceDLRM:
+    top_in = DotInteraction.output_width(config.num_sparse, config.embedding_dim)
+    return ReferenceDLRM(config.table_sizes, config.embedding_dim, config.bottom_mlp,
+                         [top_in, *config.top_mlp])
+
+
+def reference_inputs(config, batches):
+    """The reference's per-table (offsets, ids) lists for our one-hot batches."""
+    out = []
+    for b in batches:
+        batch_size = len(b)
+        ids = list(b.sparse.values.view(config.num_sparse, batch_size))
+        offsets = [torch.arange(batch_size)] * config.num_sparse
+        out.append((b.dense, offsets, ids, b.labels))
+    return out
+
+
+def reference_train_step(ref, inputs):
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    bce = torch.nn.BCELoss()
+    counter = iter(range(10**9))
+
+    def step():
+        dense, offsets, ids, labels = inputs[next(counter) % len(inputs)]
+        opt.zero_grad()
+        bce(ref(dense, offsets, ids).squeeze(1), labels).backward()
+        opt.step()
+    return step
+
+
+def our_train_step(config, batches, precision, stream=None):
+    model = DLRM(config, check_inputs=False)
+    opt = build_optimizer(model, "sgd", 0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    counter = iter(range(10**9))
+
+    def step():
+        b = next(stream) if stream is not None else batches[next(counter) % len(batches)]
+        with autocast("cpu", precision):
+            logits = model(b.dense, b.sparse)
+        loss_fn(logits.float(), b.labels).backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def reference_infer(ref, inputs):
+    counter = iter(range(10**9))
+
+    @torch.inference_mode()
+    def infer():
+        dense, offsets, ids, _ = inputs[next(counter) % len(inputs)]
+        ref(dense, offsets, ids)
+    return infer
+
+
+def our_infer(model, batches, precision):
+    counter = iter(range(10**9))
+
+    @torch.inference_mode()
+    def infer():
+        b = batches[next(counter) % len(batches)]
+        with autocast("cpu", precision):
+            model(b.dense, b.sparse)
+    return infer
+
+
+def samples_per_s(fn, batch_size: int, steps: int, trials: int) -> float:
+    return batch_size / statistics.median(timed(fn, steps, trials))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="128,2048")
@@ -61,54 +133,22 @@ def main() -> None:
                                          rows_cap=None, seed=0))
     torch.manual_seed(0)
     np.random.seed(0)
+    ref = reference_model(config)
     results: dict[str, dict[str, float]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kaggle preset, tables "
           f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data")
-    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for batch_size in sizes:
         batches = [b for _, b in zip(range(8), data.batches("train", batch_size))]
-        ref_inputs = []
-        for b in batches:
-            ids = b.sparse.values.view(config.num_sparse, batch_size)
-            offsets = [torch.arange(batch_size) for _ in range(config.num_sparse)]
-            ref_inputs.append((b.dense, offsets, list(ids), b.labels))
-
-        ref = ReferenceDLRM(config.table_sizes, config.embedding_dim, config.bottom_mlp,
-                            [config.top_mlp[0] and 367, *config.top_mlp])
-        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-        bce = torch.nn.BCELoss()
-        ref_it = iter(range(10**9))
-
-        def reference_step():
-            dense, offsets, ids, labels = ref_inputs[next(ref_it) % len(ref_inputs)]
-            ref_opt.zero_grad()
-            bce(ref(dense, offsets, ids).squeeze(1), labels).backward()
-            ref_opt.step()
-
-        def our_step_fn(precision: str, with_data: bool):
-            model = DLRM(config, check_inputs=False)
-            opt = build_optimizer(model, "sgd", 0.1)
-            stream = data.batches("train", batch_size) if with_data else None
-            it = iter(range(10**9))
-            loss_fn = torch.nn.BCEWithLogitsLoss()
-
-            def step():
-                b = next(stream) if stream is not None else batches[next(it) % len(batches)]
-                with autocast("cpu", precision):
-                    logits = model(b.dense, b.sparse)
-                loss_fn(logits.float(), b.labels).backward()
-                opt.step()
-                opt.zero_grad()
-            return step
-
-        def samples_per_s(fn):
-            per_step = timed(fn, args.steps, args.trials)
-            return batch_size / statistics.median(per_step)
-
+        inputs = reference_inputs(config, batches)
+        def rate(fn, bs=batch_size):
+            return samples_per_s(fn, bs, args.steps, args.trials)
         row = {
-            "reference": samples_per_s(reference_step),
-            "ours_fp32": samples_per_s(our_step_fn("fp32", False)),
-            "ours_fp32_end_to_end": samples_per_s(our_step_fn("fp32", True)),
-            "ours_bf16": samples_per_s(our_step_fn("bf16", False)),
+            "reference": rate(reference_train_step(ref, inputs)),
+            "ours_fp32": rate(our_train_step(config, batches, "fp32")),
+            "ours_fp32_end_to_end": rate(our_train_step(
+                config, batches, "fp32", data.batches("train", batch_size))),
+            "ours_bf16": rate(our_train_step(config, batches, "bf16")),
         }
         row["fp32_speedup"] = row["ours_fp32"] / row["reference"]
         row["bf16_speedup"] = row["ours_bf16"] / row["reference"]
@@ -119,33 +159,24 @@ def main() -> None:
               f"{row['ours_fp32_end_to_end']:,.0f} ({row['end_to_end_vs_step']:.2f} of step) | "
               f"ours bf16 {row['ours_bf16']:,.0f} ({row['bf16_speedup']:.2f}x)")
 
-    batch_size = max(int(b) for b in args.batch_sizes.split(","))
+    batch_size = max(sizes)
     batches = [b for _, b in zip(range(8), data.batches("train", batch_size))]
+    inputs = reference_inputs(config, batches)
     model = DLRM(config, check_inputs=False).eval()
     ref.eval()
-    ids_lists = [(b.dense, [torch.arange(batch_size)] * config.num_sparse,
-                  list(b.sparse.values.view(config.num_sparse, batch_size))) for b in batches]
-    it = iter(range(10**9))
-
-    @torch.no_grad()
-    def ref_infer():
-        ref(*ids_lists[next(it) % len(ids_lists)])
-
-    def our_infer_fn(precision):
-        @torch.inference_mode()
-        def infer():
-            b = batches[next(it) % len(batches)]
-            with autocast("cpu", precision):
-                model(b.dense, b.sparse)
-        return infer
-
-    infer = {name: batch_size / statistics.median(timed(fn, args.steps, args.trials))
-             for name, fn in [("reference", ref_infer), ("ours_fp32", our_infer_fn("fp32")),
-                              ("ours_bf16", our_infer_fn("bf16"))]}
+    infer = {
+        "reference": samples_per_s(reference_infer(ref, inputs), batch_size, args.steps,
+                                   args.trials),
+        "ours_fp32": samples_per_s(our_infer(model, batches, "fp32"), batch_size, args.steps,
+                                   args.trials),
+        "ours_bf16": samples_per_s(our_infer(model, batches, "bf16"), batch_size, args.steps,
+                                   args.trials),
+    }
     results[f"infer_b{batch_size}"] = infer
-    print(f"B={batch_size:5d} inference samples/s: reference {infer['reference']:,.0f} | ours fp32 "
-          f"{infer['ours_fp32']:,.0f} ({infer['ours_fp32'] / infer['reference']:.2f}x) | ours bf16 "
-          f"{infer['ours_bf16']:,.0f} ({infer['ours_bf16'] / infer['reference']:.2f}x)")
+    print(f"B={batch_size:5d} inference samples/s: reference {infer['reference']:,.0f} | "
+          f"ours fp32 {infer['ours_fp32']:,.0f} ({infer['ours_fp32'] / infer['reference']:.2f}x)"
+          f" | ours bf16 {infer['ours_bf16']:,.0f} "
+          f"({infer['ours_bf16'] / infer['reference']:.2f}x)")
     print("command: python " + " ".join(sys.argv))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
