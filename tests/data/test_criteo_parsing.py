@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import GOOD_ROW, KAGGLE_HEAD, LOW_CTR, require, write_lines
 from criteo_naive_parser import naive_exact_ids, naive_parse
+from criteo_samples import GOOD_ROW, KAGGLE_HEAD, LOW_CTR, require, write_lines
 
 from dlrm.data.criteo import (
     BadLineError,

@@ -1,4 +1,7 @@
-"""Shared fixtures for the data tests: the real Criteo samples and small raw files."""
+"""Shared helpers for the data tests: paths of the real Criteo samples, small raw files.
+
+(A plain module, not conftest.py, so that `import` cannot pick up another conftest.)
+"""
 
 from __future__ import annotations
 
@@ -30,8 +33,3 @@ def write_lines(path: Path, lines: list[str], newline: str = "\n", final_newline
     text = newline.join(lines) + (newline if final_newline and lines else "")
     path.write_bytes(text.encode())
     return path
-
-
-@pytest.fixture
-def good_row() -> str:
-    return GOOD_ROW
