@@ -130,6 +130,9 @@ class MemmapDataSource:
             offset += n
             if offset >= stop:
                 break
+        if not pieces:  # an empty slice (e.g. a rank's share of a 1-row last batch)
+            arrays = self._part(self._split_ranges(split)[0][0])
+            return arrays.labels[:0].copy(), arrays.dense[:0].copy(), arrays.sparse[:0].copy()
         if len(pieces) == 1:
             return tuple(np.array(x) for x in pieces[0])
         return tuple(np.concatenate([p[j] for p in pieces]) for j in range(3))
