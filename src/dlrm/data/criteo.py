@@ -200,14 +200,24 @@ class BlockReader:
 
 
 # --------------------------------------------------------------------------- parsing
-_HEX_NIBBLE = np.full(256, 0xFF, dtype=np.uint8)
-for _c in b"0123456789":
-    _HEX_NIBBLE[_c] = _c - ord("0")
-for _c in b"abcdef":
-    _HEX_NIBBLE[_c] = _c - ord("a") + 10
-for _c in b"ABCDEF":
-    _HEX_NIBBLE[_c] = _c - ord("A") + 10
 _U64 = np.uint64
+
+
+_ONES = _U64(0x0101010101010101)
+_HIGH = _U64(0x8080808080808080)
+
+
+def _all_hex_digits(words: np.ndarray) -> np.ndarray:
+    """For uint64 words of 8 ASCII bytes: True where every byte is 0-9, a-f or A-F (SWAR byte
+    range tests, no table lookups)."""
+    low7 = words & _U64(0x7F7F7F7F7F7F7F7F)
+
+    def between(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        # High bit of each byte set iff lo <= byte <= hi (bytes < 0x80: sums cannot carry).
+        return (x + _ONES * _U64(0x80 - lo)) & ~(x + _ONES * _U64(0x7F - hi)) & _HIGH
+
+    ok = between(low7, 0x30, 0x39) | between(low7 | _U64(0x2020202020202020), 0x61, 0x66)
+    return (ok & ~words) == _HIGH  # ~words: a byte >= 0x80 is never a hex digit
 
 
 def decode_hex8(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,21 +235,20 @@ def decode_hex8(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     empty = lengths == 0
     full = lengths == 8
     bad = ~(empty | full)
-    values = np.zeros(n, dtype=np.uint32)
     if data.size < 8 or not full.any():
-        return values, empty, bad
-    windows = np.lib.stride_tricks.as_strided(data, shape=(data.size - 7, 8), strides=(1, 1))
-    starts = np.minimum(offsets[:-1], data.size - 8)
-    nibbles = _HEX_NIBBLE[windows[starts]]  # (n, 8): 0..15, or 0xFF for a non-hex byte
-    v = nibbles.view("<u8").reshape(n)
-    bad |= full & ((v & _U64(0xF0F0F0F0F0F0F0F0)) != 0)
-    # Byte i (i=0 first character, least significant) holds nibble i; pack them big-endian.
+        return np.zeros(n, dtype=np.uint32), empty, bad
+    # One unaligned 8-byte load per value: a uint64 view of the data at every byte offset.
+    words = np.ndarray((data.size - 7,), dtype="<u8", buffer=data, strides=(1,))
+    v = words[np.minimum(offsets[:-1], data.size - 8)]
+    bad |= full & ~_all_hex_digits(v)
+    # Byte i (the i-th character; least significant) -> its nibble: '0'-'9' keep the low 4
+    # bits, letters (bit 6 set) add 9 ('a' = 0x61 -> 1 + 9 = 10).
+    v = (v & _U64(0x0F0F0F0F0F0F0F0F)) + _U64(9) * ((v >> _U64(6)) & _ONES)
+    # Pack the 8 nibbles big-endian (first character most significant).
     v = ((v & _U64(0x00FF00FF00FF00FF)) << _U64(4)) | ((v >> _U64(8)) & _U64(0x00FF00FF00FF00FF))
     v = ((v & _U64(0x0000FFFF0000FFFF)) << _U64(8)) | ((v >> _U64(16)) & _U64(0x0000FFFF0000FFFF))
     v = ((v & _U64(0xFFFFFFFF)) << _U64(16)) | (v >> _U64(32))
-    ok = full & ~bad
-    values[ok] = v[ok].astype(np.uint32)
-    return values, empty, bad
+    return np.where(full & ~bad, v, _U64(0)).astype(np.uint32), empty, bad
 
 
 def dense_transform(raw: np.ndarray) -> np.ndarray:
@@ -492,9 +501,11 @@ class Vocabulary:
         With a thread pool the columns are encoded in parallel (the lookups release the GIL).
         """
         ids = np.empty(values.shape, dtype=np.int32)
+        # Column-major copies: every lookup below then reads contiguous memory.
+        values_t, empty_t = np.ascontiguousarray(values.T), np.ascontiguousarray(empty.T)
 
         def one(k: int) -> int:
-            ids[:, k], unseen = self._encode_column(k, values[:, k], empty[:, k])
+            ids[:, k], unseen = self._encode_column(k, values_t[k], empty_t[k])
             return unseen
 
         columns = range(values.shape[1])
