@@ -13,6 +13,7 @@ from dlrm.data.criteo import preprocess_kaggle, preprocess_terabyte
 from dlrm.data.format import open_part
 from dlrm.data.loader import MemmapDataSource
 from dlrm.data.source import DataSource
+from dlrm.features import SparseFeatures
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,9 @@ def test_unshuffled_batches_are_the_arrays_in_order(source):
     b = batches[2]
     assert b.dense.dtype == torch.float32 and b.labels.dtype == torch.float32
     assert b.sparse.one_hot and b.sparse.values.dtype == torch.int64
+    reference = SparseFeatures.from_ids(torch.from_numpy(np.array(part.sparse[8772:8872])))
+    assert torch.equal(b.sparse.values, reference.values)
+    assert torch.equal(b.sparse.offsets, reference.offsets)
     b.sparse.validate(source.table_sizes)
     rows = slice(8572 + 200, 8572 + 300)
     np.testing.assert_array_equal(b.dense.numpy(), part.dense[rows])

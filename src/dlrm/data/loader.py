@@ -209,14 +209,23 @@ class MemmapDataSource:
 
 def make_batch(dense: np.ndarray, ids: np.ndarray, labels: np.ndarray | None) -> Batch:
     """A ``Batch`` from numpy arrays: dense float32, one-hot sparse ids, float32 labels
-    (zeros when there are none)."""
+    (zeros when there are none).
+
+    The sparse part is exactly ``SparseFeatures.from_ids(ids)`` (feature-major values, offsets
+    ``0..F*B``), built with numpy: torch's multi-threaded kernels for these small copies are
+    slower than numpy, markedly so on a busy machine or inside DataLoader workers.
+    """
+    batch, num_features = ids.shape
+    values = np.ascontiguousarray(ids.T, dtype=np.int64).reshape(-1)
+    offsets = np.arange(batch * num_features + 1, dtype=np.int64)
+    sparse = SparseFeatures(torch.from_numpy(values), torch.from_numpy(offsets), num_features,
+                            one_hot=True)
     dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-    ids_t = torch.from_numpy(np.ascontiguousarray(ids))
     if labels is None:
-        labels_t = torch.zeros(dense_t.shape[0], dtype=torch.float32)
+        labels_t = torch.zeros(batch, dtype=torch.float32)
     else:
         labels_t = torch.from_numpy(np.asarray(labels, dtype=np.float32))
-    return Batch(dense_t, SparseFeatures.from_ids(ids_t), labels_t)
+    return Batch(dense_t, sparse, labels_t)
 
 
 class _BatchDataset(torch.utils.data.IterableDataset):
