@@ -955,6 +955,8 @@ def preprocess_kaggle(input: str | Path, out: str | Path, *, hash_buckets: int |
     vocab_mode = make_vocab_mode(hash_buckets, min_count)
     fractions = None if split == "reference" else parse_random_split(split)
     _prepare_out(out)
+    if (out / "parts").exists():  # parts of an earlier run (another split) would linger
+        shutil.rmtree(out / "parts")
     folder = part_dir(out, "all")
     stage = stage_file(input, folder, vocab_mode, hash_buckets, strict, workers, chunk_bytes,
                        progress)
