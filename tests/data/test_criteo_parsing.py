@@ -203,3 +203,24 @@ def test_real_samples_pass_with_zero_rejects():
     for path in (KAGGLE_HEAD, LOW_CTR):
         rows = parse_raw_file(require(path), vocab)
         assert rows.skips.count == 0 and rows.lines_read == rows.line_numbers.size
+
+
+def test_block_boundaries_do_not_change_results(tmp_path):
+    """Tiny blocks (smaller than a line), gzip with two members, and strict mode's line
+    number when the bad line is in a later block."""
+    real = require(LOW_CTR).read_text().splitlines()[:40]
+    path = write_lines(tmp_path / "a.txt", real)
+    vocab = Vocabulary("hash", 1000)
+    whole = parse_raw_file(path, vocab)
+    for chunk in (100, 1000, 5000):
+        part = parse_raw_file(path, vocab, chunk_bytes=chunk)
+        np.testing.assert_array_equal(part.ids, whole.ids)
+        assert part.line_numbers.tolist() == list(range(1, 41))
+    data = path.read_bytes()
+    cut = data.index(b"\n", len(data) // 2) + 1
+    gz = tmp_path / "a.txt.gz"
+    gz.write_bytes(gzip.compress(data[:cut]) + gzip.compress(data[cut:]))
+    np.testing.assert_array_equal(parse_raw_file(gz, vocab, chunk_bytes=1000).ids, whole.ids)
+    bad = write_lines(tmp_path / "b.txt", real[:33] + ["bad"] + real[33:])
+    with pytest.raises(BadLineError, match=r"b\.txt:34: "):
+        parse_raw_file(bad, vocab, chunk_bytes=1000, strict=True)

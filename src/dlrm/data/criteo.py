@@ -132,11 +132,13 @@ class SkipLog:
 class BlockReader:
     """Iterate over a plain or gzip file in blocks that end at a newline.
 
-    Yields ``(block, first_line, bytes_done)``: ``first_line`` is the 0-based index of the
-    block's first line in the file, ``bytes_done`` counts bytes of the file as stored (so a
-    progress bar over a ``.gz`` tracks the compressed size). After iteration, ``truncated`` is
-    True when a gzip stream ended early; its incomplete last line is then in ``partial_tail``
-    (not yielded), since a cut-off line must not be read as a short valid row.
+    Yields ``(block, bytes_done)``: ``block`` is a bytes-like object (a memoryview into a
+    fresh buffer for plain files: no copy), ``bytes_done`` counts bytes of the file as stored
+    (so a progress bar over a ``.gz`` tracks the compressed size). Line numbering is left to
+    the consumer (it adds up ``ParsedBlock.lines_read``), which keeps this loop -- the only
+    serial part of preprocessing -- to reading. After iteration, ``truncated`` is True when a
+    gzip stream ended early; its incomplete last line is then in ``partial_tail`` (not
+    yielded), since a cut-off line must not be read as a short valid row.
     """
 
     def __init__(self, path: str | Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
@@ -145,58 +147,64 @@ class BlockReader:
         self.total_bytes = self.path.stat().st_size
         self.truncated = False
         self.partial_tail = b""
-        self.lines = 0
 
-    def _raw_pieces(self) -> Iterator[tuple[bytes, int]]:
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
         with open(self.path, "rb") as f:
-            magic = f.read(2)
+            gzipped = f.read(2) == b"\x1f\x8b"
             f.seek(0)
-            if magic != b"\x1f\x8b":
-                while piece := f.read(self.chunk_bytes):
-                    yield piece, f.tell()
-                return
-            decomp = zlib.decompressobj(wbits=47)
-            while True:
-                raw = f.read(1 << 22)
-                if not raw:
-                    break
-                data = decomp.decompress(raw)
-                # Concatenated gzip members: start a new decompressor on the leftover bytes.
-                while decomp.eof and decomp.unused_data:
-                    rest = decomp.unused_data
-                    decomp = zlib.decompressobj(wbits=47)
-                    data += decomp.decompress(rest)
-                if data:
-                    yield data, f.tell()
-            tail = decomp.flush()
-            if tail:
-                yield tail, f.tell()
-            if not decomp.eof:
-                self.truncated = True
+            if gzipped:
+                yield from self._gzip_blocks(f)
+            else:
+                yield from self._plain_blocks(f)
 
-    def __iter__(self) -> Iterator[tuple[bytes, int, int]]:
+    def _plain_blocks(self, f: Any) -> Iterator[tuple[Any, int]]:
         carry = b""
-        first_line = 0
-        done = 0
-        for piece, done in self._raw_pieces():
-            data = carry + piece if carry else piece
-            if len(data) < self.chunk_bytes:
-                carry = data
+        while True:
+            buf = bytearray(len(carry) + self.chunk_bytes)
+            buf[: len(carry)] = carry
+            got = f.readinto(memoryview(buf)[len(carry):])
+            size = len(carry) + got
+            if got == 0:
+                break
+            cut = buf.rfind(b"\n", 0, size) + 1
+            if cut == 0:  # no newline yet (a line longer than a chunk): read on
+                carry = bytes(buf[:size])
                 continue
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # one very long line: keep reading
-                carry = data
-                continue
-            block, carry = data[:cut], data[cut:]
-            yield block, first_line, done
-            first_line += block.count(b"\n")
-        if self.truncated:
-            cut = carry.rfind(b"\n") + 1
-            carry, self.partial_tail = carry[:cut], carry[cut:]
+            yield memoryview(buf)[:cut], f.tell()
+            carry = bytes(buf[cut:size])
         if carry:
-            yield carry, first_line, done
-            first_line += carry.count(b"\n") + (0 if carry.endswith(b"\n") else 1)
-        self.lines = first_line + (1 if self.partial_tail else 0)
+            yield carry, f.tell()
+
+    def _gzip_blocks(self, f: Any) -> Iterator[tuple[Any, int]]:
+        decomp = zlib.decompressobj(wbits=47)
+        pending: list[bytes] = []
+        pending_size = 0
+        while True:
+            raw = f.read(1 << 22)
+            if not raw:
+                break
+            data = decomp.decompress(raw)
+            # Concatenated gzip members: start a new decompressor on the leftover bytes.
+            while decomp.eof and decomp.unused_data:
+                rest = decomp.unused_data
+                decomp = zlib.decompressobj(wbits=47)
+                data += decomp.decompress(rest)
+            pending.append(data)
+            pending_size += len(data)
+            if pending_size >= self.chunk_bytes:
+                joined = b"".join(pending)
+                cut = joined.rfind(b"\n") + 1
+                if cut:
+                    yield joined[:cut], f.tell()
+                    pending, pending_size = [joined[cut:]], len(joined) - cut
+        pending.append(decomp.flush())
+        joined = b"".join(pending)
+        if not decomp.eof:
+            self.truncated = True
+            cut = joined.rfind(b"\n") + 1
+            joined, self.partial_tail = joined[:cut], joined[cut:]
+        if joined:
+            yield joined, f.tell()
 
 
 # --------------------------------------------------------------------------- parsing
@@ -322,8 +330,8 @@ def parse_block(block: bytes, first_line: int, source: str, has_label: bool = Tr
     raises ``BadLineError``).
     """
     expected = FIELDS_WITH_LABEL if has_label else FIELDS_WITHOUT_LABEL
-    n_lines = block.count(b"\n") + (1 if block and not block.endswith(b"\n") else 0)
     buf = np.frombuffer(block, dtype=np.uint8)
+    n_lines = int(np.count_nonzero(buf == 10)) + (1 if buf.size and buf[-1] != 10 else 0)
     invalid_rows: list[int] = []
     try:
         table = _read_table(block, has_label, True, invalid_rows)
@@ -351,7 +359,8 @@ def parse_block(block: bytes, first_line: int, source: str, has_label: bool = Tr
             idx = np.flatnonzero(~good_shape)[:MAX_SKIP_EXAMPLES]
             starts = np.concatenate([[0], ends[:-1] + 1])
             reasons = [f"{fields[i]} fields, expected {expected}"
-                       if block[starts[i]:ends[i]].strip(b"\r") else "empty line" for i in idx]
+                       if bytes(block[starts[i]:ends[i]]).strip(b"\r") else "empty line"
+                       for i in idx]
             skips.add(source, bad_shape_lines, "wrong number of fields", reasons)
             bad_events.append((int(bad_shape_lines[0]), "wrong number of fields", reasons[0]))
     if table.num_rows != good_lines.size:
@@ -425,6 +434,19 @@ def parse_block(block: bytes, first_line: int, source: str, has_label: bool = Tr
         raise BadLineError(source, line, reason)
     return ParsedBlock(n_lines, good_lines, labels, dense_transform(raw_dense), cat_values,
                        cat_empty, skips)
+
+
+def _in_order(future: Any, lines_before: int) -> ParsedBlock:
+    """A worker's block parsed with line numbers relative to the block, made absolute now
+    that the lines of every earlier block are known."""
+    try:
+        parsed = future.result()
+    except BadLineError as err:
+        raise BadLineError(err.source, err.line + lines_before, err.reason) from None
+    parsed.line_numbers += lines_before
+    for example in parsed.skips.examples:
+        example["line"] += lines_before
+    return parsed
 
 
 # --------------------------------------------------------------------------- vocabularies
@@ -669,8 +691,8 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
     vocab = Vocabulary("hash", hash_buckets) if hashing else None
     reader = BlockReader(path, chunk_bytes)
 
-    def work(block: bytes, first_line: int) -> ParsedBlock:
-        parsed = parse_block(block, first_line, source, has_label=True, strict=strict)
+    def work(block: bytes) -> ParsedBlock:
+        parsed = parse_block(block, 0, source, has_label=True, strict=strict)
         if hashing:
             parsed.encoded, _ = vocab.encode(parsed.cat_values, parsed.cat_empty)  # type: ignore[union-attr]
         else:
@@ -688,8 +710,9 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
     skips = SkipLog()
     rows_read = rows_written = positives = 0
 
-    def consume(parsed: ParsedBlock, done: int) -> None:
+    def consume(future: Any, done: int) -> None:
         nonlocal rows_read, rows_written, positives
+        parsed = _in_order(future, rows_read)
         rows_read += parsed.lines_read
         rows_written += parsed.labels.shape[0]  # type: ignore[union-attr]
         positives += int(parsed.labels.sum())  # type: ignore[union-attr]
@@ -709,14 +732,12 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             pending: deque = deque()
-            for block, first_line, done in reader:
-                pending.append((pool.submit(work, block, first_line), done))
+            for block, done in reader:
+                pending.append((pool.submit(work, block), done))
                 while len(pending) > 2 * max(1, workers):
-                    future, at = pending.popleft()
-                    consume(future.result(), at)
+                    consume(*pending.popleft())
             while pending:
-                future, at = pending.popleft()
-                consume(future.result(), at)
+                consume(*pending.popleft())
     finally:
         appenders = [labels_out, dense_out] + ([sparse_out] if hashing else [values_out,
                                                                              empty_out])
@@ -724,12 +745,12 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
             appender.close()
     if reader.truncated:
         if strict:
-            raise BadLineError(source, reader.lines, "gzip stream is truncated (the file ends "
+            raise BadLineError(source, rows_read + 1, "gzip stream is truncated (the file ends "
                                "before the end-of-stream marker)")
         log.warning("%s: gzip stream is truncated; rows up to line %d kept", source,
-                    reader.lines - (1 if reader.partial_tail else 0))
+                    rows_read)
         if reader.partial_tail:
-            skips.add(source, np.array([reader.lines]), "truncated gzip stream",
+            skips.add(source, np.array([rows_read + 1]), "truncated gzip stream",
                       ["incomplete last line of a truncated gzip stream"])
             rows_read += 1
     if rows_read != rows_written + skips.count:
@@ -1117,8 +1138,8 @@ class RawRows:
 def detect_fields(path: str | Path) -> int:
     """Fields in the first non-empty line (40: labeled train format, 39: test format)."""
     reader = BlockReader(path, 1 << 16)
-    for block, _, _ in reader:
-        for line in block.split(b"\n"):
+    for block, _ in reader:
+        for line in bytes(block).split(b"\n"):
             if line.strip(b"\r"):
                 return line.count(b"\t") + 1
     return FIELDS_WITH_LABEL
@@ -1139,22 +1160,23 @@ def parse_raw_file(path: str | Path, vocab: Vocabulary, *, has_label: bool | Non
         has_label = fields == FIELDS_WITH_LABEL
     reader = BlockReader(path, chunk_bytes)
     parts: list[ParsedBlock] = []
+    skips = SkipLog()
+    lines = 0
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [(pool.submit(parse_block, block, first, str(path), has_label, strict), done)
-                   for block, first, done in reader]
+        futures = [(pool.submit(parse_block, block, 0, str(path), has_label, strict), done)
+                   for block, done in reader]
         for future, done in futures:
-            parts.append(future.result())
+            parsed = _in_order(future, lines)
+            lines += parsed.lines_read
+            skips.merge(parsed.skips)
+            parts.append(parsed)
             if progress:
                 progress(done, reader.total_bytes)
-    skips = SkipLog()
-    for p in parts:
-        skips.merge(p.skips)
-    lines = sum(p.lines_read for p in parts)
     if reader.truncated:
         if strict:
-            raise BadLineError(str(path), reader.lines, "gzip stream is truncated")
+            raise BadLineError(str(path), lines + 1, "gzip stream is truncated")
         if reader.partial_tail:
-            skips.add(str(path), np.array([reader.lines]), "truncated gzip stream",
+            skips.add(str(path), np.array([lines + 1]), "truncated gzip stream",
                       ["incomplete last line of a truncated gzip stream"])
             lines += 1
 
