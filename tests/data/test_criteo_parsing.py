@@ -49,8 +49,8 @@ def test_dense_transform_matches_hand_computation(tmp_path):
     np.testing.assert_allclose(parsed.dense[0], expected, rtol=1e-6)
     assert parsed.dense.dtype == np.float32
     assert parsed.labels.tolist() == [1]
-    assert parsed.cat_values[0, :3].tolist() == [0x68FD1E64, 0, 0xABCDEF01]
-    assert parsed.cat_empty[0, :3].tolist() == [False, True, False]
+    assert parsed.cat_values[:3, 0].tolist() == [0x68FD1E64, 0, 0xABCDEF01]
+    assert parsed.cat_empty[:3, 0].tolist() == [False, True, False]
 
 
 def test_parity_with_naive_parser_on_real_rows():

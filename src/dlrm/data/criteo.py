@@ -272,8 +272,8 @@ class ParsedBlock:
     line_numbers: np.ndarray  # (n,) 1-based line numbers of the good rows
     labels: np.ndarray | None  # (n,) uint8
     dense: np.ndarray  # (n, 13) float32, transformed
-    cat_values: np.ndarray  # (n, 26) uint32 raw hex values
-    cat_empty: np.ndarray  # (n, 26) bool
+    cat_values: np.ndarray  # (26, n) uint32 raw hex values, feature-major (contiguous columns)
+    cat_empty: np.ndarray  # (26, n) bool
     skips: SkipLog
     encoded: Any = None  # filled by the worker: hashed ids or per-column value counts
 
@@ -401,13 +401,13 @@ def parse_block(block: bytes, first_line: int, source: str, has_label: bool = Tr
                       lambda i, c=col, nm=name: f"{nm}={c[i].as_py()!r} is not an integer"))
         bad |= bad_int
 
-    cat_values = np.empty((n, NUM_SPARSE), dtype=np.uint32)
-    cat_empty = np.empty((n, NUM_SPARSE), dtype=bool)
+    cat_values = np.empty((NUM_SPARSE, n), dtype=np.uint32)
+    cat_empty = np.empty((NUM_SPARSE, n), dtype=bool)
     for k, name in enumerate(SPARSE_NAMES):
         col = _column(table, name)
         values, empty, bad_hex = decode_hex8(col)
-        cat_values[:, k] = values
-        cat_empty[:, k] = empty
+        cat_values[k] = values
+        cat_empty[k] = empty
         if bad_hex.any():
             kinds.append((bad_hex, "categorical is not 8 hex digits",
                           lambda i, c=col, nm=name:
@@ -428,7 +428,8 @@ def parse_block(block: bytes, first_line: int, source: str, has_label: bool = Tr
         keep = ~bad
         good_lines = good_lines[keep]
         labels = labels[keep] if labels is not None else None
-        raw_dense, cat_values, cat_empty = raw_dense[keep], cat_values[keep], cat_empty[keep]
+        raw_dense, cat_values, cat_empty = (raw_dense[keep], cat_values[:, keep],
+                                             cat_empty[:, keep])
     if strict and bad_events:
         line, _, reason = min(bad_events)
         raise BadLineError(source, line, reason)
@@ -480,7 +481,7 @@ def _block_value_counts(cat_values: np.ndarray, cat_empty: np.ndarray
                         ) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     for k in range(NUM_SPARSE):
-        values, counts = np.unique(cat_values[~cat_empty[:, k], k], return_counts=True)
+        values, counts = np.unique(cat_values[k][~cat_empty[k]], return_counts=True)
         out.append((values, counts.astype(np.int64)))
     return out
 
@@ -518,40 +519,42 @@ class Vocabulary:
 
     def encode(self, values: np.ndarray, empty: np.ndarray,
                pool: ThreadPoolExecutor | None = None) -> tuple[np.ndarray, int]:
-        """Map raw (n, 26) uint32 values to int32 ids; returns ``(ids, unseen_count)``
-        (values absent from the vocabulary: rare ones in min-count mode, or new at predict).
-        With a thread pool the columns are encoded in parallel (the lookups release the GIL).
+        """Map raw feature-major (26, n) uint32 values to row-major (n, 26) int32 ids; returns
+        ``(ids, unseen_count)`` (values absent from the vocabulary: rare ones in min-count
+        mode, or new at predict). Each column is a contiguous array (the feature-major input);
+        the one transposition happens at the end. With a thread pool the columns are encoded
+        in parallel (the lookups release the GIL).
         """
-        ids = np.empty(values.shape, dtype=np.int32)
-        # Column-major copies: every lookup below then reads contiguous memory.
-        values_t, empty_t = np.ascontiguousarray(values.T), np.ascontiguousarray(empty.T)
+        ids_t = np.empty(values.shape, dtype=np.int32)
 
         def one(k: int) -> int:
-            ids[:, k], unseen = self._encode_column(k, values_t[k], empty_t[k])
+            ids_t[k], unseen = self._encode_column(k, values[k], empty[k])
             return unseen
 
-        columns = range(values.shape[1])
-        unseen = pool.map(one, columns) if pool is not None else map(one, columns)
-        return ids, int(sum(unseen))
+        columns = range(values.shape[0])
+        unseen = sum(pool.map(one, columns) if pool is not None else map(one, columns))
+        return np.ascontiguousarray(ids_t.T), int(unseen)
 
     def _encode_column(self, k: int, column: np.ndarray, empty: np.ndarray
                        ) -> tuple[np.ndarray, int]:
         if self.mode == "hash":
             ids = (column % np.uint32(self.hash_buckets)).astype(np.int32) + 1
-            ids[empty] = EMPTY_ID
+            ids *= ~empty
             return ids, 0
         kept = self.kept[k]  # type: ignore[index]
         if kept.size <= 4 * column.size:
             # A C++ hash-set lookup: several times faster than a binary search while the
             # vocabulary is not much larger than the chunk (the set is rebuilt per call).
-            pos = pc.fill_null(pc.index_in(column, value_set=pa.array(kept)), -1).to_numpy()
-            found = pos >= 0
+            rank = pc.fill_null(pc.index_in(column, value_set=pa.array(kept)), -1).to_numpy()
         else:
-            pos = np.searchsorted(kept, column)
-            found = kept[np.minimum(pos, kept.size - 1)] == column
-        ids = np.where(found, pos + self.first_value_id, self.unseen_id).astype(np.int32)
-        ids[empty] = EMPTY_ID
-        return ids, int((~found & ~empty).sum())
+            rank = np.searchsorted(kept, column).astype(np.int32)
+            found = kept[np.minimum(rank, kept.size - 1)] == column
+            rank[~found] = -1
+        # Rank -1 (not kept) lands on the unseen id: 0 for exact, 1 (rare) for min-count.
+        ids = rank.astype(np.int32, copy=False) + np.int32(self.first_value_id)
+        unseen = int(np.count_nonzero(rank < 0)) - int(np.count_nonzero(empty & (rank < 0)))
+        ids *= ~empty
+        return ids, unseen
 
     def to_dict(self) -> dict[str, Any]:
         return {"vocab_mode": self.mode, "hash_buckets": self.hash_buckets,
@@ -637,6 +640,8 @@ def _stage_is_complete(folder: Path, fingerprint: dict[str, Any], settings: dict
     if record.get("input") != fingerprint or record.get("settings") != settings:
         return None
     rows = int(record["rows_written"])
+    if settings["vocab_mode"] != "hash" and not (folder / "value_counts.npz").is_file():
+        return None
     for fname, dtype, shape in _stage_files(settings["vocab_mode"], rows):
         path = folder / fname
         if not path.is_file() or path.stat().st_size != npy_file_size(dtype, shape):
@@ -649,9 +654,8 @@ def _stage_files(mode: str, rows: int) -> list[tuple[str, Any, tuple[int, ...]]]
     if mode == "hash":
         files.append(("sparse.npy", np.int32, (rows, NUM_SPARSE)))
     else:
-        files += [("cat_values.npy", np.uint32, (rows, NUM_SPARSE)),
-                  ("cat_empty.npy", np.bool_, (rows, NUM_SPARSE)),
-                  ("value_counts.npz", None, ())]
+        files += [(f"raw_{name}.npy", np.uint32, (rows,)) for name in SPARSE_NAMES]
+        files += [(f"empty_{name}.npy", np.bool_, (rows,)) for name in SPARSE_NAMES]
     return [f for f in files if f[1] is not None]
 
 
@@ -660,7 +664,7 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
                chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: ProgressFn | None = None,
                resume: bool = False) -> StageResult:
     """Parse one raw file (40 fields) into ``folder``: labels.npy, dense.npy, and either
-    sparse.npy (hash mode) or raw cat_values.npy + cat_empty.npy + value_counts.npz (exact and
+    sparse.npy (hash mode) or raw_C*.npy + empty_C*.npy + value_counts.npz (exact and
     min-count modes, mapped to ids once the vocabulary over all inputs is known).
 
     With ``resume``, a folder already holding a verified stage of the same input (name, size,
@@ -704,8 +708,10 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
     if hashing:
         sparse_out = NpyAppender(folder / "sparse.npy", np.int32, (NUM_SPARSE,))
     else:
-        values_out = NpyAppender(folder / "cat_values.npy", np.uint32, (NUM_SPARSE,))
-        empty_out = NpyAppender(folder / "cat_empty.npy", np.bool_, (NUM_SPARSE,))
+        # One file per column: the worker's feature-major arrays are written without a
+        # transposition, and the mapping pass reads each column contiguously.
+        values_out = [NpyAppender(folder / f"raw_{name}.npy", np.uint32) for name in SPARSE_NAMES]
+        empty_out = [NpyAppender(folder / f"empty_{name}.npy", np.bool_) for name in SPARSE_NAMES]
         counters = [_ValueCounter() for _ in range(NUM_SPARSE)]
     skips = SkipLog()
     rows_read = rows_written = positives = 0
@@ -722,8 +728,9 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
         if hashing:
             sparse_out.append(parsed.encoded)
         else:
-            values_out.append(parsed.cat_values)
-            empty_out.append(parsed.cat_empty)
+            for k in range(NUM_SPARSE):
+                values_out[k].append(parsed.cat_values[k])
+                empty_out[k].append(parsed.cat_empty[k])
             for counter, (values, counts) in zip(counters, parsed.encoded, strict=True):
                 counter.add(values, counts)
         if progress:
@@ -739,8 +746,8 @@ def stage_file(path: str | Path, folder: str | Path, vocab_mode: str,
             while pending:
                 consume(*pending.popleft())
     finally:
-        appenders = [labels_out, dense_out] + ([sparse_out] if hashing else [values_out,
-                                                                             empty_out])
+        appenders = [labels_out, dense_out] + ([sparse_out] if hashing else values_out
+                                               + empty_out)
         for appender in appenders:
             appender.close()
     if reader.truncated:
@@ -797,20 +804,22 @@ def map_stage(folder: Path, vocab: Vocabulary, rows_per_chunk: int = 1 << 20,
     fingerprint = _vocab_fingerprint(vocab)
     if mark.is_file() and json.loads(mark.read_text()).get("vocab") == fingerprint:
         return
-    values = open_array(folder / "cat_values.npy")
-    empty = open_array(folder / "cat_empty.npy")
+    values = [open_array(folder / f"raw_{name}.npy") for name in SPARSE_NAMES]
+    empty = [open_array(folder / f"empty_{name}.npy") for name in SPARSE_NAMES]
     with NpyAppender(folder / "sparse.npy", np.int32, (NUM_SPARSE,)) as out, \
             ThreadPoolExecutor(max(1, workers)) as pool:
-        for start in range(0, values.shape[0], rows_per_chunk):
-            ids, _ = vocab.encode(np.asarray(values[start:start + rows_per_chunk]),
-                                  np.asarray(empty[start:start + rows_per_chunk]), pool)
+        for start in range(0, values[0].shape[0], rows_per_chunk):
+            stop = start + rows_per_chunk
+            ids, _ = vocab.encode(np.stack([v[start:stop] for v in values]),
+                                  np.stack([e[start:stop] for e in empty]), pool)
             out.append(ids)
     mark.write_text(json.dumps({"vocab": fingerprint}) + "\n")
 
 
 def _drop_raw(folder: Path) -> None:
-    for name in ("cat_values.npy", "cat_empty.npy"):
-        (folder / name).unlink(missing_ok=True)
+    for name in SPARSE_NAMES:
+        (folder / f"raw_{name}.npy").unlink(missing_ok=True)
+        (folder / f"empty_{name}.npy").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- splits
@@ -1180,12 +1189,12 @@ def parse_raw_file(path: str | Path, vocab: Vocabulary, *, has_label: bool | Non
                       ["incomplete last line of a truncated gzip stream"])
             lines += 1
 
-    def cat(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def cat(name: str, shape: tuple[int, ...], dtype: Any, axis: int = 0) -> np.ndarray:
         arrays = [getattr(p, name) for p in parts]
-        return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
+        return np.concatenate(arrays, axis=axis) if arrays else np.zeros(shape, dtype)
 
-    values = cat("cat_values", (0, NUM_SPARSE), np.uint32)
-    empty = cat("cat_empty", (0, NUM_SPARSE), np.bool_)
+    values = cat("cat_values", (NUM_SPARSE, 0), np.uint32, axis=1)
+    empty = cat("cat_empty", (NUM_SPARSE, 0), np.bool_, axis=1)
     ids, unseen = vocab.encode(values, empty)
     return RawRows(cat("dense", (0, NUM_DENSE), np.float32), ids,
                    cat("labels", (0,), np.uint8) if has_label else None,
