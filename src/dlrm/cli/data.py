@@ -1,0 +1,202 @@
+"""Data commands: ``dlrm preprocess criteo-kaggle|criteo-terabyte``, ``dlrm predict``,
+``dlrm synth --format criteo-tsv``. Argument parsing and printing only; the work is in
+``dlrm.data``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dlrm.data.criteo import BadLineError, parse_days, peak_rss_bytes
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, unit: str, desc: str
+                  ) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar with rate and ETA, fed by the library's ``progress(done, total)`` calls."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+               desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _vocab_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--hash-buckets", type=int, metavar="N",
+                       help="id = 1 + value %% N (MLPerf: 40000000); default: exact vocabulary")
+    group.add_argument("--min-count", type=int, metavar="N",
+                       help="values seen fewer than N times share one id")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad line (error names file:line) instead of "
+                             "skipping and counting it")
+    parser.add_argument("--workers", type=int, default=2, help="parsing threads (default 2)")
+    parser.add_argument("--chunk-mb", type=int, default=16,
+                        help="bytes of text parsed per task, in MiB (default 16)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``preprocess``, ``predict`` and ``synth`` to the ``dlrm`` command line."""
+    pre = subparsers.add_parser("preprocess", help="raw Criteo files -> memory-mapped arrays",
+                                description="Turn raw Criteo files into the memory-mapped "
+                                            "format `dlrm train --data DIR` reads "
+                                            "(docs/data-format.md).")
+    kinds = pre.add_subparsers(dest="dataset", required=True)
+    kaggle = kinds.add_parser("criteo-kaggle", help="Kaggle train.txt (plain or .gz)")
+    kaggle.add_argument("--input", required=True, type=Path, help="train.txt or train.txt.gz")
+    kaggle.add_argument("--out", required=True, type=Path, help="output folder")
+    kaggle.add_argument("--split", default="reference",
+                        help="'reference' (7 consecutive parts: 0-5 train, 6 halved test/val)"
+                             " or 'random:TRAIN,VAL,TEST' fractions, e.g. random:0.8,0.1,0.1")
+    kaggle.add_argument("--seed", type=int, default=0, help="seed for --split random, --shuffle")
+    kaggle.add_argument("--shuffle", action="store_true",
+                        help="store the training split in a seeded random order")
+    _vocab_args(kaggle)
+    kaggle.set_defaults(func=_run_preprocess)
+
+    tera = kinds.add_parser("criteo-terabyte", help="Terabyte day_0 ... day_23 (plain or .gz)")
+    tera.add_argument("--input", required=True, type=Path, help="folder with the day files")
+    tera.add_argument("--out", required=True, type=Path,
+                      help="output folder; a rerun reuses days already finished")
+    tera.add_argument("--days", default=None,
+                      help="days to process, e.g. 0-3,23 (default: 0-23)")
+    tera.add_argument("--test-day", type=int, default=23,
+                      help="day halved into test and validation (default 23)")
+    _vocab_args(tera)
+    tera.set_defaults(func=_run_preprocess)
+
+    pred = subparsers.add_parser("predict", help="score raw Criteo lines with a checkpoint",
+                                 description="Write one click probability per input line "
+                                             "(nan for a line that cannot be parsed).")
+    pred.add_argument("--checkpoint", required=True, type=Path)
+    pred.add_argument("--input", required=True, type=Path,
+                      help="raw TSV: 40 fields (label first) or 39 (no label)")
+    pred.add_argument("--out", required=True, type=Path, help="scores file")
+    pred.add_argument("--data", type=Path, default=None,
+                      help="preprocessed folder whose vocabulary to use (default: the one "
+                           "recorded in the checkpoint)")
+    pred.add_argument("--batch-size", type=int, default=65536)
+    pred.add_argument("--strict", action="store_true", help="stop at the first bad line")
+    pred.set_defaults(func=_run_predict)
+
+    synth = subparsers.add_parser("synth", help="write synthetic raw data files")
+    synth.add_argument("--format", required=True, choices=["criteo-tsv"],
+                       help="criteo-tsv: Kaggle train.txt format (40 fields)")
+    synth.add_argument("--rows", required=True, type=int)
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--no-label", action="store_true", help="39-field test format")
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=_run_synth)
+
+
+def _format_skips(report: dict[str, Any]) -> list[str]:
+    lines = [f"rows read {report['rows_read']:,}, written {report['rows_written']:,}, "
+             f"skipped {report['rows_skipped']:,}"]
+    for reason, count in report.get("skip_reasons", {}).items():
+        lines.append(f"  skipped {count:,}: {reason}")
+    for ex in report.get("skipped_examples", []):
+        lines.append(f"  {ex['file']}:{ex['line']}: {ex['reason']}")
+    return lines
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from dlrm.data.criteo import preprocess_kaggle, preprocess_terabyte
+
+    common = dict(hash_buckets=args.hash_buckets, min_count=args.min_count, strict=args.strict,
+                  workers=args.workers, chunk_bytes=args.chunk_mb << 20)
+    start = time.perf_counter()
+    try:
+        with _progress_bar(not args.no_progress, "B", f"preprocess {args.dataset}") as progress:
+            if args.dataset == "criteo-kaggle":
+                meta = preprocess_kaggle(args.input, args.out, split=args.split, seed=args.seed,
+                                         shuffle=args.shuffle, progress=progress, **common)
+            else:
+                meta = preprocess_terabyte(args.input, args.out, days=parse_days(args.days),
+                                           test_day=args.test_day, progress=progress, **common)
+    except (BadLineError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out} ({meta['vocab_mode']} vocabulary)")
+    for split, rows in meta["rows"].items():
+        share = meta["positives"][split] / rows if rows else 0.0
+        print(f"  {split:5s} {rows:>13,} rows  {share:6.2%} clicks")
+    print("  table sizes: " + " ".join(str(n) for n in meta["table_sizes"]))
+    for line in _format_skips(meta):
+        print(line)
+    if meta.get("reused_days"):
+        print(f"reused days already finished: {meta['reused_days']}")
+    print(f"{meta['rows_read'] / max(seconds, 1e-9):,.0f} lines/s over {seconds:.1f} s, "
+          f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from dlrm.data.loader import MemmapDataSource
+    from dlrm.data.predict import score_raw_file, write_scores
+
+    # The lead's module (dlrm.training.checkpoint): imported by name so that this file lints
+    # the same before and after it exists.
+    load_model = importlib.import_module("dlrm.training.checkpoint").load_model
+    model, checkpoint = load_model(args.checkpoint)
+    data = args.data
+    if data is None:
+        spec = checkpoint.get("data_spec") or {}
+        if spec.get("kind") != "memmap":
+            print(f"error: {args.checkpoint} was trained on {spec.get('kind')!r} data, not a "
+                  "preprocessed Criteo folder; pass --data DIR with the vocabulary to use",
+                  file=sys.stderr)
+            return 2
+        data = Path(spec["path"])
+    try:
+        result = score_raw_file(model, MemmapDataSource(data), args.input,
+                                batch_size=args.batch_size, strict=args.strict)
+    except (BadLineError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_scores(args.out, result.probabilities)
+    report = result.report
+    print(f"wrote {result.probabilities.size:,} probabilities to {args.out}")
+    for line in _format_skips(report):
+        print(line)
+    if report.get("unseen_values"):
+        print(f"categorical values not in the vocabulary: {report['unseen_values']:,}")
+    if "auc" in report:
+        print(f"AUC {report['auc']:.4f} on {report['rows_written']:,} labeled rows")
+    return 0
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from dlrm.data.criteo_synth import write_criteo_tsv
+
+    start = time.perf_counter()
+    with _progress_bar(not args.no_progress, "rows", "synth criteo-tsv") as progress:
+        counts = write_criteo_tsv(args.out, args.rows, seed=args.seed,
+                                  with_label=not args.no_label, progress=progress)
+    seconds = time.perf_counter() - start
+    print(f"wrote {counts['rows']:,} lines to {args.out} "
+          f"({counts['rows'] / max(seconds, 1e-9):,.0f} lines/s)")
+    return 0

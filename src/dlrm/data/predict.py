@@ -1,0 +1,92 @@
+"""Score raw Criteo lines with a trained model (``dlrm predict``; usable by ``dlrm eval``).
+
+A raw file in the Kaggle train (40 fields) or test (39 fields, no label) format is parsed and
+mapped through the vocabulary of the folder the model was trained on, exactly as
+preprocessing did, then scored in batches. The result has one probability per input line, in
+order; a line that cannot be parsed gets NaN (so line ``i`` of the scores always belongs to
+line ``i`` of the input) and is counted in the report, or with ``strict`` stops the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlrm.data.criteo import ProgressFn, RawRows
+from dlrm.data.loader import MemmapDataSource
+from dlrm.features import SparseFeatures
+
+
+@dataclass
+class Scores:
+    """Per input line: ``probabilities`` (NaN for skipped lines) and ``labels`` (-1 where a
+    line was skipped; None for unlabeled input); ``report`` counts rows and skips."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray | None
+    report: dict[str, Any]
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC (probability that a random positive outranks a random negative, ties
+    counting one half), from average ranks; NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # Average rank (1-based) within each run of tied scores.
+    starts = np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
+    ends = np.concatenate([starts[1:], [scores.size]])
+    average = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(average, ends - starts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0)
+                 / (positives * negatives))
+
+
+@torch.no_grad()
+def score_rows(model: torch.nn.Module, rows: RawRows, batch_size: int = 65536) -> np.ndarray:
+    """Click probabilities for parsed rows: ``sigmoid(model(dense, one-hot ids))``."""
+    out = np.empty(rows.dense.shape[0], dtype=np.float64)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for start in range(0, out.size, batch_size):
+        stop = min(start + batch_size, out.size)
+        dense = torch.from_numpy(np.ascontiguousarray(rows.dense[start:stop])).to(device)
+        ids = torch.from_numpy(np.ascontiguousarray(rows.ids[start:stop])).to(device)
+        logits = model(dense, SparseFeatures.from_ids(ids))
+        out[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out
+
+
+def score_raw_file(model: torch.nn.Module, source: MemmapDataSource, path: str | Path,
+                   batch_size: int = 65536, strict: bool = False,
+                   progress: ProgressFn | None = None) -> Scores:
+    """Parse ``path`` with ``source``'s vocabulary and score every line (see module doc)."""
+    rows = source.encode_raw_file(path, strict=strict)
+    probabilities = np.full(rows.lines_read, np.nan)
+    index = rows.line_numbers - 1
+    probabilities[index] = score_rows(model, rows, batch_size)
+    labels = None
+    report = dict(rows.report)
+    if rows.labels is not None:
+        labels = np.full(rows.lines_read, -1, dtype=np.int8)
+        labels[index] = rows.labels
+        report["auc"] = roc_auc(rows.labels, probabilities[index])
+        report["positives"] = int(rows.labels.sum())
+    return Scores(probabilities, labels, report)
+
+
+def write_scores(path: str | Path, probabilities: np.ndarray) -> None:
+    """One probability per line (``%.6f``; ``nan`` for lines that could not be parsed)."""
+    with open(path, "w") as f:
+        f.write("\n".join(f"{p:.6f}" for p in probabilities.tolist()))
+        if probabilities.size:
+            f.write("\n")
