@@ -25,7 +25,8 @@ def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSourc
         if kind == "memmap":
             from dlrm.data.loader import MemmapDataSource
 
-            return MemmapDataSource(spec["path"])
+            return MemmapDataSource(spec["path"], **({"block_rows": spec["block_rows"]}
+                                                     if "block_rows" in spec else {}))
         raise ValueError(f"unknown data spec kind {kind!r}")
     if spec.startswith("synthetic:"):
         kind = spec.split(":", 1)[1]
