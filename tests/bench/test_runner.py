@@ -124,3 +124,15 @@ def test_generated_batches_layout_and_skew():
     uniform = next(GeneratedBatches([1000, 7], [3, 1], 13, 500, "random", seed=0))
     top_uniform = torch.unique(uniform.sparse.values[:1500], return_counts=True)[1].max() / 1500
     assert top_share > 0.1 > top_uniform  # the power law concentrates accesses
+
+
+def test_peer_torchrec_same_config():
+    pytest.importorskip("torchrec", reason="TorchRec not installed (optional extra `peers`, "
+                        "then pip install --no-deps torchrec==1.8.0)")
+    from dlrm.bench.peers import run_peer
+
+    out = run_peer("torchrec", BenchConfig(preset="tiny", batch_size=64, warmup=1, trials=2,
+                                           steps=1))
+    assert out["samples_per_s"] > 0 and out["ours_over_peer"] > 0
+    with pytest.raises(ValueError, match="dot interaction only"):
+        run_peer("torchrec", BenchConfig(preset="tiny", interaction="cat"))

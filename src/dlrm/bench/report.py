@@ -44,7 +44,7 @@ def format_result(result: dict[str, Any]) -> str:
             row += (f"{_si(e['flops']):>9}{_si(e['bytes']):>9}{e['achieved_gflops']:>9.1f}"
                     f"{e['achieved_gbps']:>7.1f}  {e['bound']:<16}"
                     f"{100 * e['fraction_of_bound']:>7.1f}%")
-        else:
+        elif name in ("data", "to_device"):
             row += f"{'':>34}  {'n/a (not a kernel)':<16}"
         lines.append(row)
     if "limiter" in result:

@@ -131,8 +131,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.peer:
         peer = result["peer"]
-        print(f"\npeer {args.peer}: {peer['samples_per_s']:,.0f} samples/s "
-              f"(ours / peer = {result['samples_per_s'] / peer['samples_per_s']:.2f}x)")
+        print(f"\npeer {args.peer} {peer['version']} ({peer['setup']}): "
+              f"{peer['samples_per_s']:,.0f} samples/s; ours in the same alternating trials "
+              f"{peer['ours_samples_per_s_same_trials']:,.0f} samples/s: ours / peer = "
+              f"{peer['ours_over_peer']:.2f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
