@@ -136,3 +136,12 @@ def test_peer_torchrec_same_config():
     assert out["samples_per_s"] > 0 and out["ours_over_peer"] > 0
     with pytest.raises(ValueError, match="dot interaction only"):
         run_peer("torchrec", BenchConfig(preset="tiny", interaction="cat"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+def test_cuda_bench_runs_with_events(precision):
+    result = run_bench(BenchConfig(**{**TINY, "device": "cuda", "precision": precision}))
+    assert result["samples_per_s"] > 0 and result["machine"]["device_name"]
+    assert all(c["ms"] >= 0 for c in result["components"].values())
+    assert "matmul_fp16_gflops" in result["ceilings"]

@@ -44,12 +44,16 @@ class GeneratedBatches:
         batch_size: B.
         ids: ``random`` (uniform) or ``planted`` (power law of exponent ``zipf``).
 
+    Batches are made on ``device`` (on a GPU the generator runs there, so generation is not
+    a host-side bottleneck at batch 64k).
+
     Call: ``next(stream)`` -> ``Batch`` with dense (B, num_dense), sparse feature-major with
     ``B * sum(bag_sizes)`` ids, labels (B,).
     """
 
     def __init__(self, table_sizes: list[int], bag_sizes: list[int], num_dense: int,
-                 batch_size: int, ids: str = "random", zipf: float = 1.1, seed: int = 0) -> None:
+                 batch_size: int, ids: str = "random", zipf: float = 1.1, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
         if ids not in ("random", "planted"):
             raise ValueError(f"ids {ids!r}: expected 'random' or 'planted'")
         if len(bag_sizes) != len(table_sizes):
@@ -58,33 +62,35 @@ class GeneratedBatches:
             raise ValueError(f"bag sizes {bag_sizes}: every bag needs at least one id")
         self.table_sizes, self.bag_sizes = list(table_sizes), list(bag_sizes)
         self.num_dense, self.batch_size, self.ids, self.zipf = num_dense, batch_size, ids, zipf
-        self.gen = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.one_hot = all(b == 1 for b in bag_sizes)
         # Table size of every id position of a batch, feature-major: feature f has B*L_f ids.
         per_feature = torch.tensor([batch_size * b for b in bag_sizes])
         self._sizes = torch.repeat_interleave(
-            torch.tensor(self.table_sizes, dtype=torch.float64), per_feature)
+            torch.tensor(self.table_sizes, dtype=torch.float64), per_feature).to(self.device)
         self._lengths = torch.repeat_interleave(
-            torch.tensor(self.bag_sizes, dtype=torch.int64), batch_size)
+            torch.tensor(self.bag_sizes, dtype=torch.int64), batch_size).to(self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
         b = self.batch_size
-        u = torch.rand(self._sizes.shape, generator=self.gen, dtype=torch.float64)
+        dev = self.device
+        u = torch.rand(self._sizes.shape, generator=self.gen, dtype=torch.float64, device=dev)
         if self.ids == "random":
             values = (u * self._sizes).long()
         else:
             ranks = power_law_ranks(u, self._sizes, self.zipf)
             values = (ranks * SCATTER_PRIME) % self._sizes.long()
         if self.one_hot:
-            sparse = SparseFeatures(values, torch.arange(values.numel() + 1),
+            sparse = SparseFeatures(values, torch.arange(values.numel() + 1, device=dev),
                                     len(self.table_sizes), one_hot=True)
         else:
             sparse = SparseFeatures.from_lengths(values, self._lengths, len(self.table_sizes))
-        dense = torch.rand(b, self.num_dense, generator=self.gen)
-        labels = (torch.rand(b, generator=self.gen) < 0.5).float()
+        dense = torch.rand(b, self.num_dense, generator=self.gen, device=dev)
+        labels = (torch.rand(b, generator=self.gen, device=dev) < 0.5).float()
         return Batch(dense, sparse, labels)
 
 

@@ -276,7 +276,7 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
     else:
         config, bags = model_shape(cfg)
         batches = GeneratedBatches(config.table_sizes, bags, config.num_dense, cfg.batch_size,
-                                   cfg.ids, cfg.zipf, cfg.seed)
+                                   cfg.ids, cfg.zipf, cfg.seed, device=device)
     previous_tf32 = None
     if device.type == "cuda":
         previous_tf32 = torch.backends.cuda.matmul.allow_tf32
