@@ -282,7 +282,8 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         previous_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
     try:
-        model = DLRM(config, check_inputs=False).to(device)
+        with device:  # build (and initialize) the tables on the device: no host copy
+            model = DLRM(config, check_inputs=False)
         model.train(cfg.mode == "train")
         stepper = _Stepper(model, batches, device, cfg.precision, cfg.mode, cfg.lr)
         total = cfg.warmup * 2 + cfg.trials * cfg.steps * 2
