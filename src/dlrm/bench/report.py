@@ -33,12 +33,12 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"ceilings: matmul GFLOP/s {peaks}; stream {c['stream_gbps']:.1f} GB/s; "
                      f"random {c['gather_row_bytes']:.0f}-byte-row gather "
                      f"{c['gather_gbps']:.1f} GB/s")
-    header = (f"{'component':<18}{'ms':>9}{'min':>8}{'max':>8}{'share':>7}{'FLOPs':>9}"
+    header = (f"{'component':<18}{'ms':>9}{'min':>9}{'max':>9}{'share':>7}{'FLOPs':>9}"
               f"{'bytes':>9}{'GFLOP/s':>9}{'GB/s':>7}  {'bound':<16}{'of bound':>8}")
     lines += ["", header, "-" * len(header)]
     total = result["component_sum_ms"] or 1.0
     for name, e in result["components"].items():
-        row = (f"{name:<18}{e['ms']:>9.3f}{e['ms_min']:>8.3f}{e['ms_max']:>8.3f}"
+        row = (f"{name:<18}{e['ms']:>9.3f}{e['ms_min']:>9.3f}{e['ms_max']:>9.3f}"
                f"{100 * e['ms'] / total:>6.1f}%")
         if "bound" in e:
             row += (f"{_si(e['flops']):>9}{_si(e['bytes']):>9}{e['achieved_gflops']:>9.1f}"
