@@ -11,7 +11,7 @@ and benchmarks the same model on:
   random    fresh uniform ids every batch (`dlrm bench --ids random`)
   random-N  the same N rows with uniform ids instead, cycled like the real rows
 
-Usage: python benchmarks/profile_vs_real.py [--rows-cap 4000000] [--batch-size 2048]
+Usage: python benchmarks/profile_vs_real.py [--rows-cap 4000000] [--batch-size 2048] [--threads 1]
        [--trials 5] [--steps 4] [--out bench-out/profile_vs_real.json]
 Prints the command, `uptime`, the profile statistics side by side and the bench table.
 """
@@ -73,6 +73,7 @@ def main() -> int:
     p.add_argument("--mode", default="train", choices=["train", "infer"])
     p.add_argument("--rows-cap", type=int, default=4_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", default="bench-out/profile_vs_real.json")
@@ -99,7 +100,8 @@ def main() -> int:
         print(f"  {name:<11}", json.dumps({k: round(v, 4) for k, v in
                                             stats(fit_profile(data, "train")).items()}))
     base = BenchConfig(preset=args.preset, mode=args.mode, table_rows_cap=args.rows_cap,
-                       batch_size=args.batch_size, trials=args.trials, steps=args.steps)
+                       batch_size=args.batch_size, trials=args.trials, steps=args.steps,
+                       threads=args.threads)
     results = {}
     ceilings = None
     for name in ["real", "profile", "random", f"random-{n // 1000}k"]:  # noqa: B007
