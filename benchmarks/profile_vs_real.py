@@ -12,7 +12,7 @@ and benchmarks the same model on:
   random-N  the same N rows with uniform ids instead, cycled like the real rows
 
 Usage: python benchmarks/profile_vs_real.py [--rows-cap 4000000] [--batch-size 2048] [--threads 1]
-       [--trials 5] [--steps 4] [--out bench-out/profile_vs_real.json]
+       [--rounds 3] [--trials 2] [--steps 3] [--out bench-out/profile_vs_real.json]
 Prints the command, `uptime`, the profile statistics side by side and the bench table.
 """
 
@@ -74,8 +74,9 @@ def main() -> int:
     p.add_argument("--rows-cap", type=int, default=4_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--trials", type=int, default=5)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the sources")
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="bench-out/profile_vs_real.json")
     args = p.parse_args()
     path = DATA / "train.txt"
@@ -102,26 +103,38 @@ def main() -> int:
     base = BenchConfig(preset=args.preset, mode=args.mode, table_rows_cap=args.rows_cap,
                        batch_size=args.batch_size, trials=args.trials, steps=args.steps,
                        threads=args.threads)
-    results = {}
+    # Round-robin over the data sources, several rounds, medians: load on a shared machine
+    # drifts over minutes, and this spreads the drift over all four alike.
+    names = ["real", "profile", "random", f"random-{n // 1000}k"]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     ceilings = None
-    for name in ["real", "profile", "random", f"random-{n // 1000}k"]:  # noqa: B007
-        data = None if name == "random" else sources[name]
-        r = run_bench(replace(base, ids="random"), data=data, ceilings=ceilings,
-                      data_label=name)
-        ceilings = r["ceilings"]
-        results[name] = r
+    for _ in range(args.rounds):
+        for name in names:
+            data = None if name == "random" else sources[name]
+            r = run_bench(replace(base, ids="random"), data=data, ceilings=ceilings,
+                          data_label=name)
+            ceilings = r["ceilings"]
+            runs[name].append(r)
+
+    def med(name: str, get) -> float:
+        return float(np.median([get(r) for r in runs[name]]))
+
+    first = runs["real"][0]
     print(f"\n{args.preset} {args.mode}, B={args.batch_size}, tables capped at "
-          f"{args.rows_cap:,} rows "
-          f"({results['real']['embedding_megabytes']:.0f} MiB), fp32, "
-          f"threads {results['real']['machine']['threads']}")
+          f"{args.rows_cap:,} rows ({first['embedding_megabytes']:.0f} MiB), fp32, threads "
+          f"{first['machine']['threads']}; medians of {args.rounds} round-robin rounds")
     print(f"{'data':<11}{'samples/s':>11}{'emb fwd ms':>12}{'emb upd ms':>12}"
-          f"{'emb bwd ms':>12}{'gather GB/s':>13}")
-    for name, r in results.items():
-        c = r["components"]
-        upd, bwd = (c.get(k, {}).get("ms", float("nan"))
-                    for k in ("embedding_update", "embedding_bwd"))
-        print(f"{name:<11}{r['samples_per_s']:>11,.0f}{c['embedding_fwd']['ms']:>12.2f}"
-              f"{upd:>12.2f}{bwd:>12.2f}{c['embedding_fwd']['achieved_gbps']:>13.2f}")
+          f"{'emb bwd ms':>12}{'MLPs ms':>10}{'gather GB/s':>13}")
+    for name in names:
+        def ms(key: str):
+            return lambda r: r["components"].get(key, {}).get("ms", float("nan"))
+        mlp = med(name, lambda r: sum(c["ms"] for k, c in r["components"].items()
+                                      if "mlp" in k))
+        print(f"{name:<11}{med(name, lambda r: r['samples_per_s']):>11,.0f}"
+              f"{med(name, ms('embedding_fwd')):>12.2f}{med(name, ms('embedding_update')):>12.2f}"
+              f"{med(name, ms('embedding_bwd')):>12.2f}{mlp:>10.1f}"
+              f"{med(name, lambda r: r['components']['embedding_fwd']['achieved_gbps']):>13.2f}")
+    results = runs
     print("uptime:", os.popen("uptime").read().strip())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
