@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import time
 from typing import Any
 
 import torch
 
 from dlrm.bench.inputs import GeneratedBatches, cycle_batches
 from dlrm.bench.runner import BenchConfig, _Stepper, autocast_context, model_shape
+from dlrm.bench.timing import synchronize
 from dlrm.features import Batch
 from dlrm.models.dlrm import DLRM
 
@@ -87,7 +89,7 @@ def run_peer(name: str, cfg: BenchConfig, data: Any | None = None) -> dict[str, 
         ours = _Stepper(DLRM(config, check_inputs=False).to(device), batches, device,
                         cfg.precision, "train", cfg.lr)
 
-        def peer_step() -> float:
+        def peer_step() -> None:
             batch: Batch = next(batches).to(device)
             kjt = KeyedJaggedTensor(keys=keys, values=batch.sparse.values,
                                     lengths=batch.sparse.lengths.to(torch.int32))
@@ -98,12 +100,8 @@ def run_peer(name: str, cfg: BenchConfig, data: Any | None = None) -> dict[str, 
             peer_opt.zero_grad()
             loss.backward()
             peer_opt.step()
-            return 0.0
 
         def timed(step) -> float:
-            import time
-
-            from dlrm.bench.timing import synchronize
             synchronize(device)
             t0 = time.perf_counter()
             step()
