@@ -1,10 +1,13 @@
 """Benchmark model shapes: the reference recipes plus MLPerf's multi-hot DCN-v2 setup.
 
 ``mlperf`` is the MLPerf DLRM (v1) recipe on Criteo Terabyte hashed to 40M rows; its 26 table
-sizes are the reference DLRM's ``--max-ind-range=40000000`` list. ``mlperf-dcnv2`` is MLPerf's
-DLRM-DCNv2 recipe (TorchRec ``examples/dlrm`` / MLCommons ``recommendation_v2``): the
-``--num_embeddings_per_feature`` list, multi-hot ``--multi_hot_sizes`` bags, D=128, dense arch
-512-256-128, over arch 1024-1024-512-256-1 and a 3-layer low-rank (512) cross network.
+sizes are the reference DLRM's ``--max-ind-range=40000000`` list (``ln_emb`` of the MLPerf
+"Criteo Terabyte MLPerf training" configuration). ``mlperf-dcnv2`` is MLPerf's DLRM-DCNv2
+recipe (facebookresearch/dlrm ``torchrec_dlrm``, e.g.
+``scripts/materialize_synthetic_multihot_dataset.py``, and MLCommons' run scripts): its
+``--num_embeddings_per_feature`` list (not the v1 list: three tables rounded up to 40M, others
+a few rows larger), multi-hot ``--multi_hot_sizes`` bags, D=128, dense arch 512-256-128, over
+arch 1024-1024-512-256-1 and a 3-layer low-rank (512) cross network.
 """
 
 from __future__ import annotations
