@@ -8,4 +8,6 @@
 - ``runner``: ``BenchConfig`` and ``run_bench`` (one measurement, JSON-able result).
 - ``sweep``: ``run_sweep`` over one varied setting, CSV rows.
 - ``plots``: roofline chart, time breakdown, sweep charts (matplotlib, Agg).
+- ``report``: the plain-text table the CLI prints.
+- ``peers``: TorchRec's DLRM timed beside ours (optional extra ``peers``).
 """

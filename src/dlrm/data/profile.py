@@ -128,7 +128,10 @@ def reuse_distances(ids: np.ndarray) -> np.ndarray:
 
 
 def fit_profile(data: Any, split: str = "train", max_rows: int | None = None) -> dict[str, Any]:
-    """The profile of ``data``'s ``split`` (its first ``max_rows`` rows); see the module doc."""
+    """The profile of ``data``'s ``split`` (its first ``max_rows`` rows); see the module doc.
+
+    The profiled rows' ids are held in memory (8 bytes per id): use ``max_rows`` on big data.
+    """
     dense, labels, values, lengths = _collect(data, split, max_rows)
     features = []
     for f, (ids, lens) in enumerate(zip(values, lengths)):
