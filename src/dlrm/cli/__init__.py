@@ -11,10 +11,11 @@ import logging
 import sys
 
 from dlrm import __version__
+from dlrm.cli import bench as bench_commands
 from dlrm.cli import data as data_commands
 from dlrm.cli import train as train_commands
 
-COMMAND_MODULES = [train_commands, data_commands]
+COMMAND_MODULES = [train_commands, data_commands, bench_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

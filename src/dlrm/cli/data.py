@@ -101,12 +101,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pred.add_argument("--strict", action="store_true", help="stop at the first bad line")
     pred.set_defaults(func=_run_predict)
 
-    synth = subparsers.add_parser("synth", help="write synthetic raw data files")
-    synth.add_argument("--format", required=True, choices=["criteo-tsv"],
+    synth = subparsers.add_parser(
+        "synth", help="write synthetic data: Criteo TSV, a data profile, or rows from a profile",
+        description="`dlrm synth --format criteo-tsv --rows N --out FILE` writes Kaggle-format "
+                    "TSV; `dlrm synth profile DIR --out profile.json` writes a shareable profile "
+                    "of a data set (no rows); `dlrm synth --profile profile.json --rows N --out "
+                    "DIR` generates a preprocessed folder with the profile's statistics.")
+    synth.add_argument("action", nargs="?", choices=["profile"],
+                       help="`profile`: profile the data set SOURCE")
+    synth.add_argument("source", nargs="?",
+                       help="with `profile`: a `dlrm preprocess` folder or synthetic:planted")
+    synth.add_argument("--format", choices=["criteo-tsv"],
                        help="criteo-tsv: Kaggle train.txt format (40 fields)")
-    synth.add_argument("--rows", required=True, type=int)
+    synth.add_argument("--profile", type=Path, default=None,
+                       help="generate rows with this profile's statistics (writes a folder)")
+    synth.add_argument("--rows", type=int)
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--split", default="train", help="with `profile`: the split to profile")
+    synth.add_argument("--max-rows", type=int, default=None,
+                       help="with `profile`: profile only the first N rows")
     synth.add_argument("--no-label", action="store_true", help="39-field test format")
     synth.add_argument("--no-progress", action="store_true")
     synth.set_defaults(func=_run_synth)
@@ -190,6 +204,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
+    if args.action == "profile":
+        return _run_synth_profile(args)
+    if args.profile is not None:
+        return _run_synth_from_profile(args)
+    if args.format is None or args.rows is None:
+        raise ValueError("dlrm synth needs --format criteo-tsv --rows N, or --profile P --rows N, "
+                         "or the `profile SOURCE` action")
     from dlrm.data.criteo_synth import write_criteo_tsv
 
     start = time.perf_counter()
@@ -199,4 +220,33 @@ def _run_synth(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"wrote {counts['rows']:,} lines to {args.out} "
           f"({counts['rows'] / max(seconds, 1e-9):,.0f} lines/s)")
+    return 0
+
+
+def _run_synth_profile(args: argparse.Namespace) -> int:
+    from dlrm.data import open_data
+    from dlrm.data.profile import fit_profile, save_profile
+
+    if args.source is None:
+        raise ValueError("dlrm synth profile needs the data set to profile: "
+                         "dlrm synth profile DIR --out profile.json")
+    profile = fit_profile(open_data(args.source), args.split, args.max_rows)
+    save_profile(profile, args.out)
+    zipfs = ", ".join(f"{f['zipf']:.2f}" for f in profile["features"])
+    print(f"profiled {profile['rows']:,} rows, click rate {profile['click_rate']:.4f}, "
+          f"{len(profile['features'])} features (Zipf {zipfs}); wrote {args.out}")
+    return 0
+
+
+def _run_synth_from_profile(args: argparse.Namespace) -> int:
+    from dlrm.data.format import write_data_source
+    from dlrm.data.profile import ProfileData
+
+    if not args.rows:
+        raise ValueError("--profile needs --rows N")
+    data = ProfileData(args.profile, args.rows, seed=args.seed)
+    with _progress_bar(not args.no_progress, "rows", "synth from profile") as progress:
+        meta = write_data_source(data, args.out, progress=progress)
+    print(f"wrote {sum(meta['rows'].values()):,} rows ({meta['rows']}) with the statistics of "
+          f"{args.profile} to {args.out}")
     return 0
