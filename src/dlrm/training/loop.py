@@ -159,6 +159,14 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
 
+    if model_kind == "dlrm":  # issue 7: refuse what cannot fit, before allocating anything
+        from dlrm.config import DLRMConfig
+        from dlrm.memory import check_memory, parameter_memory
+
+        report = parameter_memory(DLRMConfig.from_dict(model_config), config.optimizer,
+                                  config.sparse_optimizer)
+        emit({"event": "memory", **report.summary()})
+        check_memory(report, device)
     torch.manual_seed(config.seed)
     model = ckpt_io.build_model(model_kind, model_config).to(device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
