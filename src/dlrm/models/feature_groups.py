@@ -23,12 +23,20 @@ def select_features(sparse: SparseFeatures, features: list[int]) -> SparseFeatur
         index = torch.tensor(features, dtype=torch.int64, device=sparse.values.device)
         values = sparse.values.view(num_features, batch).index_select(0, index).reshape(-1)
         return SparseFeatures.from_ids(values.view(len(features), batch).t())
-    bounds = sparse.offsets[::batch].tolist()  # (F+1,) start of each feature's values
-    lengths = sparse.lengths.view(num_features, batch)
-    values = torch.cat([sparse.values[bounds[f]: bounds[f + 1]] for f in features])
-    index = torch.tensor(features, dtype=torch.int64, device=lengths.device)
-    return SparseFeatures.from_lengths(values, lengths.index_select(0, index).reshape(-1),
-                                       len(features))
+    # Multi-hot: keep the values of the chosen features with one mask (no Python loop, no
+    # host sync, so torch.export can trace it); the order of ``features`` must be ascending
+    # for the kept values to stay feature-major.
+    if features != sorted(features):
+        raise ValueError(f"features {features} must be ascending for multi-hot selection")
+    index = torch.tensor(features, dtype=torch.int64, device=sparse.values.device)
+    chosen = torch.zeros(num_features, dtype=torch.bool, device=sparse.values.device)
+    chosen[index] = True
+    bounds = sparse.offsets[::batch]
+    feature_of_value = torch.repeat_interleave(chosen, bounds[1:] - bounds[:-1])
+    values = sparse.values[feature_of_value]
+    lengths = sparse.lengths.view(num_features, batch).index_select(0, index).reshape(-1)
+    offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+    return SparseFeatures(values, offsets, len(features), one_hot=False)
 
 
 class FeatureOrder(nn.Module):

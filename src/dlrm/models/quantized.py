@@ -56,6 +56,7 @@ def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
                     dim: int) -> torch.Tensor:
     """float32 rows (R, dim) from ``quantize_rows``' output (or rows gathered from it)."""
     if bits == 4:
+        codes = codes.to(torch.int32)  # uint8 bit ops do not survive the ONNX export
         low, high = codes & 0x0F, codes >> 4
         codes = torch.stack([low, high], dim=2).reshape(codes.shape[0], -1)[:, :dim]
     return codes.float() * scale.float()[:, None] + bias.float()[:, None]
