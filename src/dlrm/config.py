@@ -42,6 +42,15 @@ class DLRMConfig:
         top_mlp: widths after the interaction, ending at 1, e.g. ``[512, 256, 1]``.
         interaction: ``"dot"`` (pairwise dot products, the paper's) or ``"cat"``.
         interaction_self: also include each vector's dot product with itself.
+
+    Embedding options (docs/model-options.md; the defaults keep the plain fused tables):
+        qr_threshold: tables with more rows than this use quotient-remainder embeddings
+            (0: off).
+        qr_collisions: c, the remainder table's rows; the quotient table has ceil(n/c).
+        qr_operation: how the two pooled vectors combine: ``mult``, ``add`` or ``concat``.
+        md_alpha: mixed dimensions by the power-law rule with temperature alpha (None: off).
+        md_round_dims: round mixed dimensions to powers of two (the reference's option).
+        max_ind_range: hash ids modulo this many rows at lookup time (0: off).
     """
 
     table_sizes: list[int]
@@ -50,6 +59,13 @@ class DLRMConfig:
     top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])
     interaction: str = "dot"
     interaction_self: bool = False
+    # --- issue 7: embedding options (defaults: off) ---
+    qr_threshold: int = 0
+    qr_collisions: int = 4
+    qr_operation: str = "mult"
+    md_alpha: float | None = None
+    md_round_dims: bool = False
+    max_ind_range: int = 0
 
     def __post_init__(self) -> None:
         self.bottom_mlp = parse_arch(self.bottom_mlp)
@@ -83,6 +99,29 @@ class DLRMConfig:
             raise ValueError(f"top_mlp {self.top_mlp}: must end with width 1 (one logit)")
         if self.interaction not in ("dot", "cat"):
             raise ValueError(f"interaction {self.interaction!r}: expected 'dot' or 'cat'")
+        # --- issue 7: embedding options ---
+        if self.qr_threshold < 0:
+            raise ValueError(f"qr_threshold = {self.qr_threshold}: must be >= 0 (0: off)")
+        if self.qr_collisions < 1:
+            raise ValueError(f"qr_collisions = {self.qr_collisions}: must be >= 1")
+        if self.qr_operation not in ("mult", "add", "concat"):
+            raise ValueError(f"qr_operation {self.qr_operation!r}: expected mult, add or concat")
+        if self.qr_threshold and self.qr_operation == "concat" and self.embedding_dim < 2:
+            raise ValueError("qr_operation concat needs embedding_dim >= 2 (it splits D in two)")
+        if self.md_alpha is not None and self.md_alpha < 0:
+            raise ValueError(f"md_alpha = {self.md_alpha}: must be >= 0")
+        if self.qr_threshold and self.md_alpha is not None:
+            raise ValueError("qr_threshold and md_alpha cannot be combined: pick one of "
+                             "quotient-remainder or mixed-dimension embeddings")
+        if self.max_ind_range < 0:
+            raise ValueError(f"max_ind_range = {self.max_ind_range}: must be >= 0 (0: off)")
+
+    @property
+    def lookup_table_sizes(self) -> list[int]:
+        """Rows each table really has: ``min(n, max_ind_range)`` when hashing is on."""
+        if not self.max_ind_range:
+            return list(self.table_sizes)
+        return [min(n, self.max_ind_range) for n in self.table_sizes]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

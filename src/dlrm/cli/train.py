@@ -34,6 +34,39 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-mlp", default=None, help="e.g. 512-256-1")
     g.add_argument("--interaction", choices=["dot", "cat"], default=None)
     g.add_argument("--interaction-self", action="store_true")
+    # --- issue 7: embedding options (docs/model-options.md) ---
+    g = p.add_argument_group("embedding options")
+    g.add_argument("--qr-threshold", type=int, default=0,
+                   help="quotient-remainder tables for tables above this many rows (0: off)")
+    g.add_argument("--qr-collisions", type=int, default=4,
+                   help="QR: remainder table rows c (quotient table: ceil(n/c))")
+    g.add_argument("--qr-operation", choices=["mult", "add", "concat"], default="mult")
+    g.add_argument("--md-alpha", type=float, default=None,
+                   help="mixed-dimension tables by the power-law rule, temperature alpha")
+    g.add_argument("--md-round-dims", action="store_true",
+                   help="mixed dimensions rounded to powers of two")
+    g.add_argument("--max-ind-range", type=int, default=0,
+                   help="hash ids modulo this many rows at lookup time (0: off)")
+    # --- end issue 7 ---
+
+
+def apply_embedding_options(model_config: dict, args: argparse.Namespace) -> dict:
+    """Issue 7: the QR / mixed-dimension / hashing flags written into a DLRMConfig dict."""
+    from dlrm.config import DLRMConfig
+
+    for name in ("qr_threshold", "qr_collisions", "qr_operation", "md_alpha", "md_round_dims",
+                 "max_ind_range"):
+        model_config[name] = getattr(args, name)
+    return DLRMConfig.from_dict(model_config).to_dict()  # validates
+
+
+def lr_schedule_from_args(args: argparse.Namespace) -> dict | None:
+    """Issue 7: ``--lr-schedule mlperf`` and its parameters as a TrainConfig.lr_schedule."""
+    if args.lr_schedule == "constant":
+        return None
+    return {"kind": "mlperf", "warmup_steps": args.warmup_steps,
+            "decay_start": args.decay_start, "decay_steps": args.decay_steps,
+            "end_lr": args.end_lr}
 
 
 def open_data_from_args(args: argparse.Namespace):
@@ -68,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_config = dlrm_config_for_data(
             args.preset, data.table_sizes, data.num_dense, args.embedding_dim, args.bottom_mlp,
             args.top_mlp, args.interaction, args.interaction_self).to_dict()
+        model_config = apply_embedding_options(model_config, args)  # issue 7
         kind = "dlrm"
         config = TrainConfig(
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -76,14 +110,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
             checkpoint_every=args.checkpoint_every, log_every=args.log_every,
             patience=args.patience, precision=args.precision, device=args.device,
-            threads=args.threads, seed=args.seed)
+            threads=args.threads, seed=args.seed, lr_schedule=lr_schedule_from_args(args))
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
+    print_memory_report(kind, model_config, config, args.memory_report)  # issue 7
     summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
                     progress=TrainProgress(disable=args.quiet),
                     extra={"command": " ".join(sys.argv)})
     print_summary(summary)
     return 0
+
+
+def print_memory_report(kind: str, model_config: dict, config, per_table: bool) -> None:
+    """Issue 7: parameter memory (per table with --memory-report, always the total)."""
+    if kind != "dlrm":
+        return
+    from dlrm.config import DLRMConfig
+    from dlrm.memory import parameter_memory
+
+    report = parameter_memory(DLRMConfig.from_dict(model_config), config.optimizer,
+                              config.sparse_optimizer)
+    for line in report.lines(per_table=per_table):
+        print(f"memory: {line}")
 
 
 def print_summary(summary: dict) -> None:
@@ -150,6 +198,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    # --- issue 7: lr schedule and memory report ---
+    g.add_argument("--lr-schedule", choices=["constant", "mlperf"], default="constant",
+                   help="mlperf: linear warmup, constant, then polynomial (power 2) decay")
+    g.add_argument("--warmup-steps", type=int, default=0, help="mlperf schedule: warmup steps")
+    g.add_argument("--decay-start", type=int, default=0, help="mlperf schedule: decay start step")
+    g.add_argument("--decay-steps", type=int, default=0, help="mlperf schedule: decay length")
+    g.add_argument("--end-lr", type=float, default=0.0, help="mlperf schedule: lr after decay")
+    g.add_argument("--memory-report", action="store_true",
+                   help="print parameter memory per table before training (total always)")
+    # --- end issue 7 ---
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")

@@ -17,8 +17,27 @@ from torch import nn
 from dlrm.config import DLRMConfig
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.hashing import hash_ids
 from dlrm.models.interactions import CatInteraction, DotInteraction
 from dlrm.models.mlp import MLP
+
+
+def build_embeddings(config: DLRMConfig) -> nn.Module:
+    """The embedding module that ``config``'s options ask for; all map SparseFeatures to
+    (B, F, D). Plain fused tables unless QR or mixed dimensions are on (issue 7)."""
+    sizes = config.lookup_table_sizes
+    dim = config.embedding_dim
+    if config.qr_threshold:
+        from dlrm.models.qr_embeddings import QREmbeddingBag
+
+        return QREmbeddingBag(sizes, dim, config.qr_threshold, config.qr_collisions,
+                              config.qr_operation)
+    if config.md_alpha is not None:
+        from dlrm.models.mixed_dim import MixedDimEmbeddingBag, md_dimensions
+
+        dims = md_dimensions(sizes, dim, config.md_alpha, config.md_round_dims)
+        return MixedDimEmbeddingBag(sizes, dim, dims)
+    return FusedEmbeddingBag(sizes, dim)
 
 
 class DLRM(nn.Module):
@@ -48,7 +67,7 @@ class DLRM(nn.Module):
         dim = config.embedding_dim
         num_features = config.num_sparse
         self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, dim)
+        self.embeddings = build_embeddings(config)
         if config.interaction == "dot":
             self.interaction: nn.Module = DotInteraction(num_features, config.interaction_self)
             top_in = DotInteraction.output_width(num_features, dim, config.interaction_self)
@@ -88,6 +107,8 @@ class DLRM(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
         if self.check_inputs:
             self.validate_inputs(dense, sparse)
+        if self.config.max_ind_range:
+            sparse = hash_ids(sparse, self.config.max_ind_range)  # ids mod M
         x = self.bottom_mlp(dense)  # (B, D)
         pooled = self.embeddings(sparse)  # (B, F, D)
         interactions = self.interaction(x, pooled.to(x.dtype))  # (B, D + P)

@@ -16,6 +16,15 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
 }
 
 
+def _build_quantized(cfg: dict[str, Any]) -> nn.Module:
+    from dlrm.models.quantized import build_quantized_dlrm
+
+    return build_quantized_dlrm(cfg)
+
+
+_BUILDERS["dlrm-quantized"] = _build_quantized  # issue 7: `dlrm quantize` checkpoints
+
+
 def register(name: str, builder: Callable[[dict[str, Any]], nn.Module]) -> None:
     _BUILDERS[name] = builder
 

@@ -27,6 +27,7 @@ from dlrm.data.source import DataSource
 from dlrm.training import checkpoint as ckpt_io
 from dlrm.training.metrics import MetricAccumulator
 from dlrm.training.optim import build_optimizer
+from dlrm.training.schedule import build_schedule
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class TrainConfig:
         device: ``cpu`` or ``cuda``.
         threads: torch intra-op threads (None: torch's default).
         seed: initialization and data order.
+        lr_schedule: None (constant lr) or ``{"kind": "mlperf", "warmup_steps": W,
+            "decay_start": S, "decay_steps": K, "end_lr": 0.0}``
+            (``dlrm.training.schedule``), applied to the dense and the sparse lr alike.
     """
 
     batch_size: int = 128
@@ -72,6 +76,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
+    lr_schedule: dict[str, Any] | None = None  # issue 7: MLPerf warmup/decay schedule
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -82,6 +87,7 @@ class TrainConfig:
             raise ValueError(f"epochs {self.epochs}: must be positive")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"max_samples {self.max_samples}: must be positive")
+        build_schedule(self.lr_schedule)  # raises on a bad schedule
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
@@ -153,6 +159,14 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
 
+    if model_kind == "dlrm":  # issue 7: refuse what cannot fit, before allocating anything
+        from dlrm.config import DLRMConfig
+        from dlrm.memory import check_memory, parameter_memory
+
+        report = parameter_memory(DLRMConfig.from_dict(model_config), config.optimizer,
+                                  config.sparse_optimizer)
+        emit({"event": "memory", **report.summary()})
+        check_memory(report, device)
     torch.manual_seed(config.seed)
     model = ckpt_io.build_model(model_kind, model_config).to(device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
@@ -185,6 +199,7 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     if config.max_samples:
         total_steps = min(total_steps, max(1, config.max_samples // batch_size))
     loss_fn = nn.BCEWithLogitsLoss()
+    schedule = build_schedule(config.lr_schedule)
 
     def save(path: Path) -> None:
         ckpt_io.save_atomic({
@@ -227,6 +242,10 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
                 logits = model(batch.dense, batch.sparse)
             loss = loss_fn(logits.float(), batch.labels)
             loss.backward()
+            if schedule is not None:  # lr is a pure function of the step: exact on resume
+                step_now, sparse_lr = state["step"], config.sparse_lr
+                optimizer.set_lr(schedule.lr(step_now, config.lr),
+                                 None if sparse_lr is None else schedule.lr(step_now, sparse_lr))
             optimizer.step()
             optimizer.zero_grad()
             state["step"] += 1
