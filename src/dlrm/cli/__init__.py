@@ -11,9 +11,10 @@ import logging
 import sys
 
 from dlrm import __version__
+from dlrm.cli import compare as compare_commands
 from dlrm.cli import train as train_commands
 
-COMMAND_MODULES = [train_commands]
+COMMAND_MODULES = [train_commands, compare_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

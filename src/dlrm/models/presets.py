@@ -78,3 +78,21 @@ def model_config_for(kind: str, preset_name: str, table_sizes: list[int], num_de
                 "low_rank": rank}
     return {"table_sizes": sizes, "num_dense": num_dense, "embedding_dim": dim,
             "deep_mlp": deep}
+
+
+def parse_model_options(items: list[str] | None) -> dict[str, Any]:
+    """``["cross_layers=6", "deep_mlp=512-256"]`` -> a dict of overrides.
+
+    Integers become ints, the rest stay strings (widths like ``512-256`` are parsed by the
+    configs).
+    """
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-option {item!r}: expected KEY=VALUE")
+        if value.lstrip("-").isdigit():
+            options[key] = int(value)
+        else:
+            options[key] = value
+    return options
