@@ -39,7 +39,8 @@ class CompareConfig:
 
     Args:
         models: model kinds (``dlrm.models.presets.MODEL_KINDS``).
-        budget: training samples per run (None: ``epochs`` full passes).
+        budget: training samples per run (None: ``epochs`` full passes); more than the
+            training split makes as many passes as needed.
         seeds: runs per model, seeds 0..seeds-1 (initialization and data order).
         preset: DLRM preset giving every model its D and deep widths
             (``dlrm.models.presets.model_config_for``).
@@ -116,8 +117,11 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
     plan = [(kind, opt, seed) for kind in config.models for opt in config.optimizers
             for seed in range(config.seeds)]
     train_samples = data.num_samples("train")
-    per_run = config.budget or train_samples * config.epochs
-    steps = max(1, min(per_run, train_samples * config.epochs) // config.batch_size)
+    epochs = config.epochs
+    if config.budget:  # a budget larger than the training split takes several epochs
+        epochs = max(epochs, math.ceil(config.budget / train_samples))
+    per_run = config.budget or train_samples * epochs
+    steps = max(1, min(per_run, train_samples * epochs) // config.batch_size)
     eval_every = max(1, steps // config.curve_points) if config.curve_points else 0
     runs: list[dict[str, Any]] = []
     for index, (kind, opt, seed) in enumerate(plan):
@@ -128,7 +132,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
                                         options)
         train_config = TrainConfig(
             batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
-            optimizer=opt, epochs=config.epochs, max_samples=config.budget,
+            optimizer=opt, epochs=epochs, max_samples=config.budget,
             eval_every=eval_every, precision=config.precision, threads=config.threads,
             seed=seed, log_every=max(1, steps // 20))
         label = f"{kind} {opt} seed {seed}"

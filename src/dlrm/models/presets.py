@@ -35,7 +35,8 @@ def model_config_for(kind: str, preset_name: str, table_sizes: list[int], num_de
         preset_name: ``tiny``, ``kaggle``, ``terabyte`` or ``mlperf`` (``dlrm.config.preset``):
             gives D, and the deep networks' hidden widths (the preset's top MLP without its
             final 1). DCN / DCN-v2 default to 6 / 3 cross layers; DCN-v2 to full rank,
-            parallel; DLRM-DCNv2 to 3 layers of rank 512 (MLPerf), capped at the cross width.
+            parallel; DLRM-DCNv2 to 3 layers of rank 512 (MLPerf), at most a quarter of the
+            cross width (F+1) D so that smaller presets stay low-rank.
         table_sizes, num_dense: the data's.
         overrides: fields to set, e.g. ``{"embedding_dim": 8, "cross_layers": 2}``; None
             values are ignored. A field that ``kind`` does not have raises ``ValueError``.
@@ -72,7 +73,7 @@ def model_config_for(kind: str, preset_name: str, table_sizes: list[int], num_de
             bottom = [*bottom, dim]
         top = parse_arch(over.get("top_mlp", base.top_mlp))
         width = (len(sizes) + 1) * dim
-        rank = over.get("low_rank", min(512, width))
+        rank = over.get("low_rank", min(512, max(1, width // 4)))  # MLPerf: 512 of 3456
         return {"table_sizes": sizes, "embedding_dim": dim, "bottom_mlp": bottom,
                 "top_mlp": top, "cross_layers": int(over.get("cross_layers", 3)),
                 "low_rank": rank}
