@@ -13,7 +13,7 @@ set -x
 $DLRM preprocess-table --schema criteo-tsv --input "$DATA/criteo-kaggle-head10k/train.txt" \
   --test-input "$DATA/criteo-kaggle-spread4k/rows.txt" --out "$OUT/data/criteo-head10k" --quiet
 $DLRM compare --data "$OUT/data/criteo-head10k" --preset kaggle \
-  --models dlrm,dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr --budget 27000 --seeds 3 --batch-size 128 \
+  --models dlrm,dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr --epochs 1 --seeds 3 --batch-size 128 \
   --curve-points 6 --threads 1 --quiet --out "$OUT/compare-criteo"
 $DLRM compare --paper --data "$OUT/data/criteo-head10k" --seeds 3 --threads 1 --quiet \
   --out "$OUT/compare-criteo-paper"

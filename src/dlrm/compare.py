@@ -53,7 +53,7 @@ class CompareConfig:
     """
 
     models: list[str]
-    budget: int | None = 1_000_000
+    budget: int | None = None
     seeds: int = 3
     preset: str = "tiny"
     embedding_dim: int | None = None
@@ -180,19 +180,31 @@ def _positives(data: DataSource, split: str) -> tuple[int, int]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _finite(run: dict[str, Any]) -> bool:
+    return all(math.isfinite(run[m]) for m in ("auc", "logloss", "accuracy"))
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, optimizer): mean and std of each metric over seeds."""
+    """One row per (model, optimizer): mean and std of each metric over seeds.
+
+    Runs whose metrics are not finite (training diverged to NaN) are counted in ``diverged``
+    and left out of the means, never silently averaged in.
+    """
     rows = []
     keys = list(dict.fromkeys((r["model"], r["optimizer"]) for r in runs))
     for kind, opt in keys:
         group = [r for r in runs if r["model"] == kind and r["optimizer"] == opt]
+        ok = [r for r in group if _finite(r)]
         row: dict[str, Any] = {"model": kind, "optimizer": opt, "seeds": len(group),
+                               "diverged": len(group) - len(ok),
                                "parameters": group[0]["parameters"]}
         for metric in ("auc", "logloss", "accuracy"):
-            row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in group])
+            row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in ok])
         row["train_seconds"] = statistics.fmean(r["summary"]["train_seconds"] for r in group)
         rates = [r["summary"]["samples_per_s"] or 0.0 for r in group]
         row["samples_per_s"] = statistics.median(rates)
@@ -215,8 +227,10 @@ def markdown_table(results: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         se = auc_standard_error(row["auc"], pos, neg)
+        seeds = str(row["seeds"]) + (f" ({row['diverged']} diverged: NaN, not in the means)"
+                                     if row["diverged"] else "")
         lines.append(
-            f"| {row['model']} | {row['optimizer']} | {row['seeds']} | {row['parameters']:,} "
+            f"| {row['model']} | {row['optimizer']} | {seeds} | {row['parameters']:,} "
             f"| {row['auc']:.4f} ± {row['auc_std']:.4f} | {se:.4f} "
             f"| {row['logloss']:.4f} ± {row['logloss_std']:.4f} "
             f"| {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} | {row['samples_seen']:,} "

@@ -110,3 +110,18 @@ def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_kind"] == "dcnv2" and saved["model_config"]["low_rank"] == 2
     assert saved["data"] == {"kind": "table", "path": str(tmp_path / "data")}
+
+
+def test_diverged_runs_are_counted_not_averaged():
+    def run(seed, auc, logloss):
+        return {"model": "dcn", "optimizer": "sgd", "seed": seed, "parameters": 10, "auc": auc,
+                "logloss": logloss, "accuracy": 0.7,
+                "summary": {"train_seconds": 1.0, "samples_per_s": 5.0, "samples_seen": 100}}
+
+    from dlrm.compare import aggregate, markdown_table
+
+    rows = aggregate([run(0, 0.52, math.nan), run(1, 0.71, 0.5), run(2, 0.73, 0.49)])
+    assert rows[0]["diverged"] == 1
+    assert rows[0]["auc"] == pytest.approx(0.72) and rows[0]["logloss"] == pytest.approx(0.495)
+    table = markdown_table({"split": "test", "eval_positives": (10, 30), "rows": rows})
+    assert "| 3 (1 diverged: NaN, not in the means) |" in table

@@ -133,13 +133,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DLRM preset that sizes every model (D, deep widths)")
     p.add_argument("--embedding-dim", type=int, default=None, help="D for every model")
     p.add_argument("--budget", type=int, default=None,
-                   help="training samples per run (default 1,000,000; --paper: one epoch)")
+                   help="training samples per run (default: --epochs passes over the train split)")
     p.add_argument("--seeds", type=int, default=None, help="runs per model (default 3)")
     p.add_argument("--optimizers", default=None, help="e.g. sgd,adagrad (default adagrad)")
     p.add_argument("--lr", action="append", metavar="OPT=LR",
                    help="learning rate of an optimizer, e.g. --lr adagrad=0.02")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="passes when no --budget (default 1)")
     p.add_argument("--curve-points", type=int, default=None,
                    help="evaluations per run for the AUC curve (default 8)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
