@@ -221,3 +221,21 @@ def test_avazu_and_criteo_schemas_read_the_samples(tmp_path):
         assert criteo["vocabularies"][f"C{k + 1}"][sparse[k] - 1] == value
     saved = json.loads((tmp_path / "criteo" / "metadata.json").read_text())
     assert saved["positives"]["test"] == 1081  # 24.7% of 4,370 (../shared/README.md)
+
+
+def test_parquet_input_gives_the_same_arrays_as_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = write_csv(tmp_path / "toy.csv", ROWS)
+    names = ["label", "count", "price", "color", "city", "tags", "when"]
+    pq.write_table(pa.table({n: [r[k] for r in ROWS] for k, n in enumerate(names)}),
+                   tmp_path / "toy.parquet")
+    schema = TableSchema.from_dict(SCHEMA)
+    a = preprocess_table(schema, src, tmp_path / "a")
+    b = preprocess_table(schema, tmp_path / "toy.parquet", tmp_path / "b")
+    assert a["vocabularies"] == b["vocabularies"] and a["rows"] == b["rows"]
+    for split in ("train", "val"):
+        for name in ("labels", "dense", "sparse", "tags.values", "tags.offsets"):
+            assert np.array_equal(np.load(tmp_path / "a" / split / f"{name}.npy"),
+                                  np.load(tmp_path / "b" / split / f"{name}.npy"))
