@@ -220,6 +220,11 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [f"Metrics on the {split} split ({pos + neg:,} samples, {pos:,} positives); "
              f"mean ± std over seeds. AUC SE: the standard error of one AUC measured on "
              f"this many samples (Hanley & McNeil 1982).", ""]
+    ctr = pos / max(pos + neg, 1)
+    if 0 < ctr < 1:
+        entropy = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
+        lines += [f"A constant predictor has AUC 0.5 and at best log loss {entropy:.4f} (the "
+                  f"label entropy of this split, {ctr:.1%} positives).", ""]
     if results.get("optimal_auc"):
         lines += [f"Bayes-optimal AUC on this split: {results['optimal_auc']:.4f}.", ""]
     lines += ["| model | optimizer | seeds | parameters | AUC | AUC SE | log loss | accuracy "
