@@ -9,5 +9,5 @@ OUT=${OUT:-runs/compare-planted}
 uptime
 set -x
 $DLRM compare --data synthetic:planted --preset tiny --models dlrm,dcn,dcnv2,wdl,deepfm,lr \
-  --budget 500000 --seeds 3 --val-samples 50000 --batch-size 256 --curve-points 6 \
+  --budget 300000 --seeds 3 --val-samples 50000 --batch-size 256 --curve-points 6 \
   --threads 1 --quiet --out "$OUT"

@@ -180,9 +180,14 @@ def _positives(data: DataSource, split: str) -> tuple[int, int]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; the std is NaN (shown as "–") below two values."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
 
 
 def _finite(run: dict[str, Any]) -> bool:
@@ -236,11 +241,22 @@ def markdown_table(results: dict[str, Any]) -> str:
                                      if row["diverged"] else "")
         lines.append(
             f"| {row['model']} | {row['optimizer']} | {seeds} | {row['parameters']:,} "
-            f"| {row['auc']:.4f} ± {row['auc_std']:.4f} | {se:.4f} "
-            f"| {row['logloss']:.4f} ± {row['logloss_std']:.4f} "
-            f"| {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} | {row['samples_seen']:,} "
+            f"| {_pm(row['auc'], row['auc_std'])} | {se:.4f} "
+            f"| {_pm(row['logloss'], row['logloss_std'])} "
+            f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,} "
             f"| {row['train_seconds']:.1f} | {row['samples_per_s']:,.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def rewrite_report(out_dir: str | Path) -> dict[str, Any]:
+    """Rebuild results.md and auc_curve.png of a finished comparison from its results.json."""
+    out = Path(out_dir)
+    results = json.loads((out / "results.json").read_text())
+    results["rows"] = aggregate(results["runs"])
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown_table(results))
+    plot_curves(results, out / "auc_curve.png")
+    return results
 
 
 def plot_curves(results: dict[str, Any], path: str | Path) -> None:

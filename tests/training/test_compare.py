@@ -125,3 +125,6 @@ def test_diverged_runs_are_counted_not_averaged():
     assert rows[0]["auc"] == pytest.approx(0.72) and rows[0]["logloss"] == pytest.approx(0.495)
     table = markdown_table({"split": "test", "eval_positives": (10, 30), "rows": rows})
     assert "| 3 (1 diverged: NaN, not in the means) |" in table
+    one_left = aggregate([run(0, 0.52, math.nan), run(1, 0.71, 0.5)])
+    assert "| 0.7100 ± – |" in markdown_table({"split": "test", "eval_positives": (10, 30),
+                                                "rows": one_left})
