@@ -10,7 +10,7 @@ set -x
 $DLRM preprocess-table --schema avazu --input "$DATA/avazu-9k/train.csv" \
   --out "$OUT/data/avazu-9k" --quiet
 $DLRM compare --data "$OUT/data/avazu-9k" --preset kaggle \
-  --models dlrm,dcn,dcnv2,wdl,deepfm,lr --budget 21600 --seeds 3 --batch-size 128 \
+  --models dlrm,dcn,dcnv2,wdl,deepfm,lr --epochs 1 --seeds 3 --batch-size 128 \
   --curve-points 6 --threads 1 --quiet --out "$OUT/compare-avazu"
 $DLRM preprocess-table --schema movielens-100k --input "$DATA/movielens-100k" \
   --out "$OUT/data/movielens-100k" --quiet

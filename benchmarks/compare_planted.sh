@@ -11,3 +11,7 @@ set -x
 $DLRM compare --data synthetic:planted --preset tiny --models dlrm,dcn,dcnv2,wdl,deepfm,lr \
   --budget 300000 --seeds 3 --val-samples 50000 --batch-size 256 --curve-points 6 \
   --threads 1 --quiet --out "$OUT"
+# Longer: 2M samples, 2 seeds, to see which models reach the interactions.
+$DLRM compare --data synthetic:planted --preset tiny --models dlrm,dcn,dcnv2,wdl,deepfm,lr \
+  --budget 2000000 --seeds 2 --val-samples 50000 --batch-size 256 --curve-points 8 \
+  --threads 1 --quiet --out "${OUT}-2M"
