@@ -77,6 +77,12 @@ def naive_linear_part(model, dense, bags, b):
     return out
 
 
+def assert_close(got, want, tol=1e-4):
+    """float32 model output against the float64 naive value, relative above magnitude 1."""
+    got, want = float(got.detach()), float(want.detach())
+    assert abs(got - want) < tol * max(1.0, abs(want)), (got, want)
+
+
 def randomize(model):
     """Non-zero values everywhere (the linear parts start at zero)."""
     torch.manual_seed(1)
@@ -104,7 +110,7 @@ def test_dcn_matches_cross_network_equation(inputs):
             x = x0 * (x @ w) + bias + x  # x_{l+1} = x_0 x_l^T w_l + b_l + x_l
         h = naive_mlp(model.deep, x0, final_relu=True)
         want = naive_mlp(model.out, torch.cat([x, h]), final_relu=False)[0]
-        assert abs(float(got[b].detach()) - float(want)) < 1e-4 * max(1.0, abs(float(want)))
+        assert_close(got[b], want)
 
 
 @pytest.mark.parametrize("low_rank", [None, 2])
@@ -128,7 +134,7 @@ def test_dcnv2_matches_matrix_cross_equation(inputs, low_rank, structure):
         else:
             h = naive_mlp(model.deep, x0, final_relu=True)
             want = naive_mlp(model.out, torch.cat([x, h]), final_relu=False)[0]
-        assert abs(float(got[b].detach()) - float(want)) < 1e-4 * max(1.0, abs(float(want)))
+        assert_close(got[b], want)
 
 
 def test_dlrm_dcnv2_matches_equation_and_mlperf_shape(inputs):
@@ -146,7 +152,7 @@ def test_dlrm_dcnv2_matches_equation_and_mlperf_shape(inputs):
             matrix = model.cross.layers[l].weight.double() @ model.cross.down[l].weight.double()
             z = z0 * (matrix @ z + model.cross.layers[l].bias.double()) + z
         want = naive_mlp(model.top_mlp, z, final_relu=False)[0]
-        assert abs(float(got[b].detach()) - float(want)) < 1e-4 * max(1.0, abs(float(want)))
+        assert_close(got[b], want)
     # The MLPerf recipe: 26 tables, D=128, 3 cross layers of rank 512 over 27*128 = 3456.
     mlperf = model_config_for("dlrm_dcnv2", "mlperf", [10] * 26, 13)
     assert mlperf["bottom_mlp"] == [13, 512, 256, 128]
@@ -166,7 +172,7 @@ def test_wide_and_deep_is_linear_plus_deep(inputs):
         wide = naive_linear_part(model, dense.double(), bags, b)
         deep = naive_mlp(model.deep, naive_x0(model, dense.double(), bags, b), False)[0]
         want = wide + deep
-        assert abs(float(got[b].detach()) - float(want)) < 1e-4 * max(1.0, abs(float(want)))
+        assert_close(got[b], want)
 
 
 def test_deepfm_is_first_order_plus_pairwise_plus_deep(inputs):
@@ -180,7 +186,7 @@ def test_deepfm_is_first_order_plus_pairwise_plus_deep(inputs):
         fm = sum(e[f] @ e[g] for f in range(len(TABLES)) for g in range(f + 1, len(TABLES)))
         deep = naive_mlp(model.deep, naive_x0(model, dense.double(), bags, b), False)[0]
         want = first + fm + deep
-        assert abs(float(got[b].detach()) - float(want)) < 1e-4 * max(1.0, abs(float(want)))
+        assert_close(got[b], want)
 
 
 def test_logistic_regression_is_linear(inputs):
@@ -189,7 +195,7 @@ def test_logistic_regression_is_linear(inputs):
     got = model(dense, sparse)
     for b in range(dense.shape[0]):
         want = naive_linear_part(model, dense.double(), bags, b)
-        assert abs(float(got[b].detach()) - float(want)) < 1e-5 * max(1.0, abs(float(want)))
+        assert_close(got[b], want, tol=1e-5)
 
 
 def test_linear_weights_get_sparse_row_gradients():
