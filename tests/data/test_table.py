@@ -223,7 +223,7 @@ def test_avazu_and_criteo_schemas_read_the_samples(tmp_path):
     assert saved["positives"]["test"] == 1081  # 24.7% of 4,370 (../shared/README.md)
 
 
-def test_parquet_input_gives_the_same_arrays_as_csv(tmp_path):
+def test_parquet_and_tsv_inputs_give_the_same_arrays_as_csv(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -231,11 +231,15 @@ def test_parquet_input_gives_the_same_arrays_as_csv(tmp_path):
     names = ["label", "count", "price", "color", "city", "tags", "when"]
     pq.write_table(pa.table({n: [r[k] for r in ROWS] for k, n in enumerate(names)}),
                    tmp_path / "toy.parquet")
+    (tmp_path / "toy.tsv").write_text(src.read_text().replace(",", "\t"))
     schema = TableSchema.from_dict(SCHEMA)
     a = preprocess_table(schema, src, tmp_path / "a")
-    b = preprocess_table(schema, tmp_path / "toy.parquet", tmp_path / "b")
-    assert a["vocabularies"] == b["vocabularies"] and a["rows"] == b["rows"]
-    for split in ("train", "val"):
-        for name in ("labels", "dense", "sparse", "tags.values", "tags.offsets"):
-            assert np.array_equal(np.load(tmp_path / "a" / split / f"{name}.npy"),
-                                  np.load(tmp_path / "b" / split / f"{name}.npy"))
+    no_delimiter = TableSchema.from_dict({k: v for k, v in SCHEMA.items() if k != "delimiter"})
+    for other in ("toy.parquet", "toy.tsv"):
+        b = preprocess_table(no_delimiter, tmp_path / other, tmp_path / other.split(".")[1])
+        assert a["vocabularies"] == b["vocabularies"] and a["rows"] == b["rows"]
+        for split in ("train", "val"):
+            for name in ("labels", "dense", "sparse", "tags.values", "tags.offsets"):
+                assert np.array_equal(np.load(tmp_path / "a" / split / f"{name}.npy"),
+                                      np.load(tmp_path / other.split(".")[1] / split
+                                              / f"{name}.npy"))

@@ -13,7 +13,8 @@ A schema names the label column, dense columns (with a transform) and categorica
                                                            "test": 0.1}}}
 
 Fields:
-- ``reader``: ``csv`` (CSV/TSV/.parquet; ``delimiter``, ``header``, ``column_names`` when
+- ``reader``: ``csv`` (CSV/TSV/.parquet; ``delimiter`` (default: tab for ``.tsv`` files,
+  else comma), ``header``, ``column_names`` when
   there is no header, ``encoding``, ``quote``) or ``movielens-100k`` (joins ``u.data`` with
   ``u.user`` and ``u.item`` of a MovieLens-100K folder into one table with columns user, item,
   rating, timestamp, age, gender, occupation, zip, genres ("|"-separated genre names)).
@@ -116,7 +117,7 @@ class TableSchema:
     dense: list[DenseColumn] = field(default_factory=list)
     name: str = "table"
     reader: str = "csv"
-    delimiter: str = ","
+    delimiter: str | None = None  # None: tab for .tsv files, else comma
     header: bool = True
     column_names: list[str] | None = None
     encoding: str = "utf8"
@@ -241,7 +242,8 @@ def _read_csv(path: Path, schema: TableSchema, skips: _SkipLog) -> tuple[pa.Tabl
     read = pacsv.ReadOptions(use_threads=False, encoding=schema.encoding,
                              column_names=names if not schema.header else None,
                              autogenerate_column_names=False)
-    parse = pacsv.ParseOptions(delimiter=schema.delimiter,
+    delimiter = schema.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    parse = pacsv.ParseOptions(delimiter=delimiter,
                                quote_char='"' if schema.quote else False,
                                invalid_row_handler=on_invalid)
     wanted = schema.source_columns()
