@@ -59,11 +59,15 @@ def _vocab_args(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``preprocess``, ``predict`` and ``synth`` to the ``dlrm`` command line."""
-    pre = subparsers.add_parser("preprocess", help="raw Criteo files -> memory-mapped arrays",
+    pre = subparsers.add_parser("preprocess",
+                                help="raw Criteo files or any table -> memory-mapped arrays",
                                 description="Turn raw Criteo files into the memory-mapped "
                                             "format `dlrm train --data DIR` reads "
                                             "(docs/data-format.md).")
     kinds = pre.add_subparsers(dest="dataset", required=True)
+    from dlrm.cli.compare import add_table_preprocess_parser
+
+    add_table_preprocess_parser(kinds, name="table")  # any CSV/TSV/Parquet through a schema
     kaggle = kinds.add_parser("criteo-kaggle", help="Kaggle train.txt (plain or .gz)")
     kaggle.add_argument("--input", required=True, type=Path, help="train.txt or train.txt.gz")
     kaggle.add_argument("--out", required=True, type=Path, help="output folder")

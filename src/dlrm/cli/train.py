@@ -98,11 +98,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         kind, model_config = saved["model_kind"], saved["model_config"]
     else:
         data = open_data_from_args(args)
-        model_config = dlrm_config_for_data(
-            args.preset, data.table_sizes, data.num_dense, args.embedding_dim, args.bottom_mlp,
-            args.top_mlp, args.interaction, args.interaction_self).to_dict()
-        model_config = apply_embedding_options(model_config, args)  # issue 7
-        kind = "dlrm"
+        kind = getattr(args, "model", "dlrm")
+        if kind == "dlrm":
+            if getattr(args, "model_option", None):
+                raise ValueError("--model-option is for baselines; DLRM takes --bottom-mlp, "
+                                 "--top-mlp, --interaction")
+            model_config = dlrm_config_for_data(
+                args.preset, data.table_sizes, data.num_dense, args.embedding_dim,
+                args.bottom_mlp, args.top_mlp, args.interaction, args.interaction_self).to_dict()
+            model_config = apply_embedding_options(model_config, args)  # issue 7
+        else:  # a baseline (dlrm.models.presets): same preset, D and data shape as DLRM
+            from dlrm.models.presets import model_config_for, parse_model_options
+
+            overrides = {"embedding_dim": args.embedding_dim, "bottom_mlp": args.bottom_mlp,
+                         "top_mlp": args.top_mlp, **parse_model_options(args.model_option)}
+            model_config = model_config_for(kind, args.preset, data.table_sizes,
+                                            data.num_dense, overrides)
         config = TrainConfig(
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
             sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
@@ -175,6 +186,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train DLRM and report validation metrics")
     add_data_args(p)
     add_model_args(p)
+    g = p.add_argument_group("baselines")
+    g.add_argument("--model", default="dlrm",
+                   choices=["dlrm", "dcn", "dcnv2", "dlrm_dcnv2", "wdl", "deepfm", "lr"],
+                   help="model kind (default dlrm); baselines take D from the preset")
+    g.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="baseline option, e.g. cross_layers=6, deep_mlp=512-256, low_rank=64, "
+                   "structure=stacked")
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--lr", type=float, default=0.1)

@@ -1,0 +1,149 @@
+"""`dlrm compare`, and the `table` subcommand that cli/data.py adds to `dlrm preprocess`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from dlrm.cli.progress import TrainProgress
+from dlrm.cli.train import add_data_args, open_data_from_args
+
+
+class CompareProgress:
+    """One training bar per (model, optimizer, seed) run, labelled with the run."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.current: TrainProgress | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["event"] == "start":
+            self.current = TrainProgress(disable=self.disable)
+            self.current(event)
+            if self.current.bar is not None:
+                self.current.bar.set_description(
+                    f"[{event['run_index'] + 1}/{event['runs']}] {event['run']}")
+        elif self.current is not None:
+            self.current(event)
+
+
+class StageProgress:
+    """A bar over the stages of `dlrm preprocess table`."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.bar: tqdm | None = None
+        self.disable = disable
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=event["total"], unit="stage", file=sys.stderr,
+                            disable=self.disable, desc="preprocess")
+        self.bar.n = event["done"]
+        self.bar.set_postfix_str(event["stage"])
+        if event["done"] >= event["total"]:
+            self.bar.close()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dlrm.compare import CompareConfig, compare, paper_config
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    optimizers = args.optimizers.split(",") if args.optimizers else None
+    lr = {}
+    for item in args.lr or []:
+        name, _, value = item.partition("=")
+        lr[name] = float(value)
+    common = {"models": models, "budget": args.budget, "seeds": args.seeds,
+              "embedding_dim": args.embedding_dim, "optimizers": optimizers,
+              "batch_size": args.batch_size, "epochs": args.epochs, "lr": lr or None,
+              "precision": args.precision, "threads": args.threads,
+              "curve_points": args.curve_points}
+    if args.paper:
+        config = paper_config(**{k: v for k, v in common.items() if v is not None})
+    else:
+        defaults = {"models": ["dlrm", "dcn", "dcnv2", "wdl", "deepfm", "lr"],
+                    "preset": args.preset}
+        config = CompareConfig(**{**defaults, **{k: v for k, v in common.items()
+                                                 if v is not None}})
+    args.preset = config.preset  # the synthetic tables follow the preset
+    data = open_data_from_args(args)
+    results = compare(data, config, args.out, progress=CompareProgress(disable=args.quiet))
+    print(Path(args.out, "results.md").read_text(), end="")
+    print(f"wrote {args.out}/results.md, {args.out}/auc_curve.png, {args.out}/results.json")
+    return 0 if results["rows"] else 1
+
+
+def cmd_preprocess_table(args: argparse.Namespace) -> int:
+    from dlrm.data.table import load_schema, preprocess_table
+
+    schema = load_schema(args.schema)
+    inputs: dict[str, str] = {"main": args.input}
+    for split in ("train", "val", "test"):
+        path = getattr(args, f"{split}_input")
+        if path:
+            inputs[split] = path
+    meta = preprocess_table(schema, inputs, args.out, strict=args.strict,
+                            progress=StageProgress(disable=args.quiet))
+    rows = ", ".join(f"{s} {n:,} ({meta['positives'][s] / max(n, 1):.1%} positive)"
+                     for s, n in meta["rows"].items())
+    print(f"wrote {args.out}: {rows}; {len(meta['table_sizes'])} categorical features, "
+          f"{meta['num_dense']} dense")
+    if meta["rows_skipped"]:
+        print(f"skipped {meta['rows_skipped']} bad rows, e.g.:")
+        for example in meta["skipped_examples"]:
+            print(f"  {example}")
+    return 0
+
+
+def add_table_preprocess_parser(preprocess_subparsers: argparse._SubParsersAction,
+                                name: str = "table") -> argparse.ArgumentParser:
+    """Add ``table`` to the subcommands of ``dlrm preprocess``."""
+    p = preprocess_subparsers.add_parser(
+        name, help="any CSV/TSV/parquet CTR table (or MovieLens-100K) described by a schema")
+    p.add_argument("--schema", required=True,
+                   help="schema JSON file, or a shipped one: avazu, movielens-100k, criteo-tsv")
+    p.add_argument("--input", required=True,
+                   help="data file (or MovieLens folder), split by the schema's fractions")
+    p.add_argument("--train-input", default=None, help="a file taken whole as the train split")
+    p.add_argument("--val-input", default=None, help="a file taken whole as the val split")
+    p.add_argument("--test-input", default=None, help="a file taken whole as the test split")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_preprocess_table)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare", help="train several models on the same data, budget and seeds; tabulate")
+    add_data_args(p)
+    p.add_argument("--models", default=None,
+                   help="comma-separated kinds: dlrm,dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr "
+                   "(default: all but dlrm_dcnv2)")
+    p.add_argument("--paper", action="store_true",
+                   help="the DLRM paper's setting: DLRM vs DCN (6 cross layers, deep 512-256),"
+                   " D=16, one epoch, once with SGD and once with Adagrad")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "kaggle", "terabyte", "mlperf"],
+                   help="DLRM preset that sizes every model (D, deep widths)")
+    p.add_argument("--embedding-dim", type=int, default=None, help="D for every model")
+    p.add_argument("--budget", type=int, default=None,
+                   help="training samples per run (default: --epochs passes over the train split)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per model (default 3)")
+    p.add_argument("--optimizers", default=None, help="e.g. sgd,adagrad (default adagrad)")
+    p.add_argument("--lr", action="append", metavar="OPT=LR",
+                   help="learning rate of an optimizer, e.g. --lr adagrad=0.02")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="passes when no --budget (default 1)")
+    p.add_argument("--curve-points", type=int, default=None,
+                   help="evaluations per run for the AUC curve (default 8)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/compare", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+

@@ -1,0 +1,296 @@
+"""Train several model kinds on the same data, budget, embedding size and seeds; tabulate.
+
+``compare(data, CompareConfig(models=["dlrm", "dcn"], budget=1_000_000, seeds=3), out_dir)``
+trains every (model, optimizer, seed) with ``dlrm.training.loop.train`` and writes
+``out_dir/results.md`` (a markdown table of AUC, log loss and accuracy as mean ± std over
+seeds, parameters, train time and samples/s), ``out_dir/auc_curve.png`` (validation AUC
+against samples seen, with the Bayes-optimal AUC when the data is planted) and
+``out_dir/results.json`` (every run's summary and curve).
+
+Metrics are those of the ``test`` split when the data has one, else of ``val``. The spread
+over seeds covers initialization and data order; it does not cover the finite evaluation
+set, so the table also gives the AUC's standard error on that set (Hanley & McNeil 1982).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlrm.data.source import DataSource
+from dlrm.models.presets import MODEL_KINDS, model_config_for
+from dlrm.models.registry import build_model
+from dlrm.training.loop import TrainConfig, train
+
+Progress = Callable[[dict[str, Any]], None]
+
+# Learning rates per dense optimizer (embedding rows: sgd / rowwise_adagrad at the same lr).
+DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.05, "adam": 0.001}
+
+
+@dataclass
+class CompareConfig:
+    """What to compare and how.
+
+    Args:
+        models: model kinds (``dlrm.models.presets.MODEL_KINDS``).
+        budget: training samples per run (None: ``epochs`` full passes); more than the
+            training split makes as many passes as needed.
+        seeds: runs per model, seeds 0..seeds-1 (initialization and data order).
+        preset: DLRM preset giving every model its D and deep widths
+            (``dlrm.models.presets.model_config_for``).
+        embedding_dim: overrides the preset's D for every model.
+        model_options: per-kind overrides, e.g. ``{"dcn": {"cross_layers": 6}}``.
+        optimizers: dense optimizers; every model runs once with each.
+        lr: learning rate per optimizer (default ``DEFAULT_LR``).
+        batch_size, epochs, precision, threads: as ``TrainConfig``.
+        curve_points: validation evaluations along each run, for the AUC curve.
+    """
+
+    models: list[str]
+    budget: int | None = None
+    seeds: int = 3
+    preset: str = "tiny"
+    embedding_dim: int | None = None
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    optimizers: list[str] = field(default_factory=lambda: ["adagrad"])
+    lr: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 256
+    epochs: int = 1
+    precision: str = "fp32"
+    threads: int | None = None
+    curve_points: int = 8
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in MODEL_KINDS]
+        if unknown:
+            raise ValueError(f"--models: unknown kind(s) {unknown}; "
+                             f"choose from {', '.join(MODEL_KINDS)}")
+        if not self.models:
+            raise ValueError("--models: give at least one model kind")
+        if self.seeds <= 0:
+            raise ValueError(f"seeds {self.seeds}: must be positive")
+
+
+def paper_config(**overrides: Any) -> CompareConfig:
+    """The DLRM paper's comparison (Naumov et al. 2019, sec. 6): DLRM (bottom 512-256-64,
+    top 512-256, D=16) against DCN (6 cross layers, deep 512-256, D=16), one epoch, once with
+    SGD and once with Adagrad."""
+    base = {"models": ["dlrm", "dcn"], "budget": None, "seeds": 1, "preset": "kaggle",
+            "embedding_dim": 16, "optimizers": ["sgd", "adagrad"], "epochs": 1,
+            "batch_size": 128, "model_options": {"dcn": {"cross_layers": 6,
+                                                          "deep_mlp": [512, 256]}}}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return CompareConfig(**base)
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC measured on a finite set."""
+    if positives <= 0 or negatives <= 0 or math.isnan(auc):
+        return math.nan
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc)
+           + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
+
+
+def count_parameters(kind: str, model_config: dict[str, Any]) -> int:
+    return sum(p.numel() for p in build_model(kind, model_config).parameters())
+
+
+def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Run every (model, optimizer, seed); write results.md, auc_curve.png, results.json.
+
+    ``progress`` receives each run's training events (see ``dlrm.training.loop.train``) with
+    ``run`` (e.g. ``"dcn adagrad seed 1"``), ``run_index`` and ``runs`` added.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    emit = progress or (lambda _e: None)
+    split = "test" if "test" in data.splits() and data.num_samples("test") > 0 else "val"
+    plan = [(kind, opt, seed) for kind in config.models for opt in config.optimizers
+            for seed in range(config.seeds)]
+    train_samples = data.num_samples("train")
+    epochs = config.epochs
+    if config.budget:  # a budget larger than the training split takes several epochs
+        epochs = max(epochs, math.ceil(config.budget / train_samples))
+    per_run = config.budget or train_samples * epochs
+    steps = max(1, min(per_run, train_samples * epochs) // config.batch_size)
+    eval_every = max(1, steps // config.curve_points) if config.curve_points else 0
+    runs: list[dict[str, Any]] = []
+    for index, (kind, opt, seed) in enumerate(plan):
+        options = dict(config.model_options.get(kind, {}))
+        if config.embedding_dim is not None and kind != "lr":
+            options.setdefault("embedding_dim", config.embedding_dim)
+        model_config = model_config_for(kind, config.preset, data.table_sizes, data.num_dense,
+                                        options)
+        train_config = TrainConfig(
+            batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
+            optimizer=opt, epochs=epochs, max_samples=config.budget,
+            eval_every=eval_every, precision=config.precision, threads=config.threads,
+            seed=seed, log_every=max(1, steps // 20))
+        label = f"{kind} {opt} seed {seed}"
+
+        def relay(event: dict[str, Any], label: str = label, index: int = index) -> None:
+            emit({**event, "run": label, "run_index": index, "runs": len(plan)})
+
+        summary = train(kind, model_config, data, train_config,
+                        out / f"{kind}-{opt}-seed{seed}", progress=relay,
+                        extra={"compare": label})
+        curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(out, kind, opt, seed)]
+        runs.append({"model": kind, "optimizer": opt, "seed": seed,
+                     "parameters": count_parameters(kind, model_config),
+                     "model_config": model_config, "summary": summary, "curve": curve,
+                     "auc": summary[f"{split}_auc"], "logloss": summary[f"{split}_logloss"],
+                     "accuracy": summary[f"{split}_accuracy"]})
+    optimal = getattr(data, "optimal_metrics", lambda _s: None)
+    results = {"config": asdict(config), "split": split, "data": data.spec(), "runs": runs,
+               "eval_positives": _positives(data, split),
+               "optimal_auc": (optimal(split) or {}).get("auc"),
+               "optimal_val_auc": runs[0]["summary"].get("optimal_auc"),
+               "rows": aggregate(runs)}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown_table(results))
+    plot_curves(results, out / "auc_curve.png")
+    return results
+
+
+def _eval_records(out: Path, kind: str, opt: str, seed: int) -> list[dict[str, Any]]:
+    path = out / f"{kind}-{opt}-seed{seed}" / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("event") == "eval"]
+
+
+def _positives(data: DataSource, split: str) -> tuple[int, int]:
+    metadata = getattr(data, "metadata", None)
+    if metadata and split in metadata.get("positives", {}):
+        pos = int(metadata["positives"][split])
+        return pos, data.num_samples(split) - pos
+    total = pos = 0
+    for batch in data.batches(split, 65536):
+        pos += int(batch.labels.sum())
+        total += len(batch)
+    return pos, total - pos
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; the std is NaN (shown as "–") below two values."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
+
+
+def _finite(run: dict[str, Any]) -> bool:
+    return all(math.isfinite(run[m]) for m in ("auc", "logloss", "accuracy"))
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, optimizer): mean and std of each metric over seeds.
+
+    Runs whose metrics are not finite (training diverged to NaN) are counted in ``diverged``
+    and left out of the means, never silently averaged in.
+    """
+    rows = []
+    keys = list(dict.fromkeys((r["model"], r["optimizer"]) for r in runs))
+    for kind, opt in keys:
+        group = [r for r in runs if r["model"] == kind and r["optimizer"] == opt]
+        ok = [r for r in group if _finite(r)]
+        row: dict[str, Any] = {"model": kind, "optimizer": opt, "seeds": len(group),
+                               "diverged": len(group) - len(ok),
+                               "parameters": group[0]["parameters"]}
+        for metric in ("auc", "logloss", "accuracy"):
+            row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in ok])
+        row["train_seconds"] = statistics.fmean(r["summary"]["train_seconds"] for r in group)
+        rates = [r["summary"]["samples_per_s"] or 0.0 for r in group]
+        row["samples_per_s"] = statistics.median(rates)
+        row["samples_seen"] = group[0]["summary"]["samples_seen"]
+        rows.append(row)
+    return rows
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The comparison as markdown: one row per model and optimizer."""
+    split = results["split"]
+    pos, neg = results["eval_positives"]
+    lines = [f"Metrics on the {split} split ({pos + neg:,} samples, {pos:,} positives); "
+             f"mean ± std over seeds. AUC SE: the standard error of one AUC measured on "
+             f"this many samples (Hanley & McNeil 1982).", ""]
+    ctr = pos / max(pos + neg, 1)
+    if 0 < ctr < 1:
+        entropy = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
+        lines += [f"A constant predictor has AUC 0.5 and at best log loss {entropy:.4f} (the "
+                  f"label entropy of this split, {ctr:.1%} positives).", ""]
+    if results.get("optimal_auc"):
+        lines += [f"Bayes-optimal AUC on this split: {results['optimal_auc']:.4f}.", ""]
+    lines += ["| model | optimizer | seeds | parameters | AUC | AUC SE | log loss | accuracy "
+              "| samples seen | train time (s) | samples/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        se = auc_standard_error(row["auc"], pos, neg)
+        seeds = str(row["seeds"]) + (f" ({row['diverged']} diverged: NaN, not in the means)"
+                                     if row["diverged"] else "")
+        lines.append(
+            f"| {row['model']} | {row['optimizer']} | {seeds} | {row['parameters']:,} "
+            f"| {_pm(row['auc'], row['auc_std'])} | {se:.4f} "
+            f"| {_pm(row['logloss'], row['logloss_std'])} "
+            f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,} "
+            f"| {row['train_seconds']:.1f} | {row['samples_per_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_report(out_dir: str | Path) -> dict[str, Any]:
+    """Rebuild results.md and auc_curve.png of a finished comparison from its results.json."""
+    out = Path(out_dir)
+    results = json.loads((out / "results.json").read_text())
+    results["rows"] = aggregate(results["runs"])
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown_table(results))
+    plot_curves(results, out / "auc_curve.png")
+    return results
+
+
+def plot_curves(results: dict[str, Any], path: str | Path) -> None:
+    """Validation AUC against samples seen: mean over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = list(dict.fromkeys((r["model"], r["optimizer"]) for r in results["runs"]))
+    for kind, opt in keys:
+        curves = [r["curve"] for r in results["runs"]
+                  if r["model"] == kind and r["optimizer"] == opt]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        xs = [curves[0][k][0] for k in range(length)]
+        per_point = [[c[k][1] for c in curves] for k in range(length)]
+        label = kind if len(results["config"]["optimizers"]) == 1 else f"{kind} ({opt})"
+        line, = ax.plot(xs, [statistics.fmean(p) for p in per_point], marker="o",
+                        markersize=3, label=label)
+        if len(curves) > 1:
+            ax.fill_between(xs, [min(p) for p in per_point], [max(p) for p in per_point],
+                            color=line.get_color(), alpha=0.15)
+    optimal = results.get("optimal_val_auc")
+    if optimal:
+        ax.axhline(optimal, color="black", linestyle="--", linewidth=1,
+                   label=f"Bayes-optimal ({optimal:.3f})")
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel("validation AUC")
+    ax.set_title("dlrm compare")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

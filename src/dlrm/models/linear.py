@@ -1,0 +1,172 @@
+"""Wide & Deep (Cheng et al. 2016), DeepFM (Guo et al. 2017) and logistic regression.
+
+The linear ("wide", "first-order") parts keep one weight per categorical id in a
+``FusedEmbeddingBag(table_sizes, 1)``, so they get the same sparse row updates as embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrm.config import parse_arch
+from dlrm.features import SparseFeatures
+from dlrm.models.common import CTRModel, first_order, flat_input
+from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.mlp import MLP
+from dlrm.models.registry import register
+
+
+@dataclass
+class LinearDeepConfig:
+    """Shape of Wide & Deep, DeepFM (both use every field) and logistic regression (only
+    ``table_sizes`` and ``num_dense``).
+
+    Args:
+        table_sizes: rows of each table (F tables).
+        num_dense: dense features per sample.
+        embedding_dim: D of the deep part's embeddings.
+        deep_mlp: hidden widths of the deep network (ReLU after each; a logit layer follows).
+    """
+
+    table_sizes: list[int]
+    num_dense: int = 13
+    embedding_dim: int = 16
+    deep_mlp: list[int] = field(default_factory=lambda: [512, 256])
+
+    def __post_init__(self) -> None:
+        self.table_sizes = [int(n) for n in self.table_sizes]
+        self.deep_mlp = parse_arch(self.deep_mlp)
+        if self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim {self.embedding_dim}: must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinearDeepConfig:
+        return cls(**d)
+
+
+def _linear_parts(module: CTRModel, table_sizes: list[int], num_dense: int) -> None:
+    """Adds ``wide`` (one zero-initialized weight per id) and ``dense_linear`` (a . d + b)."""
+    module.wide = FusedEmbeddingBag(table_sizes, 1)
+    with torch.no_grad():
+        module.wide.weight.zero_()
+    module.dense_linear = nn.Linear(num_dense, 1)
+    with torch.no_grad():
+        module.dense_linear.weight.zero_()
+        module.dense_linear.bias.zero_()
+
+
+class LogisticRegression(CTRModel):
+    """Logistic regression on one-hot ids and dense values.
+
+    Math: ``logit = b + a . dense + sum_f sum_{i in bag f} w_f[i]``; p = sigmoid(logit).
+
+    Args:
+        config: a ``LinearDeepConfig`` (only ``table_sizes`` and ``num_dense`` are used).
+
+    Call: ``forward(dense (B, num_dense), sparse with F features) -> logits (B,)``.
+
+    Example:
+        >>> model = LogisticRegression(LinearDeepConfig(table_sizes=[10, 20], num_dense=3))
+        >>> model(torch.randn(5, 3), SparseFeatures.from_ids(torch.zeros(5, 2).long())).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, config: LinearDeepConfig, check_inputs: bool = True) -> None:
+        super().__init__(config.table_sizes, config.num_dense, check_inputs)
+        self.config = config
+        _linear_parts(self, config.table_sizes, config.num_dense)
+
+    def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
+        self.maybe_validate(dense, sparse)
+        return first_order(self.wide, self.dense_linear, dense, sparse)
+
+
+class WideAndDeep(CTRModel):
+    """Wide & Deep (Cheng et al. 2016, "Wide & Deep Learning for Recommender Systems",
+    arXiv:1606.07792, eq. 3).
+
+    Math:
+        wide  = b + a . dense + sum_f sum_{i in bag f} w_f[i]     (one weight per raw id)
+        deep  = DeepMLP([dense, e_1, ..., e_F])                   (ends in one logit)
+        logit = wide + deep
+    The paper's wide part also has hand-picked cross-product features; here it has the raw
+    ids only (no feature engineering), which is how the baseline is usually run on Criteo.
+
+    Args:
+        config: a ``LinearDeepConfig``.
+
+    Call: ``forward(dense (B, num_dense), sparse with F features) -> logits (B,)``.
+
+    Example:
+        >>> model = WideAndDeep(LinearDeepConfig(table_sizes=[10, 20], num_dense=3,
+        ...                                      embedding_dim=4, deep_mlp=[8]))
+        >>> model(torch.randn(5, 3), SparseFeatures.from_ids(torch.zeros(5, 2).long())).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, config: LinearDeepConfig, check_inputs: bool = True) -> None:
+        super().__init__(config.table_sizes, config.num_dense, check_inputs)
+        self.config = config
+        _linear_parts(self, config.table_sizes, config.num_dense)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
+        width = config.num_dense + len(config.table_sizes) * config.embedding_dim
+        self.deep = MLP([width, *config.deep_mlp, 1], final_activation=False)
+
+    def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
+        self.maybe_validate(dense, sparse)
+        wide = first_order(self.wide, self.dense_linear, dense, sparse)  # (B,)
+        deep = self.deep(flat_input(dense, self.embeddings(sparse))).squeeze(1)  # (B,)
+        return wide + deep
+
+
+class DeepFM(CTRModel):
+    """DeepFM (Guo et al. 2017, "DeepFM: A Factorization-Machine based Neural Network for CTR
+    Prediction", arXiv:1703.04247, eqs. 1-2).
+
+    Math, with e_f the pooled embedding of field f (B, F, D):
+        first = b + a . dense + sum_f sum_{i in bag f} w_f[i]
+        fm    = sum_{f<g} <e_f, e_g> = 1/2 sum_d [(sum_f e_fd)^2 - sum_f e_fd^2]
+        deep  = DeepMLP([dense, e_1, ..., e_F])                  (ends in one logit)
+        logit = first + fm + deep
+    The FM shares its embeddings with the deep part, as in the paper. Dense features enter the
+    first-order term and the deep part (not the FM), as DeepCTR does for Criteo.
+
+    Args:
+        config: a ``LinearDeepConfig``.
+
+    Call: ``forward(dense (B, num_dense), sparse with F features) -> logits (B,)``.
+
+    Example:
+        >>> model = DeepFM(LinearDeepConfig(table_sizes=[10, 20], num_dense=3,
+        ...                                 embedding_dim=4, deep_mlp=[8]))
+        >>> model(torch.randn(5, 3), SparseFeatures.from_ids(torch.zeros(5, 2).long())).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, config: LinearDeepConfig, check_inputs: bool = True) -> None:
+        super().__init__(config.table_sizes, config.num_dense, check_inputs)
+        self.config = config
+        _linear_parts(self, config.table_sizes, config.num_dense)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
+        width = config.num_dense + len(config.table_sizes) * config.embedding_dim
+        self.deep = MLP([width, *config.deep_mlp, 1], final_activation=False)
+
+    def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
+        self.maybe_validate(dense, sparse)
+        pooled = self.embeddings(sparse).to(dense.dtype)  # (B, F, D)
+        first = first_order(self.wide, self.dense_linear, dense, sparse)  # (B,)
+        fm = 0.5 * (pooled.sum(1).pow(2) - pooled.pow(2).sum(1)).sum(1)  # (B,)
+        deep = self.deep(flat_input(dense, pooled)).squeeze(1)  # (B,)
+        return first + fm + deep
+
+
+register("lr", lambda cfg: LogisticRegression(LinearDeepConfig.from_dict(cfg)))
+register("wdl", lambda cfg: WideAndDeep(LinearDeepConfig.from_dict(cfg)))
+register("deepfm", lambda cfg: DeepFM(LinearDeepConfig.from_dict(cfg)))

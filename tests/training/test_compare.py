@@ -1,0 +1,130 @@
+"""`dlrm compare`: same data, budget and seeds for every model; mean ± std; plot; CLI."""
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from dlrm.cli import main
+from dlrm.compare import CompareConfig, auc_standard_error, compare, paper_config
+from dlrm.data.synthetic import SyntheticConfig, SyntheticData
+from dlrm.training.metrics import roc_auc
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training tests run on one intra-op thread: on a loaded 2-core machine two threads
+    were 10x slower. The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auc_standard_error_matches_hanley_mcneil_and_simulation():
+    # AUC 0.5 with 100 positives and 100 negatives: Q1 = Q2 = 1/3.
+    want = math.sqrt((0.25 + 99 * (1 / 3 - 0.25) * 2) / 100 / 100)
+    assert auc_standard_error(0.5, 100, 100) == pytest.approx(want, rel=1e-12)
+    # Against the spread of AUCs measured on many independent sets of exponential scores
+    # (the case Hanley & McNeil's formula is exact for).
+    gen = torch.Generator().manual_seed(0)
+    ratio, pos, neg = 2.0, 60, 240
+    aucs = []
+    for _ in range(400):
+        s_pos = torch.empty(pos).exponential_(1.0 / ratio, generator=gen)
+        s_neg = torch.empty(neg).exponential_(1.0, generator=gen)
+        aucs.append(roc_auc(torch.cat([s_pos, s_neg]),
+                            torch.cat([torch.ones(pos), torch.zeros(neg)])))
+    true_auc = ratio / (1 + ratio)
+    assert statistics.fmean(aucs) == pytest.approx(true_auc, abs=0.01)
+    assert statistics.stdev(aucs) == pytest.approx(auc_standard_error(true_auc, pos, neg),
+                                                   rel=0.15)
+
+
+def test_compare_aggregates_seeds_and_writes_table_and_plot(tmp_path):
+    data = SyntheticData(SyntheticConfig(table_sizes=[200, 100, 500, 50], val_samples=2000,
+                                         test_samples=0))
+    config = CompareConfig(models=["dcn", "lr"], budget=10_000, seeds=2, preset="tiny",
+                           batch_size=256, curve_points=3)
+    events = []
+    results = compare(data, config, tmp_path, progress=events.append)
+    runs = results["runs"]
+    assert [(r["model"], r["seed"]) for r in runs] == [("dcn", 0), ("dcn", 1), ("lr", 0),
+                                                        ("lr", 1)]
+    assert {e["run"] for e in events if e["event"] == "start"} == {
+        "dcn adagrad seed 0", "dcn adagrad seed 1", "lr adagrad seed 0", "lr adagrad seed 1"}
+    for r in runs:  # same budget for everyone
+        assert r["summary"]["samples_seen"] == 10_000 // 256 * 256
+        assert len(r["curve"]) == 3 and r["curve"][-1][1] == r["auc"]
+    dcn = [r["auc"] for r in runs if r["model"] == "dcn"]
+    row = results["rows"][0]
+    assert row["auc"] == pytest.approx(np.mean(dcn))
+    assert row["auc_std"] == pytest.approx(np.std(dcn, ddof=1))
+    assert dcn[0] != dcn[1]  # the seed changes the initialization
+    table = (tmp_path / "results.md").read_text()
+    assert f"| dcn | adagrad | 2 | {row['parameters']:,} | {row['auc']:.4f} ± " in table
+    assert "Bayes-optimal AUC on this split: 0.8" in table
+    assert (tmp_path / "auc_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"][1]["model"] == "lr"
+
+
+def test_paper_preset_is_dlrm_against_dcn_with_sgd_and_adagrad():
+    config = paper_config()
+    assert config.models == ["dlrm", "dcn"] and config.optimizers == ["sgd", "adagrad"]
+    assert config.budget is None and config.epochs == 1 and config.embedding_dim == 16
+    assert config.model_options["dcn"] == {"cross_layers": 6, "deep_mlp": [512, 256]}
+    with pytest.raises(ValueError, match="unknown kind"):
+        CompareConfig(models=["dlrm", "xgboost"])
+
+
+def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = ["y,x,c1,c2"]
+    for _ in range(1500):
+        c1, c2 = int(rng.integers(0, 20)), int(rng.integers(0, 5))
+        p = 1 / (1 + math.exp(-(c1 % 5 - 2 + 0.5 * c2 - 1)))
+        lines.append(f"{int(rng.random() < p)},{rng.integers(0, 100)},k{c1},{c2}")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    schema = {"name": "t", "label": {"column": "y"}, "dense": [{"column": "x"}],
+              "categorical": [{"column": "c1"}, {"column": "c2"}],
+              "split": {"order": "random", "seed": 0,
+                        "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    assert main(["preprocess", "table", "--schema", str(tmp_path / "s.json"), "--input",
+                 str(tmp_path / "t.csv"), "--out", str(tmp_path / "data"), "--quiet"]) == 0
+    assert "train 1,200" in capsys.readouterr().out
+    assert main(["compare", "--data", str(tmp_path / "data"), "--models", "deepfm,wdl",
+                 "--budget", "2400", "--seeds", "1", "--batch-size", "64", "--out",
+                 str(tmp_path / "cmp"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Metrics on the test split (150 samples" in out and "| deepfm | adagrad | 1 |" in out
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert all(r["auc"] > 0.6 for r in results["runs"]), [r["auc"] for r in results["runs"]]
+    assert main(["train", "--model", "dcnv2", "--preset", "tiny", "--data",
+                 str(tmp_path / "data"), "--model-option", "low_rank=2", "--max-samples",
+                 "1200", "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model_kind"] == "dcnv2" and saved["model_config"]["low_rank"] == 2
+    assert saved["data"] == {"kind": "table", "path": str(tmp_path / "data")}
+
+
+def test_diverged_runs_are_counted_not_averaged():
+    def run(seed, auc, logloss):
+        return {"model": "dcn", "optimizer": "sgd", "seed": seed, "parameters": 10, "auc": auc,
+                "logloss": logloss, "accuracy": 0.7,
+                "summary": {"train_seconds": 1.0, "samples_per_s": 5.0, "samples_seen": 100}}
+
+    from dlrm.compare import aggregate, markdown_table
+
+    rows = aggregate([run(0, 0.52, math.nan), run(1, 0.71, 0.5), run(2, 0.73, 0.49)])
+    assert rows[0]["diverged"] == 1
+    assert rows[0]["auc"] == pytest.approx(0.72) and rows[0]["logloss"] == pytest.approx(0.495)
+    table = markdown_table({"split": "test", "eval_positives": (10, 30), "rows": rows})
+    assert "| 3 (1 diverged: NaN, not in the means) |" in table
+    one_left = aggregate([run(0, 0.52, math.nan), run(1, 0.71, 0.5)])
+    assert "| 0.7100 ± – |" in markdown_table({"split": "test", "eval_positives": (10, 30),
+                                                "rows": one_left})
