@@ -99,3 +99,23 @@ def test_analyze_bound_and_fraction():
     # b: 1e6 bytes at 0.5 GB/s = 2 ms
     assert out["b"]["bound"] == "memory (gather)"
     assert out["b"]["fraction_of_bound"] == pytest.approx(0.5)
+
+
+def test_dcnv2_cross_interaction_flops_match_torch_flop_counter():
+    """DLRM-DCNv2's low-rank cross layers: 4 B k r FLOPs forward and 8 B k r backward each,
+    plus element-wise terms that torch's counter leaves out."""
+    from dlrm.models.cross import CrossInteraction
+
+    layers, rank = 2, 4
+    k = (F + 1) * D
+    c = component_costs(BOTTOM, [k, *TOP[1:]], D, [1] * F, B, interaction="dcnv2",
+                        cross_layers=layers, cross_rank=rank)
+    module = CrossInteraction(F, D, layers, rank)
+    x = torch.randn(B, D, requires_grad=True)
+    pooled = torch.randn(B, F, D, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        out = module(x, pooled)
+    assert counter.get_total_flops() == c["interaction_fwd"].flops - layers * 3 * B * k
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == c["interaction_bwd"].flops - layers * 5 * B * k

@@ -9,7 +9,7 @@ import torch
 
 from dlrm.bench.inputs import GeneratedBatches
 from dlrm.bench.presets import MLPERF_DCNV2_BAG_SIZES, MLPERF_TABLE_SIZES
-from dlrm.bench.runner import BenchConfig, _Stepper, model_shape, run_bench
+from dlrm.bench.runner import BenchConfig, _Stepper, build_model, model_shape, run_bench
 from dlrm.bench.sweep import csv_columns, parse_vary
 from dlrm.bench.timing import ComponentTimer
 from dlrm.cli import main
@@ -99,8 +99,10 @@ def test_presets():
     config, bags = model_shape(BenchConfig(preset="mlperf", table_rows_cap=None))
     assert config.table_sizes == list(MLPERF_TABLE_SIZES) and sum(bags) == 26
     assert config.bottom_mlp == [13, 512, 256, 128] and config.top_mlp == [1024, 1024, 512, 256, 1]
-    with pytest.raises(ValueError, match="DCN-v2 .not yet available"):
-        model_shape(BenchConfig(preset="mlperf-dcnv2"))
+    config, _ = model_shape(BenchConfig(preset="mlperf-dcnv2", table_rows_cap=100))
+    model = build_model(config, "dcnv2")  # DLRM-DCNv2: cat width feeds the cross network
+    assert model.top_mlp.widths[0] == 27 * 128
+    assert model.interaction.cross.low_rank == 512
     config, bags = model_shape(BenchConfig(preset="mlperf-dcnv2", interaction="dot",
                                            table_rows_cap=1000))
     assert bags == list(MLPERF_DCNV2_BAG_SIZES) and max(config.table_sizes) == 1000

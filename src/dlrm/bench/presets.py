@@ -59,10 +59,6 @@ PRESETS: dict[str, BenchPreset] = {
                                 MLPERF_DCNV2_BAG_SIZES),
 }
 
-DCNV2_MISSING = ("preset mlperf-dcnv2 needs dlrm.models DCN-v2 (not yet available); run its "
-                 "tables, multi-hot bags and MLPs with the dot interaction instead: "
-                 "--interaction dot")
-
 
 def get_preset(name: str) -> BenchPreset:
     if name not in PRESETS:

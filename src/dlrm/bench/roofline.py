@@ -66,7 +66,8 @@ def dot_pairs_count(num_features: int, self_interaction: bool = False) -> int:
 def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedding_dim: int,
                     bag_sizes: list[int], batch_size: int, precision: str = "fp32",
                     interaction: str = "dot", interaction_self: bool = False,
-                    mode: str = "train", dense_params: int = 0) -> dict[str, Cost]:
+                    mode: str = "train", dense_params: int = 0, cross_layers: int = 3,
+                    cross_rank: int = 512) -> dict[str, Cost]:
     """FLOPs and bytes per component for one step (see the module doc for the formulas).
 
     ``top_mlp_with_input`` includes the interaction's output width first.
@@ -82,6 +83,15 @@ def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedd
         p = dot_pairs_count(f, interaction_self)
         inter_fwd = Cost(2 * b * n * n * d, e * (b * n * d + b * (d + p)), "stream")
         inter_bwd = Cost(4 * b * n * n * d, e * (b * (d + p) + 2 * b * n * d), "stream")
+    elif interaction == "dcnv2":
+        # Per low-rank layer x_{l+1} = x_0 * (U (V^T x_l) + b) + x_l, width k = n d, rank r:
+        # two matmuls (2 B k r FLOPs each) and three element-wise ops (3 B k); backward twice
+        # the matmuls (input and weight gradients) and ~5 B k element-wise. Weights read once.
+        k, r, layers = n * d, cross_rank, cross_layers
+        inter_fwd = Cost(layers * (4 * b * k * r + 3 * b * k),
+                         e * layers * (4 * b * k) + w * layers * 2 * k * r, "stream")
+        inter_bwd = Cost(layers * (8 * b * k * r + 5 * b * k),
+                         e * layers * (6 * b * k) + w * layers * 4 * k * r, "stream")
     else:
         inter_fwd = Cost(0, 2 * e * b * n * d, "stream")
         inter_bwd = Cost(0, 2 * e * b * n * d, "stream")

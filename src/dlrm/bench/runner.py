@@ -28,7 +28,7 @@ from torch import nn
 from dlrm.bench import roofline
 from dlrm.bench.ceilings import machine_description, measure_ceilings
 from dlrm.bench.inputs import GeneratedBatches, cycle_batches
-from dlrm.bench.presets import DCNV2_MISSING, get_preset
+from dlrm.bench.presets import get_preset
 from dlrm.bench.timing import ComponentTimer, median_min_max, synchronize
 from dlrm.config import DLRMConfig, parse_arch
 from dlrm.features import Batch
@@ -111,8 +111,6 @@ def model_shape(cfg: BenchConfig, num_dense: int = 13,
     """The DLRMConfig and bag sizes that ``cfg`` describes (``table_sizes``: from data)."""
     p = get_preset(cfg.preset)
     interaction = cfg.interaction or p.interaction
-    if interaction == "dcnv2":
-        raise ValueError(DCNV2_MISSING)
     sizes = list(table_sizes) if table_sizes is not None else list(p.table_sizes)
     bags = list(p.bag_sizes) if len(p.bag_sizes) == len(sizes) else [1] * len(sizes)
     if cfg.num_tables is not None:
@@ -136,9 +134,24 @@ def model_shape(cfg: BenchConfig, num_dense: int = 13,
     if bottom[-1] != dim:
         bottom = [*bottom, dim]
     top = parse_arch(cfg.top_mlp) if cfg.top_mlp else list(p.top_mlp)
+    # DCN-v2 is built as a `cat` DLRM whose interaction is then swapped (``build_model``).
     config = DLRMConfig(table_sizes=sizes, embedding_dim=dim, bottom_mlp=bottom, top_mlp=top,
-                        interaction=interaction)
+                        interaction="cat" if interaction == "dcnv2" else interaction)
     return config, bags
+
+
+DCNV2_LAYERS, DCNV2_RANK = 3, 512  # MLPerf DLRM-DCNv2's cross network
+
+
+def build_model(config: DLRMConfig, interaction: str) -> DLRM:
+    """DLRM, or MLPerf's DLRM-DCNv2 for ``interaction == "dcnv2"`` (3 low-rank cross layers)."""
+    model = DLRM(config, check_inputs=False)
+    if interaction == "dcnv2":
+        from dlrm.models.cross import CrossInteraction
+
+        model.interaction = CrossInteraction(config.num_sparse, config.embedding_dim,
+                                             DCNV2_LAYERS, DCNV2_RANK)
+    return model
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -267,6 +280,7 @@ def run_bench(cfg: BenchConfig, data: Any | None = None, progress: Progress | No
 def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Progress | None,
          ceilings: dict[str, float] | None, data_label: str | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
+    interaction = cfg.interaction or get_preset(cfg.preset).interaction
     if data is not None:
         config, bags = model_shape(cfg, data.num_dense, list(data.table_sizes))
         batches: Iterator[Batch] = cycle_batches(data, cfg.batch_size)
@@ -283,7 +297,7 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
     try:
         with device:  # build (and initialize) the tables on the device: no host copy
-            model = DLRM(config, check_inputs=False)
+            model = build_model(config, interaction)
         model.train(cfg.mode == "train")
         stepper = _Stepper(model, batches, device, cfg.precision, cfg.mode, cfg.lr)
         total = cfg.warmup * 2 + cfg.trials * cfg.steps * 2
@@ -328,8 +342,9 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
                        if not getattr(p, "sparse_rows", False))
     top_in = model.top_mlp.widths
     costs = roofline.component_costs(config.bottom_mlp, top_in, config.embedding_dim, bags,
-                                     cfg.batch_size, cfg.precision, config.interaction,
-                                     config.interaction_self, cfg.mode, dense_params)
+                                     cfg.batch_size, cfg.precision, interaction,
+                                     config.interaction_self, cfg.mode, dense_params,
+                                     cross_layers=DCNV2_LAYERS, cross_rank=DCNV2_RANK)
     ms = {name: c["ms"] for name, c in components.items()}
     analysis = roofline.analyze(costs, ms, ceilings, cfg.precision) if ceilings else {}
     for name, entry in components.items():
