@@ -1,0 +1,120 @@
+"""Worker for the distributed tests, started by torchrun: ``worker.py MODE WORKDIR``.
+
+Modes (WORKDIR/job.json holds the parameters; rank 0 writes results into WORKDIR):
+
+- ``exact``: for each placement, load the single-process initial state, train 20 steps on
+  the global batches of ``make_batch`` and save losses + the gathered final state; also
+  evaluate a small validation set across ranks; load ``load_from`` (a sharded checkpoint) and
+  save the logits it gives on the probe batch; save a sharded checkpoint to ``save_to``.
+- ``die`` / ``hang``: train through ``dlrm.distributed.train.train_distributed`` and make
+  rank 1 exit (os._exit) or sleep at step 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dlrm.config import DLRMConfig
+from dlrm.data import open_data
+from dlrm.data.source import rank_slice
+from dlrm.distributed.checkpoint import load_sharded, save_sharded
+from dlrm.distributed.launch import distributed_session
+from dlrm.distributed.planner import plan_tables
+from dlrm.distributed.sharded import DistributedDLRM
+from dlrm.distributed.train import _gather_scores, evaluate_distributed, train_step
+from dlrm.features import Batch, SparseFeatures
+from dlrm.training.loop import TrainConfig
+from dlrm.training.optim import build_optimizer
+
+
+def make_batch(step: int, table_sizes: list[int], batch: int, num_dense: int = 13,
+               max_bag: int = 3) -> Batch:
+    """Global batch ``step``: multi-hot bags of 0..max_bag ids (empty bags included)."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    num_features = len(table_sizes)
+    lengths = torch.randint(0, max_bag + 1, (num_features, batch), generator=gen)
+    values = []
+    for f, n in enumerate(table_sizes):
+        values.append(torch.randint(0, n, (int(lengths[f].sum()),), generator=gen))
+    sparse = SparseFeatures.from_lengths(torch.cat(values), lengths.reshape(-1), num_features)
+    dense = torch.rand(batch, num_dense, generator=gen)
+    labels = torch.bernoulli(torch.full((batch,), 0.3), generator=gen)
+    return Batch(dense, sparse, labels)
+
+
+def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
+    config = DLRMConfig.from_dict(job["model_config"])
+    init = torch.load(workdir / "init_state.pt", weights_only=True)
+    results = {}
+    for placement in job["placements"]:
+        plan = plan_tables(config.table_sizes, config.embedding_dim, world, placement,
+                           replicate_max_rows=job.get("replicate_max_rows", 64),
+                           row_wise_min_rows=job.get("row_wise_min_rows"))
+        model = DistributedDLRM(config, plan, rank)
+        model.load_full_state_dict(init)
+        optimizer = build_optimizer(model, job.get("optimizer", "sgd"), job["lr"])
+        losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
+                                                          job["batch_size"]))
+                  for k in range(job["steps"])]
+        results[placement] = {"losses": losses, "state": model.full_state_dict(),
+                              "kinds": plan.kinds}
+        if rank == 0:
+            print(plan, flush=True)
+    # Evaluation across ranks over a whole (small) validation set.
+    data = open_data("synthetic:planted", table_sizes=config.table_sizes, rows_cap=None,
+                     train_samples=1000, val_samples=job["val_samples"], test_samples=0)
+    model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
+                                                world), rank)
+    model.load_full_state_dict(init)
+    results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
+    # N -> M: load a checkpoint saved by another world size, score the probe batch.
+    if job.get("load_from"):
+        model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
+                                                    world, job.get("load_placement", "auto")),
+                                rank)
+        load_sharded(model, job["load_from"])
+        probe = make_batch(999, config.table_sizes, job["batch_size"])
+        mine = rank_slice(len(probe), rank, world)
+        model.eval()
+        with torch.no_grad():
+            logits = model(probe.dense[mine], probe.sparse)
+        results["probe_logits"] = _gather_scores(model, logits, len(probe))
+        model.train()
+        optimizer = build_optimizer(model, "sgd", job["lr"])
+        train_step(model, optimizer, probe)  # the loaded model trains on and is saved again
+        save_sharded(model, job["save_to"])
+        results["saved_state"] = model.full_state_dict()
+    if rank == 0:
+        torch.save(results, workdir / f"results-{world}.pt")
+
+
+def run_fault(mode: str, job: dict, workdir: Path, rank: int) -> None:
+    from dlrm.distributed.train import train_distributed
+
+    data = open_data("synthetic:random", table_sizes=job["model_config"]["table_sizes"],
+                     rows_cap=None, train_samples=100_000, val_samples=256, test_samples=0)
+
+    def progress(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 3 and rank == 1:
+            if mode == "die":
+                os._exit(7)
+            time.sleep(3600)
+
+    train_distributed(job["model_config"], data, TrainConfig(batch_size=64, log_every=1000),
+                      workdir / "run", watchdog=session.watchdog, progress=progress)
+
+
+if __name__ == "__main__":
+    mode, workdir = sys.argv[1], Path(sys.argv[2])
+    job = json.loads((workdir / "job.json").read_text())
+    with distributed_session(timeout_s=job.get("timeout_s", 60), threads=1) as session:
+        if mode == "exact":
+            run_exact(job, workdir, session.rank, session.world_size)
+        else:
+            run_fault(mode, job, workdir, session.rank)
