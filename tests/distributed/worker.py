@@ -52,25 +52,26 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
     config = DLRMConfig.from_dict(job["model_config"])
     init = torch.load(workdir / "init_state.pt", weights_only=True)
     results = {}
-    for placement in job["placements"]:
+    for run in job["placements"]:  # "placement" or "placement@dense_optimizer"
+        placement, _, optimizer_name = run.partition("@")
         plan = plan_tables(config.table_sizes, config.embedding_dim, world, placement,
                            replicate_max_rows=job.get("replicate_max_rows", 64),
                            row_wise_min_rows=job.get("row_wise_min_rows"))
         model = DistributedDLRM(config, plan, rank)
         model.load_full_state_dict(init)
-        optimizer = build_optimizer(model, job.get("optimizer", "sgd"), job["lr"])
+        optimizer = build_optimizer(model, optimizer_name or "sgd", job["lr"])
         losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
                                                           job["batch_size"]))
                   for k in range(job["steps"])]
-        results[placement] = {"losses": losses, "state": model.full_state_dict(),
+        results[run] = {"losses": losses, "state": model.full_state_dict(),
                               "kinds": plan.kinds}
         if rank == 0:
             print(plan, flush=True)
     # Evaluation across ranks over a whole (small) validation set.
     data = open_data("synthetic:planted", table_sizes=config.table_sizes, rows_cap=None,
                      train_samples=1000, val_samples=job["val_samples"], test_samples=0)
-    model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
-                                                world), rank)
+    model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim, world,
+                                                row_wise_min_rows=600), rank)
     model.load_full_state_dict(init)
     results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
     # N -> M: load a checkpoint saved by another world size, score the probe batch.

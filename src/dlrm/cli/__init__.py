@@ -11,9 +11,10 @@ import logging
 import sys
 
 from dlrm import __version__
+from dlrm.cli import distributed as distributed_commands
 from dlrm.cli import train as train_commands
 
-COMMAND_MODULES = [train_commands]
+COMMAND_MODULES = [train_commands, distributed_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

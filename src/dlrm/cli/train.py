@@ -51,6 +51,13 @@ def open_data_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # --- distributed (issue 6): under torchrun, or --nproc N, train hybrid-parallel ---
+    from dlrm.cli.distributed import maybe_train_distributed
+
+    exit_code = maybe_train_distributed(args)
+    if exit_code is not None:
+        return exit_code
+    # --- end distributed ---
     from dlrm.config import dlrm_config_for_data
     from dlrm.training import checkpoint as ckpt_io
     from dlrm.training.loop import TrainConfig, train
@@ -150,6 +157,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    from dlrm.cli.distributed import add_distributed_args  # issue 6: --nproc, --placement
+
+    add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")

@@ -13,10 +13,11 @@ loss_r (the global batch loss) rides along in the gradient all-reduce.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,31 @@ from dlrm.training.optim import HybridOptimizer, build_optimizer
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed: another rank died, hung past the timeout, or crashed."""
+
+
+@contextlib.contextmanager
+def _peers_checked(rank: int, what: str) -> Iterator[None]:
+    """Turn gloo/nccl's low-level errors into one that says what happened and where."""
+    tick = time.perf_counter()
+    try:
+        yield
+    except (RuntimeError, dist.DistBackendError) as err:
+        if isinstance(err, PeerFailure) or not _looks_like_comm_error(err):
+            raise
+        raise PeerFailure(
+            f"rank {rank}: {what} failed after {time.perf_counter() - tick:.1f} s waiting for "
+            f"the other ranks — one of them died, hung past the timeout or crashed (see its "
+            f"own error above). Backend said: {str(err).strip().splitlines()[0]}") from err
+
+
+def _looks_like_comm_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(word in text for word in ("gloo", "nccl", "timed out", "timeout", "connection",
+                                         "peer", "socket", "closed"))
 
 
 def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
@@ -178,7 +204,8 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
         tick = time.perf_counter()
         for batch in data.batches("train", batch_size, epoch=epoch, shuffle=True,
                                   seed=config.seed, drop_last=True):
-            loss = train_step(model, optimizer, batch, config.precision)
+            with _peers_checked(rank, f"training step {step + 1}"):
+                loss = train_step(model, optimizer, batch, config.precision)
             step += 1
             losses.append(loss)
             window_loss += loss
@@ -193,8 +220,9 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
                 window_loss, window_steps = 0.0, 0
             if config.eval_every and step % config.eval_every == 0 and step < total_steps:
                 train_time += time.perf_counter() - tick
-                metrics = evaluate_distributed(model, data, "val", config.eval_batch_size,
-                                               config.precision, watchdog)
+                with _peers_checked(rank, f"evaluation at step {step}"):
+                    metrics = evaluate_distributed(model, data, "val", config.eval_batch_size,
+                                                   config.precision, watchdog)
                 record = {"event": "eval", "split": "val", "step": step, **metrics}
                 write(record)
                 history.append(record)
@@ -204,11 +232,13 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
                 break
         train_time += time.perf_counter() - tick
     stats = model.stats
-    final = evaluate_distributed(model, data, "val", config.eval_batch_size, config.precision,
-                                 watchdog)
+    with _peers_checked(rank, "final evaluation"):
+        final = evaluate_distributed(model, data, "val", config.eval_batch_size,
+                                     config.precision, watchdog)
     write({"event": "eval", "split": "val", "step": step, **final})
-    save_sharded(model, run_dir / "last", extra={"step": step, "data_spec": data.spec(),
-                                                 "train_config": asdict(config)})
+    with _peers_checked(rank, "saving the sharded checkpoint"):
+        save_sharded(model, run_dir / "last", extra={"step": step, "data_spec": data.spec(),
+                                                     "train_config": asdict(config)})
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "world_size": world, "steps": step,
         "samples_seen": step * batch_size, **{f"val_{k}": v for k, v in final.items()},
@@ -217,7 +247,8 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
         "all_reduce_seconds": stats.all_reduce_seconds,
         "all_to_all_bytes_sent_per_step": stats.all_to_all_bytes_sent / max(step, 1),
         "all_reduce_bytes_per_step": stats.all_reduce_bytes / max(step, 1),
-        "checkpoint": str(run_dir / "last"), "train_losses": losses, **(extra or {}),
+        "checkpoint": str(run_dir / "last"), "final_train_loss": losses[-1] if losses else None,
+        **(extra or {}),
     }
     for key in ("auc", "logloss"):
         if f"val_optimal_{key}" in summary:

@@ -1,0 +1,129 @@
+"""Distributed `dlrm train` (under torchrun, or `--nproc N`) and `dlrm plan`.
+
+``dlrm train`` calls ``maybe_train_distributed`` first: inside torchrun (RANK/WORLD_SIZE set)
+it trains with ``dlrm.distributed``; with ``--nproc N > 1`` it relaunches itself through
+torchrun on N local processes; otherwise it returns None and the single-process path runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (hybrid parallel; see docs/distributed.md)")
+    g.add_argument("--nproc", type=int, default=None,
+                   help="train on N local processes (relaunches through torchrun); under "
+                        "torchrun itself this is not needed")
+    g.add_argument("--placement", choices=["auto", "table", "row", "replicated"],
+                   default="auto", help="embedding placement across ranks (default auto)")
+    g.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a rank that dies or hangs ends the job after at most this long")
+
+
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
+
+
+def maybe_train_distributed(args: argparse.Namespace) -> int | None:
+    """Run distributed training if asked for (exit code), else None."""
+    from dlrm.distributed.launch import in_torchrun, launch_local
+
+    if in_torchrun():
+        return _train_under_torchrun(args)
+    if args.nproc is not None and args.nproc > 1:
+        if args.resume:
+            raise ValueError("--resume is not supported with --nproc yet; start a new run "
+                             "(optionally from a sharded checkpoint) instead")
+        return launch_local(args.nproc, _argv_without_nproc(sys.argv[1:]))
+    return None
+
+
+def _train_under_torchrun(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from dlrm.cli.progress import TrainProgress
+    from dlrm.cli.train import open_data_from_args, print_summary
+    from dlrm.config import dlrm_config_for_data
+    from dlrm.distributed.launch import distributed_session
+    from dlrm.distributed.train import train_distributed
+    from dlrm.training.loop import TrainConfig
+
+    if args.resume:
+        raise ValueError("--resume is not supported for distributed runs yet")
+    with distributed_session(timeout_s=args.dist_timeout, device=args.device,
+                             threads=args.threads) as session:
+        data = open_data_from_args(args)
+        model_config = dlrm_config_for_data(
+            args.preset, data.table_sizes, data.num_dense, args.embedding_dim, args.bottom_mlp,
+            args.top_mlp, args.interaction, args.interaction_self).to_dict()
+        config = TrainConfig(
+            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+            sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
+            weight_decay=args.weight_decay, epochs=args.epochs, max_samples=args.max_samples,
+            eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
+            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+            patience=args.patience, precision=args.precision, device=args.device,
+            threads=args.threads, seed=args.seed)
+        stamp = [time.strftime("%Y%m%d-%H%M%S")]
+        dist.broadcast_object_list(stamp, src=0)  # one run directory for all ranks
+        run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"dlrm-{stamp[0]}"
+        bar = TrainProgress(disable=args.quiet or session.rank != 0)
+
+        def progress(event: dict) -> None:
+            if session.rank != 0:
+                return
+            if event["event"] == "plan":
+                print(event["plan"], file=sys.stderr, flush=True)
+            else:
+                bar(event)
+
+        summary = train_distributed(
+            model_config, data, config, run_dir, placement=args.placement,
+            watchdog=session.watchdog, progress=progress,
+            extra={"command": " ".join(sys.argv)})
+        if session.rank == 0:
+            print_summary(summary)
+            print(f"{session.world_size} ranks: all-to-all {summary['all_to_all_seconds']:.2f} s,"
+                  f" all-reduce {summary['all_reduce_seconds']:.2f} s of "
+                  f"{summary['train_seconds']:.2f} s training (rank 0)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dlrm.config import preset
+    from dlrm.distributed.planner import plan_tables
+
+    tables = [int(x) for x in args.tables.split(",")] if args.tables else None
+    cfg = preset(args.preset, table_sizes=tables, rows_cap=args.rows_cap)
+    dim = args.embedding_dim or cfg.embedding_dim
+    print(plan_tables(cfg.table_sizes, dim, args.nproc, args.placement,
+                      replicate_max_rows=args.replicate_max_rows))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plan", help="print how embedding tables would be placed on N "
+                                           "ranks")
+    p.add_argument("--preset", default="kaggle", choices=["tiny", "kaggle", "terabyte", "mlperf"])
+    p.add_argument("--tables", default=None, help="comma-separated table sizes")
+    p.add_argument("--rows-cap", type=int, default=None, help="cap on every table's rows")
+    p.add_argument("--embedding-dim", type=int, default=None)
+    p.add_argument("--nproc", type=int, default=2, help="number of ranks")
+    p.add_argument("--placement", choices=["auto", "table", "row", "replicated"], default="auto")
+    p.add_argument("--replicate-max-rows", type=int, default=64)
+    p.set_defaults(func=cmd_plan)
