@@ -63,8 +63,11 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
                                                           job["batch_size"]))
                   for k in range(job["steps"])]
+        stats = [None] * world
+        torch.distributed.all_gather_object(
+            stats, (model.stats.all_to_all_bytes_sent, model.stats.all_reduce_bytes))
         results[run] = {"losses": losses, "state": model.full_state_dict(),
-                              "kinds": plan.kinds}
+                        "kinds": plan.kinds, "plan": plan.to_dict(), "comm_bytes": stats}
         if rank == 0:
             print(plan, flush=True)
     # Evaluation across ranks over a whole (small) validation set.
