@@ -285,13 +285,13 @@ def test_watchdog_ends_a_stalled_process():
     assert time.perf_counter() - tick < 20
 
 
-def test_cli_train_nproc_2(tmp_path):
+def test_cli_train_nproc_2(tmp_path, capsys):
     """`dlrm train --nproc 2` relaunches under torchrun; rank 0 alone prints and writes files;
     validation covers the whole split; the sharded checkpoint loads into one process."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "dlrm", "train", "--nproc", "2", "--preset", "tiny",
+        [sys.executable, "-m", "dlrm", "--verbose", "train", "--nproc", "2", "--preset", "tiny",
          "--rows-cap", "1000", "--train-samples", "5000", "--val-samples", "1500",
          "--max-samples", "2560", "--batch-size", "128", "--eval-batch-size", "700",
          "--placement", "row", "--dist-timeout", "30", "--run-dir", str(run_dir), "--quiet"],
@@ -310,3 +310,10 @@ def test_cli_train_nproc_2(tmp_path):
     data = open_data(json.loads((run_dir / "config.json").read_text())["data"])
     metrics = evaluate(model, data, "val", 700)
     assert metrics["auc"] == pytest.approx(summary["val_auc"], abs=1e-6)
+    # `dlrm eval` takes the sharded folder too (in-process: no extra interpreter start).
+    from dlrm.cli import main
+
+    assert main(["eval", "--checkpoint", str(run_dir / "last")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["auc"] == pytest.approx(summary["val_auc"], abs=1e-6)
+    assert printed["samples"] == 1500

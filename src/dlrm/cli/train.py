@@ -113,7 +113,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlrm.training.checkpoint import load_model
     from dlrm.training.loop import evaluate
 
-    model, ckpt = load_model(args.checkpoint, args.device)
+    if Path(args.checkpoint).is_dir():  # issue 6: a sharded checkpoint folder (RUN_DIR/last)
+        from dlrm.distributed.checkpoint import load_single_process
+
+        model, ckpt = load_single_process(args.checkpoint)
+        model.to(args.device)
+    else:
+        model, ckpt = load_model(args.checkpoint, args.device)
     data = open_data(args.data) if args.data else open_data(ckpt["data_spec"])
     train_cfg = ckpt["train_config"]
     metrics = evaluate(model, data, args.split, train_cfg["eval_batch_size"],
