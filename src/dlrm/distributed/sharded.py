@@ -287,6 +287,8 @@ class DistributedDLRM(nn.Module):
             self._check(dense, sparse, local_batch)
         x = self.bottom_mlp(dense)  # (b_r, D)
         pooled = self.pooled_embeddings(sparse)  # (b_r, F, D)
+        if local_batch == 0:  # a last evaluation batch smaller than W leaves some ranks idle
+            return x.new_zeros(0) + 0 * pooled.sum()
         return self.top_mlp(self.interaction(x, pooled.to(x.dtype))).squeeze(1)  # (b_r,)
 
     # -- gradients ------------------------------------------------------------------------

@@ -108,9 +108,6 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
     model.eval()
     acc = MetricAccumulator()
     for batch in data.batches(split, batch_size):
-        if len(batch) < model.world_size:
-            raise ValueError(f"{split} batch of {len(batch)} samples cannot be split over "
-                             f"{model.world_size} ranks; use another eval batch size")
         part = rank_slice(len(batch), model.rank, model.world_size)
         with autocast("cpu", precision):
             logits = model(batch.dense[part], batch.sparse)
