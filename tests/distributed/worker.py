@@ -60,9 +60,12 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         model = DistributedDLRM(config, plan, rank)
         model.load_full_state_dict(init)
         optimizer = build_optimizer(model, optimizer_name or "sgd", job["lr"])
-        losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
-                                                          job["batch_size"]))
-                  for k in range(job["steps"])]
+        losses = []
+        for k in range(job["steps"]):
+            if run == "auto@adagrad" and k == job["steps"] // 2 and job.get("save_opt_to"):
+                save_sharded(model, job["save_opt_to"], optimizer=optimizer)  # mid-run
+            losses.append(train_step(model, optimizer,
+                                     make_batch(k, config.table_sizes, job["batch_size"])))
         stats = [None] * world
         torch.distributed.all_gather_object(
             stats, (model.stats.all_to_all_bytes_sent, model.stats.all_reduce_bytes))
@@ -70,6 +73,16 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
                         "kinds": plan.kinds, "plan": plan.to_dict(), "comm_bytes": stats}
         if rank == 0:
             print(plan, flush=True)
+    # Resume another world size's mid-run checkpoint, optimizer state included (resharded).
+    if job.get("resume_from"):
+        plan = plan_tables(config.table_sizes, config.embedding_dim, world, "row")
+        model = DistributedDLRM(config, plan, rank)
+        optimizer = build_optimizer(model, "adagrad", job["lr"])
+        load_sharded(model, job["resume_from"], optimizer)
+        losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
+                                                          job["batch_size"]))
+                  for k in range(job["steps"] // 2, job["steps"])]
+        results["resumed"] = {"losses": losses, "state": model.full_state_dict()}
     # Evaluation across ranks over a whole (small) validation set.
     data = open_data("synthetic:planted", table_sizes=config.table_sizes, rows_cap=None,
                      train_samples=1000, val_samples=job["val_samples"], test_samples=0)
