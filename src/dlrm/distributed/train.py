@@ -235,7 +235,8 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     write({"event": "eval", "split": "val", "step": step, **final})
     with _peers_checked(rank, "saving the sharded checkpoint"):
         save_sharded(model, run_dir / "last", extra={"step": step, "data_spec": data.spec(),
-                                                     "train_config": asdict(config)})
+                                                     "train_config": asdict(config)},
+                     optimizer=optimizer)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "world_size": world, "steps": step,
         "samples_seen": step * batch_size, **{f"val_{k}": v for k, v in final.items()},
