@@ -274,14 +274,16 @@ def test_one_rank_model_equals_dlrm():
 
 
 def test_watchdog_ends_a_stalled_process():
+    """The watchdog, armed by its first beat, ends a process that stops beating."""
     code = ("import time; from dlrm.distributed.launch import Watchdog; "
-            "w = Watchdog(0.5, rank=3); time.sleep(30)")
+            "w = Watchdog(0.5, rank=3); time.sleep(1.5); w.beat(); time.sleep(30)")
     tick = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 124
     assert "rank 3: no training progress" in proc.stderr
-    assert time.perf_counter() - tick < 20
+    # Unarmed until the first beat (setup is not timed), then fires 0.5 s after it.
+    assert 2.0 < time.perf_counter() - tick < 20
 
 
 def test_cli_train_nproc_2(tmp_path, capsys):

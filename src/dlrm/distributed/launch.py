@@ -47,22 +47,33 @@ def in_torchrun() -> bool:
 class Watchdog:
     """Ends the process if ``beat()`` is not called for ``timeout_s`` seconds.
 
-    The training loop beats once per step and per evaluation batch. On expiry it logs which
-    rank stalled and for how long, then calls ``os._exit`` (a stuck collective cannot be
+    The training loop beats once per step and per evaluation batch. It is armed by the first
+    ``beat()`` (setup such as building large tables is not timed) and can be paused around
+    long local work (``with watchdog.paused(): save...``). On expiry it logs which rank
+    stalled and for how long, then calls ``os._exit`` (a stuck collective cannot be
     interrupted from Python), so the launcher sees the failure and stops the other ranks.
     """
 
-    def __init__(self, timeout_s: float, rank: int = 0, what: str = "training") -> None:
+    def __init__(self, timeout_s: float, rank: int = 0, what: str = "training",
+                 armed: bool = False) -> None:
         self.timeout_s = float(timeout_s)
         self.rank = rank
         self.what = what
-        self._last = time.monotonic()
+        self._last: float | None = time.monotonic() if armed else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrm-watchdog", daemon=True)
         self._thread.start()
 
     def beat(self) -> None:
         self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._last = None
+        try:
+            yield
+        finally:
+            self.beat()
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,7 +82,10 @@ class Watchdog:
     def _run(self) -> None:
         poll = min(1.0, self.timeout_s / 4)
         while not self._stop.wait(poll):
-            idle = time.monotonic() - self._last
+            last = self._last
+            if last is None:
+                continue
+            idle = time.monotonic() - last
             if idle > self.timeout_s:
                 log.critical("rank %d: no %s progress for %.0f s (timeout %.0f s); a rank died "
                              "or hung — ending this process", self.rank, self.what, idle,

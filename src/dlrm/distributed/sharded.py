@@ -70,6 +70,8 @@ def feature_bags(sparse: SparseFeatures, feature: int) -> tuple[torch.Tensor, to
 def select_features(sparse: SparseFeatures, features: list[int],
                     samples: slice | None = None) -> SparseFeatures:
     """The bags of ``features`` (in that order) for ``samples`` (default all)."""
+    if not features:
+        raise ValueError("select_features needs at least one feature")
     batch = sparse.batch_size
     if sparse.one_hot:
         ids = sparse.values.view(sparse.num_features, batch)[features]
@@ -86,12 +88,6 @@ def select_features(sparse: SparseFeatures, features: list[int],
             v, n = v[lo:hi], n[samples]
         values.append(v)
         lengths.append(n)
-    if not features:
-        size = 0 if samples is None else samples.stop - samples.start
-        return SparseFeatures(torch.empty(0, dtype=torch.int64),
-                              torch.zeros(1, dtype=torch.int64), 0, False) if size == 0 \
-            else SparseFeatures.from_lengths(torch.empty(0, dtype=torch.int64),
-                                             torch.zeros(0, dtype=torch.int64), 1)
     return SparseFeatures.from_lengths(torch.cat(values), torch.cat(lengths), len(features))
 
 

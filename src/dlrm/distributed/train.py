@@ -233,7 +233,8 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
         final = evaluate_distributed(model, data, "val", config.eval_batch_size,
                                      config.precision, watchdog)
     write({"event": "eval", "split": "val", "step": step, **final})
-    with _peers_checked(rank, "saving the sharded checkpoint"):
+    pause = watchdog.paused() if watchdog is not None else contextlib.nullcontext()
+    with pause, _peers_checked(rank, "saving the sharded checkpoint"):
         save_sharded(model, run_dir / "last", extra={"step": step, "data_spec": data.spec(),
                                                      "train_config": asdict(config)},
                      optimizer=optimizer)
