@@ -107,7 +107,8 @@ def jobs(tmp_path_factory):
             "load_placement": load_placement, "save_to": str(root / f"ckpt-{world}"),
             # N=3 saves a mid-run Adagrad checkpoint; N=2 resumes it (row-wise) to the end.
             "save_opt_to": str(root / "opt-3") if world == 3 else None,
-            "resume_from": str(root / "opt-3") if world == 2 else None}))
+            "resume_from": str(root / "opt-3") if world == 2 else None,
+            "resume_run": world == 2}))
         tick = time.perf_counter()
         proc = torchrun(world, [str(HERE / "worker.py"), "exact", str(work)])
         seconds[world] = time.perf_counter() - tick
@@ -330,3 +331,26 @@ def test_resume_3_ranks_mid_run_on_2_ranks_with_optimizer_state(jobs):
                                rtol=1e-5, atol=1e-6)
     for key, ref in ref_state.items():
         torch.testing.assert_close(got["state"][key], ref, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_train_distributed_resumes_an_interrupted_run_exactly(jobs):
+    """Interrupted at step 13 of 20, resumed from the step-10 checkpoint: the same final
+    metrics, training-loss records and parameters as the uninterrupted run (N=2)."""
+    run = jobs["results"][2]["resume_run"]
+    whole, resumed = run["whole"], run["resumed"]
+    assert resumed["steps"] == whole["steps"] == 20
+    for key in ("val_auc", "val_logloss", "final_train_loss"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    work = jobs["root"] / "w2"
+
+    def train_records(folder: str) -> list[tuple[int, float]]:
+        lines = (work / folder / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["event"] == "train"]
+
+    assert [s for s, _ in train_records("cut")] == [5, 10, 15, 20]
+    for (_, a), (_, b) in zip(train_records("cut"), train_records("whole")):
+        assert a == pytest.approx(b, abs=1e-6)
+    a, _ = load_single_process(work / "whole" / "last")
+    b, _ = load_single_process(work / "cut" / "last")
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, rtol=1e-6, atol=1e-7)

@@ -107,8 +107,38 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         train_step(model, optimizer, probe)  # the loaded model trains on and is saved again
         save_sharded(model, job["save_to"])
         results["saved_state"] = model.full_state_dict()
+    if job.get("resume_run"):
+        results["resume_run"] = run_interrupted_and_resumed(job, workdir, rank)
     if rank == 0:
         torch.save(results, workdir / f"results-{world}.pt")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def run_interrupted_and_resumed(job: dict, workdir: Path, rank: int) -> dict:
+    """train_distributed uninterrupted, and interrupted at step 13 then resumed from its
+    step-10 checkpoint; returns both summaries."""
+    from dlrm.distributed.train import train_distributed
+
+    data = open_data("synthetic:planted", table_sizes=job["model_config"]["table_sizes"],
+                     rows_cap=None, train_samples=5000, val_samples=500, test_samples=0)
+    config = TrainConfig(batch_size=64, max_samples=64 * 20, checkpoint_every=10, log_every=5,
+                         eval_batch_size=200, optimizer="adagrad", lr=0.05)
+
+    def interrupt(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 13:
+            raise _Interrupt  # on every rank, after the step's collectives
+
+    whole = train_distributed(job["model_config"], data, config, workdir / "whole")
+    try:
+        train_distributed(job["model_config"], data, config, workdir / "cut", progress=interrupt)
+        raise AssertionError("the interrupt did not happen")
+    except _Interrupt:
+        pass
+    resumed = train_distributed(job["model_config"], data, config, workdir / "cut", resume=True)
+    return {"whole": whole, "resumed": resumed}
 
 
 def run_fault(mode: str, job: dict, workdir: Path, rank: int) -> None:

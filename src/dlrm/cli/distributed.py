@@ -2,12 +2,15 @@
 
 ``dlrm train`` calls ``maybe_train_distributed`` first: inside torchrun (RANK/WORLD_SIZE set)
 it trains with ``dlrm.distributed``; with ``--nproc N > 1`` it relaunches itself through
-torchrun on N local processes; otherwise it returns None and the single-process path runs.
+torchrun on N local processes (``--resume RUN_DIR`` of a distributed run continues it on any
+number of processes, 1 without ``--nproc``); otherwise it returns None and the
+single-process path runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -46,27 +49,53 @@ def maybe_train_distributed(args: argparse.Namespace) -> int | None:
     if in_torchrun():
         return _train_under_torchrun(args)
     if args.nproc is not None and args.nproc > 1:
-        if args.resume:
-            raise ValueError("--resume is not supported with --nproc yet; start a new run "
-                             "(optionally from a sharded checkpoint) instead")
         return launch_local(args.nproc, _argv_without_nproc(sys.argv[1:]))
+    if args.resume and (Path(args.resume) / "last" / "meta.pt").is_file():
+        # A distributed run resumed without --nproc: continue it on one process.
+        return launch_local(1, _argv_without_nproc(sys.argv[1:]))
     return None
+
+
+def _rank0_progress(rank: int, quiet: bool):
+    """Progress callback: rank 0 prints the plan and draws the bar; other ranks stay quiet."""
+    from dlrm.cli.progress import TrainProgress
+
+    bar = TrainProgress(disable=quiet or rank != 0)
+
+    def progress(event: dict) -> None:
+        if rank != 0:
+            return
+        if event["event"] == "plan":
+            print(event["plan"], file=sys.stderr, flush=True)
+        else:
+            bar(event)
+
+    return progress
 
 
 def _train_under_torchrun(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from dlrm.cli.progress import TrainProgress
     from dlrm.cli.train import open_data_from_args, print_summary
     from dlrm.config import dlrm_config_for_data
+    from dlrm.data import open_data
     from dlrm.distributed.launch import distributed_session
     from dlrm.distributed.train import train_distributed
     from dlrm.training.loop import TrainConfig
 
-    if args.resume:
-        raise ValueError("--resume is not supported for distributed runs yet")
     with distributed_session(timeout_s=args.dist_timeout, device=args.device,
                              threads=args.threads) as session:
+        if args.resume:  # the run's own settings; any number of ranks may continue it
+            saved = json.loads((Path(args.resume) / "config.json").read_text())
+            data = open_data(saved["data"])
+            summary = train_distributed(
+                saved["model_config"], data, TrainConfig(**saved["train"]), args.resume,
+                placement=saved["placement"], resume=True, watchdog=session.watchdog,
+                progress=_rank0_progress(session.rank, args.quiet),
+                extra={"command": " ".join(sys.argv)})
+            if session.rank == 0:
+                print_summary(summary)
+            return 0
         data = open_data_from_args(args)
         model_config = dlrm_config_for_data(
             args.preset, data.table_sizes, data.num_dense, args.embedding_dim, args.bottom_mlp,
@@ -82,19 +111,9 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
         stamp = [time.strftime("%Y%m%d-%H%M%S")]
         dist.broadcast_object_list(stamp, src=0)  # one run directory for all ranks
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"dlrm-{stamp[0]}"
-        bar = TrainProgress(disable=args.quiet or session.rank != 0)
-
-        def progress(event: dict) -> None:
-            if session.rank != 0:
-                return
-            if event["event"] == "plan":
-                print(event["plan"], file=sys.stderr, flush=True)
-            else:
-                bar(event)
-
         summary = train_distributed(
             model_config, data, config, run_dir, placement=args.placement,
-            watchdog=session.watchdog, progress=progress,
+            watchdog=session.watchdog, progress=_rank0_progress(session.rank, args.quiet),
             extra={"command": " ".join(sys.argv)})
         if session.rank == 0:
             print_summary(summary)

@@ -135,7 +135,7 @@ def build_distributed_model(model_config: dict[str, Any], rank: int, world_size:
 
 
 def train_distributed(model_config: dict[str, Any], data: DataSource, config: TrainConfig,
-                      run_dir: str | Path, placement: str = "auto",
+                      run_dir: str | Path, placement: str = "auto", resume: bool = False,
                       init_checkpoint: str | Path | None = None,
                       watchdog: Watchdog | None = None, progress: Progress | None = None,
                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,15 +143,19 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
 
     Call on every rank inside ``dlrm.distributed.launch.distributed_session``. Rank 0 writes
     ``config.json`` (with the plan), ``metrics.jsonl`` and ``summary.json``; all ranks write
-    the sharded checkpoint ``run_dir/last`` (see ``dlrm.distributed.checkpoint``).
+    the sharded checkpoint ``run_dir/last`` (see ``dlrm.distributed.checkpoint``) at every
+    evaluation, every ``checkpoint_every`` steps and at the end.
     ``progress`` is called on every rank (events carry ``rank``); render only rank 0's.
 
     Args:
-        init_checkpoint: start from this sharded checkpoint (any world size) instead of a
-            fresh initialisation.
+        resume: continue from ``run_dir/last`` (saved by any number of ranks): weights,
+            optimizer state and loop position, so the run ends as an uninterrupted one.
+        init_checkpoint: start a new run from the weights of this sharded checkpoint (any
+            world size) instead of a fresh initialisation.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(run_dir)
+    last_path = run_dir / "last"
     emit = progress or (lambda _event: None)
     if config.device != "cpu" and not config.device.startswith("cuda"):
         raise ValueError(f"device {config.device!r}: expected cpu or cuda")
@@ -160,25 +164,48 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     if config.device.startswith("cuda"):
         raise NotImplementedError("the distributed trainer is tested on CPU/gloo only so far")
     model = build_distributed_model(model_config, rank, world, placement, config.seed)
-    if init_checkpoint is not None:
+    optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
+                                config.sparse_lr, config.weight_decay)
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "window_loss": 0.0,
+                             "window_steps": 0}
+    if resume:
+        if not (last_path / "meta.pt").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no sharded checkpoint {last_path}")
+        meta = load_sharded(model, last_path, optimizer)
+        state.update(meta["loop_state"])
+        log.info("rank %d: resumed %s at step %d (saved by %d ranks)", rank, run_dir,
+                 state["step"], meta["plan"]["world_size"])
+    elif init_checkpoint is not None:
         load_sharded(model, init_checkpoint)
     emit({"event": "plan", "rank": rank, "plan": str(model.plan)})
     log.info("rank %d/%d: %d local shards, %d replicated tables", rank, world,
              len(model.local_shards), len(model.replicated_tables))
-    optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
-                                config.sparse_lr, config.weight_decay)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(
-            {"model_kind": "dlrm", "model_config": model_config, "train": asdict(config),
-             "data": data.spec(), "world_size": world, "placement": placement,
-             "plan": model.plan.to_dict(), **(extra or {})}, indent=2))
-        (run_dir / "metrics.jsonl").write_text("")
+        metrics_path = run_dir / "metrics.jsonl"
+        if resume and metrics_path.exists():  # drop records written after the checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= state["step"]]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        else:
+            metrics_path.write_text("")
+        if not resume:
+            (run_dir / "config.json").write_text(json.dumps(
+                {"model_kind": "dlrm", "model_config": model_config, "train": asdict(config),
+                 "data": data.spec(), "world_size": world, "placement": placement,
+                 "plan": model.plan.to_dict(), **(extra or {})}, indent=2))
 
     def write(record: dict[str, Any]) -> None:
         if rank == 0:
             with (run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def save() -> None:
+        pause = watchdog.paused() if watchdog is not None else contextlib.nullcontext()
+        with pause, _peers_checked(rank, "saving the sharded checkpoint"):
+            save_sharded(model, last_path, optimizer=optimizer, extra={
+                "step": state["step"], "loop_state": dict(state), "data_spec": data.spec(),
+                "train_config": asdict(config)})
 
     batch_size = config.batch_size
     steps_per_epoch = data.num_samples("train") // batch_size
@@ -188,33 +215,39 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     total_steps = steps_per_epoch * config.epochs
     if config.max_samples:
         total_steps = min(total_steps, max(1, config.max_samples // batch_size))
-    emit({"event": "start", "rank": rank, "step": 0, "total_steps": total_steps,
+    emit({"event": "start", "rank": rank, "step": state["step"], "total_steps": total_steps,
           "batch_size": batch_size})
     model.train()
-    step, window_loss, window_steps, history = 0, 0.0, 0, []
     losses: list[float] = []
     train_time = 0.0
     model.stats.reset()
-    for epoch in range(config.epochs):
-        if step >= total_steps:
-            break
+    while state["step"] < total_steps:
+        epoch = state["epoch"]
         tick = time.perf_counter()
-        for batch in data.batches("train", batch_size, epoch=epoch, shuffle=True,
-                                  seed=config.seed, drop_last=True):
-            with _peers_checked(rank, f"training step {step + 1}"):
+        for batch in data.batches("train", batch_size, start_batch=state["batch_in_epoch"],
+                                  epoch=epoch, shuffle=True, seed=config.seed, drop_last=True):
+            with _peers_checked(rank, f"training step {state['step'] + 1}"):
                 loss = train_step(model, optimizer, batch, config.precision)
-            step += 1
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            step = state["step"]
             losses.append(loss)
-            window_loss += loss
-            window_steps += 1
+            state["window_loss"] += loss
+            state["window_steps"] += 1
             if watchdog is not None:
                 watchdog.beat()
             emit({"event": "step", "rank": rank, "step": step, "samples": len(batch),
-                  "loss": window_loss / window_steps})
+                  "loss": state["window_loss"] / state["window_steps"]})
             if step % config.log_every == 0 or step == total_steps:
                 write({"event": "train", "step": step, "epoch": epoch,
-                       "samples_seen": step * batch_size, "loss": window_loss / window_steps})
-                window_loss, window_steps = 0.0, 0
+                       "samples_seen": step * batch_size,
+                       "loss": state["window_loss"] / state["window_steps"]})
+                state["window_loss"], state["window_steps"] = 0.0, 0
+            boundary = state["batch_in_epoch"] >= steps_per_epoch
+            if boundary:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+            evaluated = False
             if config.eval_every and step % config.eval_every == 0 and step < total_steps:
                 train_time += time.perf_counter() - tick
                 with _peers_checked(rank, f"evaluation at step {step}"):
@@ -222,31 +255,33 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
                                                    config.precision, watchdog)
                 record = {"event": "eval", "split": "val", "step": step, **metrics}
                 write(record)
-                history.append(record)
                 emit({**record, "rank": rank})
+                evaluated = True
+            if evaluated or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                if not evaluated:
+                    train_time += time.perf_counter() - tick
+                save()
                 tick = time.perf_counter()
-            if step >= total_steps:
+            if step >= total_steps or boundary:
                 break
         train_time += time.perf_counter() - tick
+    step = state["step"]
     stats = model.stats
     with _peers_checked(rank, "final evaluation"):
         final = evaluate_distributed(model, data, "val", config.eval_batch_size,
                                      config.precision, watchdog)
     write({"event": "eval", "split": "val", "step": step, **final})
-    pause = watchdog.paused() if watchdog is not None else contextlib.nullcontext()
-    with pause, _peers_checked(rank, "saving the sharded checkpoint"):
-        save_sharded(model, run_dir / "last", extra={"step": step, "data_spec": data.spec(),
-                                                     "train_config": asdict(config)},
-                     optimizer=optimizer)
+    save()
+    steps_here = len(losses)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "world_size": world, "steps": step,
         "samples_seen": step * batch_size, **{f"val_{k}": v for k, v in final.items()},
-        "samples_per_s": step * batch_size / train_time if train_time else None,
+        "samples_per_s": steps_here * batch_size / train_time if train_time else None,
         "train_seconds": train_time, "all_to_all_seconds": stats.all_to_all_seconds,
         "all_reduce_seconds": stats.all_reduce_seconds,
-        "all_to_all_bytes_sent_per_step": stats.all_to_all_bytes_sent / max(step, 1),
-        "all_reduce_bytes_per_step": stats.all_reduce_bytes / max(step, 1),
-        "checkpoint": str(run_dir / "last"), "final_train_loss": losses[-1] if losses else None,
+        "all_to_all_bytes_sent_per_step": stats.all_to_all_bytes_sent / max(steps_here, 1),
+        "all_reduce_bytes_per_step": stats.all_reduce_bytes / max(steps_here, 1),
+        "checkpoint": str(last_path), "final_train_loss": losses[-1] if losses else None,
         **(extra or {}),
     }
     for key in ("auc", "logloss"):
@@ -255,5 +290,4 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     if rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     emit({"event": "end", "rank": rank, **summary})
-    del model, optimizer  # free gloo-touching tensors before the group is destroyed
-    return summary
+    return summary  # the model goes with this frame; distributed_session collects it
