@@ -354,3 +354,17 @@ def test_train_distributed_resumes_an_interrupted_run_exactly(jobs):
     b, _ = load_single_process(work / "cut" / "last")
     for key, value in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+
+
+def test_embedding_init_does_not_depend_on_the_sharding():
+    """Rows drawn block-seeded: any split of a table gives the same values, within the
+    reference's U(-sqrt(1/n), sqrt(1/n)) bound."""
+    from dlrm.distributed.sharded import INIT_BLOCK_ROWS, init_rows
+
+    n = 2 * INIT_BLOCK_ROWS + 123
+    whole = init_rows(n, 0, n, 4, seed=5, table=2)
+    cut = 70_001
+    assert torch.equal(whole, torch.cat([init_rows(n, 0, cut, 4, 5, 2),
+                                         init_rows(n, cut, n, 4, 5, 2)]))
+    assert float(whole.abs().max()) <= (1 / n) ** 0.5
+    assert not torch.equal(whole, init_rows(n, 0, n, 4, seed=5, table=3))

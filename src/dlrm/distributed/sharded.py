@@ -145,7 +145,9 @@ def init_rows(table_size: int, row_start: int, row_end: int, dim: int, seed: int
     out = torch.empty(row_end - row_start, dim)
     first, last = row_start // INIT_BLOCK_ROWS, (row_end - 1) // INIT_BLOCK_ROWS
     for block in range(first, last + 1):
-        gen = torch.Generator().manual_seed(hash((seed, table, block)) & 0x7FFF_FFFF_FFFF)
+        # An explicit mix (not hash()) so the values are the same on every Python version.
+        gen = torch.Generator().manual_seed(
+            (seed * 0x9E3779B1 + table * 0x85EBCA77 + block * 0xC2B2AE3D) % (1 << 63))
         lo = block * INIT_BLOCK_ROWS
         n = min(INIT_BLOCK_ROWS, table_size - lo)
         rows = torch.empty(n, dim).uniform_(-bound, bound, generator=gen)
