@@ -235,6 +235,12 @@ def test_plan_tiles_every_table_and_balances():
     assert [len(plan.rank_shards(r)) for r in range(3)] == [2, 2, 2]
     with pytest.raises(ValueError, match="placement"):
         plan_tables(sizes, 16, 2, "diagonal")
+    # A memory budget: tables over half of it go row-wise; a plan that cannot fit is refused.
+    budget = 40_000 * 16 * 4  # bytes of 40k rows
+    plan = plan_tables(sizes, 16, 4, "auto", max_bytes_per_rank=budget)
+    assert plan.kinds[4] == "row" and max(plan.rank_bytes(r) for r in range(4)) <= budget
+    with pytest.raises(ValueError, match="on rank .* over the"):
+        plan_tables(sizes, 16, 4, "table", max_bytes_per_rank=budget)
 
 
 def test_select_features_and_restrict_rows_match_naive():

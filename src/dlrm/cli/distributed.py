@@ -130,8 +130,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     tables = [int(x) for x in args.tables.split(",")] if args.tables else None
     cfg = preset(args.preset, table_sizes=tables, rows_cap=args.rows_cap)
     dim = args.embedding_dim or cfg.embedding_dim
+    budget = int(args.max_gib_per_rank * 2**30) if args.max_gib_per_rank else None
     print(plan_tables(cfg.table_sizes, dim, args.nproc, args.placement,
-                      replicate_max_rows=args.replicate_max_rows))
+                      replicate_max_rows=args.replicate_max_rows, max_bytes_per_rank=budget))
     return 0
 
 
@@ -145,4 +146,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=int, default=2, help="number of ranks")
     p.add_argument("--placement", choices=["auto", "table", "row", "replicated"], default="auto")
     p.add_argument("--replicate-max-rows", type=int, default=64)
+    p.add_argument("--max-gib-per-rank", type=float, default=None,
+                   help="embedding memory per rank; tables over half of it go row-wise")
     p.set_defaults(func=cmd_plan)

@@ -148,8 +148,8 @@ def _row_split(table: int, rows: int, world_size: int) -> list[Shard]:
 
 def plan_tables(table_sizes: list[int], embedding_dim: int, world_size: int,
                 placement: str = "auto", lookups_per_table: list[float] | None = None,
-                replicate_max_rows: int = 64, row_wise_min_rows: int | None = None
-                ) -> ShardingPlan:
+                replicate_max_rows: int = 64, row_wise_min_rows: int | None = None,
+                max_bytes_per_rank: int | None = None) -> ShardingPlan:
     """A placement of the tables on ``world_size`` ranks.
 
     Args:
@@ -162,6 +162,9 @@ def plan_tables(table_sizes: list[int], embedding_dim: int, world_size: int,
         replicate_max_rows: ``auto`` replicates tables with at most this many rows.
         row_wise_min_rows: ``auto`` splits tables with more rows than this by rows (default:
             more than 1/W of all non-replicated rows).
+        max_bytes_per_rank: fp32 embedding memory available per rank; ``auto`` also splits
+            by rows any table larger than half of it, and every plan is checked against it
+            (``ValueError`` naming the rank that does not fit).
 
     Example:
         >>> print(plan_tables([1000, 10, 50_000, 300], 16, 2))   # doctest: +SKIP
@@ -174,6 +177,22 @@ def plan_tables(table_sizes: list[int], embedding_dim: int, world_size: int,
     lookups = list(lookups_per_table) if lookups_per_table else [1.0] * num_tables
     if len(lookups) != num_tables:
         raise ValueError(f"lookups_per_table has {len(lookups)} entries for {num_tables} tables")
+    plan = _plan(list(table_sizes), embedding_dim, world_size, placement, lookups,
+                 replicate_max_rows, row_wise_min_rows, max_bytes_per_rank)
+    if max_bytes_per_rank is not None:
+        for r in range(world_size):
+            if plan.rank_bytes(r) > max_bytes_per_rank:
+                raise ValueError(
+                    f"placement {placement!r} puts {plan.rank_bytes(r) / 2**30:.2f} GiB of "
+                    f"embeddings on rank {r}, over the {max_bytes_per_rank / 2**30:.2f} GiB per "
+                    f"rank allowed; use more ranks or placement 'auto'/'row'")
+    return plan
+
+
+def _plan(table_sizes: list[int], embedding_dim: int, world_size: int, placement: str,
+          lookups: list[float], replicate_max_rows: int, row_wise_min_rows: int | None,
+          max_bytes_per_rank: int | None) -> ShardingPlan:
+    num_tables = len(table_sizes)
     if placement == "replicated":
         return ShardingPlan(list(table_sizes), embedding_dim, world_size,
                             ["replicated"] * num_tables)
@@ -189,6 +208,8 @@ def plan_tables(table_sizes: list[int], embedding_dim: int, world_size: int,
         sharded_rows = sum(n for t, n in enumerate(table_sizes) if kinds[t] != "replicated")
         threshold = row_wise_min_rows if row_wise_min_rows is not None \
             else sharded_rows / world_size
+        if max_bytes_per_rank is not None:
+            threshold = min(threshold, max_bytes_per_rank / 2 / (embedding_dim * 4))
         if world_size > 1:
             for t, n in enumerate(table_sizes):
                 if kinds[t] == "table" and n > threshold:
