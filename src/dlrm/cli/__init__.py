@@ -14,11 +14,12 @@ from dlrm import __version__
 from dlrm.cli import bench as bench_commands
 from dlrm.cli import compare as compare_commands
 from dlrm.cli import data as data_commands
+from dlrm.cli import distributed as distributed_commands
 from dlrm.cli import options as options_commands
 from dlrm.cli import train as train_commands
 
 COMMAND_MODULES = [train_commands, data_commands, bench_commands, options_commands,
-                   compare_commands]
+                   compare_commands, distributed_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,7 +84,13 @@ def open_data_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dlrm.config import dlrm_config_for_data
+    # --- distributed (issue 6): under torchrun, or --nproc N, train hybrid-parallel ---
+    from dlrm.cli.distributed import maybe_train_distributed
+
+    exit_code = maybe_train_distributed(args)
+    if exit_code is not None:
+        return exit_code
+    # --- end distributed ---
     from dlrm.training import checkpoint as ckpt_io
     from dlrm.training.loop import TrainConfig, train
 
@@ -98,30 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         kind, model_config = saved["model_kind"], saved["model_config"]
     else:
         data = open_data_from_args(args)
-        kind = getattr(args, "model", "dlrm")
-        if kind == "dlrm":
-            if getattr(args, "model_option", None):
-                raise ValueError("--model-option is for baselines; DLRM takes --bottom-mlp, "
-                                 "--top-mlp, --interaction")
-            model_config = dlrm_config_for_data(
-                args.preset, data.table_sizes, data.num_dense, args.embedding_dim,
-                args.bottom_mlp, args.top_mlp, args.interaction, args.interaction_self).to_dict()
-            model_config = apply_embedding_options(model_config, args)  # issue 7
-        else:  # a baseline (dlrm.models.presets): same preset, D and data shape as DLRM
-            from dlrm.models.presets import model_config_for, parse_model_options
-
-            overrides = {"embedding_dim": args.embedding_dim, "bottom_mlp": args.bottom_mlp,
-                         "top_mlp": args.top_mlp, **parse_model_options(args.model_option)}
-            model_config = model_config_for(kind, args.preset, data.table_sizes,
-                                            data.num_dense, overrides)
-        config = TrainConfig(
-            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-            sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
-            weight_decay=args.weight_decay, epochs=args.epochs, max_samples=args.max_samples,
-            eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
-            checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-            patience=args.patience, precision=args.precision, device=args.device,
-            threads=args.threads, seed=args.seed, lr_schedule=lr_schedule_from_args(args))
+        kind, model_config = model_config_from_args(args, data)
+        config = train_config_from_args(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
     print_memory_report(kind, model_config, config, args.memory_report)  # issue 7
@@ -130,6 +114,42 @@ def cmd_train(args: argparse.Namespace) -> int:
                     extra={"command": " ".join(sys.argv)})
     print_summary(summary)
     return 0
+
+
+def model_config_from_args(args: argparse.Namespace, data) -> tuple[str, dict]:
+    """The model kind and config dict that --model, --preset and the shape flags describe."""
+    from dlrm.config import dlrm_config_for_data
+
+    kind = getattr(args, "model", "dlrm")
+    if kind == "dlrm":
+        if getattr(args, "model_option", None):
+            raise ValueError("--model-option is for baselines; DLRM takes --bottom-mlp, "
+                             "--top-mlp, --interaction")
+        model_config = dlrm_config_for_data(
+            args.preset, data.table_sizes, data.num_dense, args.embedding_dim,
+            args.bottom_mlp, args.top_mlp, args.interaction, args.interaction_self).to_dict()
+        return kind, apply_embedding_options(model_config, args)
+    # a baseline (dlrm.models.presets): same preset, D and data shape as DLRM
+    from dlrm.models.presets import model_config_for, parse_model_options
+
+    overrides = {"embedding_dim": args.embedding_dim, "bottom_mlp": args.bottom_mlp,
+                 "top_mlp": args.top_mlp, **parse_model_options(args.model_option)}
+    return kind, model_config_for(kind, args.preset, data.table_sizes, data.num_dense,
+                                  overrides)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The ``TrainConfig`` that the training flags describe."""
+    from dlrm.training.loop import TrainConfig
+
+    return TrainConfig(
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
+        weight_decay=args.weight_decay, epochs=args.epochs, max_samples=args.max_samples,
+        eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        patience=args.patience, precision=args.precision, device=args.device,
+        threads=args.threads, seed=args.seed, lr_schedule=lr_schedule_from_args(args))
 
 
 def print_memory_report(kind: str, model_config: dict, config, per_table: bool) -> None:
@@ -165,7 +185,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dlrm.training.checkpoint import load_model
     from dlrm.training.loop import evaluate
 
-    model, ckpt = load_model(args.checkpoint, args.device)
+    if Path(args.checkpoint).is_dir():  # issue 6: a sharded checkpoint folder (RUN_DIR/last)
+        from dlrm.distributed.checkpoint import load_single_process
+
+        model, ckpt = load_single_process(args.checkpoint)
+        model.to(args.device)
+    else:
+        model, ckpt = load_model(args.checkpoint, args.device)
     data = open_data(args.data) if args.data else open_data(ckpt["data_spec"])
     train_cfg = ckpt["train_config"]
     metrics = evaluate(model, data, args.split, train_cfg["eval_batch_size"],
@@ -226,6 +252,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--memory-report", action="store_true",
                    help="print parameter memory per table before training (total always)")
     # --- end issue 7 ---
+    from dlrm.cli.distributed import add_distributed_args  # issue 6: --nproc, --placement
+
+    add_distributed_args(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")

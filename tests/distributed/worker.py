@@ -1,0 +1,167 @@
+"""Worker for the distributed tests, started by torchrun: ``worker.py MODE WORKDIR``.
+
+Modes (WORKDIR/job.json holds the parameters; rank 0 writes results into WORKDIR):
+
+- ``exact``: for each placement, load the single-process initial state, train 20 steps on
+  the global batches of ``make_batch`` and save losses + the gathered final state; also
+  evaluate a small validation set across ranks; load ``load_from`` (a sharded checkpoint) and
+  save the logits it gives on the probe batch; save a sharded checkpoint to ``save_to``.
+- ``die`` / ``hang``: train through ``dlrm.distributed.train.train_distributed`` and make
+  rank 1 exit (os._exit) or sleep at step 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dlrm.config import DLRMConfig
+from dlrm.data import open_data
+from dlrm.data.source import rank_slice
+from dlrm.distributed.checkpoint import load_sharded, save_sharded
+from dlrm.distributed.launch import distributed_session
+from dlrm.distributed.planner import plan_tables
+from dlrm.distributed.sharded import DistributedDLRM
+from dlrm.distributed.train import _gather_scores, evaluate_distributed, train_step
+from dlrm.features import Batch, SparseFeatures
+from dlrm.training.loop import TrainConfig
+from dlrm.training.optim import build_optimizer
+
+
+def make_batch(step: int, table_sizes: list[int], batch: int, num_dense: int = 13,
+               max_bag: int = 3) -> Batch:
+    """Global batch ``step``: multi-hot bags of 0..max_bag ids (empty bags included)."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    num_features = len(table_sizes)
+    lengths = torch.randint(0, max_bag + 1, (num_features, batch), generator=gen)
+    values = []
+    for f, n in enumerate(table_sizes):
+        values.append(torch.randint(0, n, (int(lengths[f].sum()),), generator=gen))
+    sparse = SparseFeatures.from_lengths(torch.cat(values), lengths.reshape(-1), num_features)
+    dense = torch.rand(batch, num_dense, generator=gen)
+    labels = torch.bernoulli(torch.full((batch,), 0.3), generator=gen)
+    return Batch(dense, sparse, labels)
+
+
+def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
+    config = DLRMConfig.from_dict(job["model_config"])
+    init = torch.load(workdir / "init_state.pt", weights_only=True)
+    results = {}
+    for run in job["placements"]:  # "placement" or "placement@dense_optimizer"
+        placement, _, optimizer_name = run.partition("@")
+        plan = plan_tables(config.table_sizes, config.embedding_dim, world, placement,
+                           replicate_max_rows=job.get("replicate_max_rows", 64),
+                           row_wise_min_rows=job.get("row_wise_min_rows"))
+        model = DistributedDLRM(config, plan, rank)
+        model.load_full_state_dict(init)
+        optimizer = build_optimizer(model, optimizer_name or "sgd", job["lr"])
+        losses = []
+        for k in range(job["steps"]):
+            if run == "auto@adagrad" and k == job["steps"] // 2 and job.get("save_opt_to"):
+                save_sharded(model, job["save_opt_to"], optimizer=optimizer)  # mid-run
+            losses.append(train_step(model, optimizer,
+                                     make_batch(k, config.table_sizes, job["batch_size"])))
+        stats = [None] * world
+        torch.distributed.all_gather_object(
+            stats, (model.stats.all_to_all_bytes_sent, model.stats.all_reduce_bytes))
+        results[run] = {"losses": losses, "state": model.full_state_dict(),
+                        "kinds": plan.kinds, "plan": plan.to_dict(), "comm_bytes": stats}
+        if rank == 0:
+            print(plan, flush=True)
+    # Resume another world size's mid-run checkpoint, optimizer state included (resharded).
+    if job.get("resume_from"):
+        plan = plan_tables(config.table_sizes, config.embedding_dim, world, "row")
+        model = DistributedDLRM(config, plan, rank)
+        optimizer = build_optimizer(model, "adagrad", job["lr"])
+        load_sharded(model, job["resume_from"], optimizer)
+        losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
+                                                          job["batch_size"]))
+                  for k in range(job["steps"] // 2, job["steps"])]
+        results["resumed"] = {"losses": losses, "state": model.full_state_dict()}
+    # Evaluation across ranks over a whole (small) validation set.
+    data = open_data("synthetic:planted", table_sizes=config.table_sizes, rows_cap=None,
+                     train_samples=1000, val_samples=job["val_samples"], test_samples=0)
+    model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim, world,
+                                                row_wise_min_rows=600), rank)
+    model.load_full_state_dict(init)
+    results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
+    # N -> M: load a checkpoint saved by another world size, score the probe batch.
+    if job.get("load_from"):
+        model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
+                                                    world, job.get("load_placement", "auto")),
+                                rank)
+        load_sharded(model, job["load_from"])
+        probe = make_batch(999, config.table_sizes, job["batch_size"])
+        mine = rank_slice(len(probe), rank, world)
+        model.eval()
+        with torch.no_grad():
+            logits = model(probe.dense[mine], probe.sparse)
+        results["probe_logits"] = _gather_scores(model, logits, len(probe))
+        model.train()
+        optimizer = build_optimizer(model, "sgd", job["lr"])
+        train_step(model, optimizer, probe)  # the loaded model trains on and is saved again
+        save_sharded(model, job["save_to"])
+        results["saved_state"] = model.full_state_dict()
+    if job.get("resume_run"):
+        results["resume_run"] = run_interrupted_and_resumed(job, workdir, rank)
+    if rank == 0:
+        torch.save(results, workdir / f"results-{world}.pt")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def run_interrupted_and_resumed(job: dict, workdir: Path, rank: int) -> dict:
+    """train_distributed uninterrupted, and interrupted at step 13 then resumed from its
+    step-10 checkpoint; returns both summaries."""
+    from dlrm.distributed.train import train_distributed
+
+    data = open_data("synthetic:planted", table_sizes=job["model_config"]["table_sizes"],
+                     rows_cap=None, train_samples=5000, val_samples=500, test_samples=0)
+    config = TrainConfig(batch_size=64, max_samples=64 * 20, checkpoint_every=10, log_every=5,
+                         eval_batch_size=200, optimizer="adagrad", lr=0.05)
+
+    def interrupt(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 13:
+            raise _Interrupt  # on every rank, after the step's collectives
+
+    whole = train_distributed(job["model_config"], data, config, workdir / "whole")
+    try:
+        train_distributed(job["model_config"], data, config, workdir / "cut", progress=interrupt)
+        raise AssertionError("the interrupt did not happen")
+    except _Interrupt:
+        pass
+    resumed = train_distributed(job["model_config"], data, config, workdir / "cut", resume=True)
+    return {"whole": whole, "resumed": resumed}
+
+
+def run_fault(mode: str, job: dict, workdir: Path, rank: int) -> None:
+    from dlrm.distributed.train import train_distributed
+
+    data = open_data("synthetic:random", table_sizes=job["model_config"]["table_sizes"],
+                     rows_cap=None, train_samples=100_000, val_samples=256, test_samples=0)
+
+    def progress(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 3 and rank == 1:
+            if mode == "die":
+                os._exit(7)
+            time.sleep(3600)
+
+    train_distributed(job["model_config"], data, TrainConfig(batch_size=64, log_every=1000),
+                      workdir / "run", watchdog=session.watchdog, progress=progress)
+
+
+if __name__ == "__main__":
+    mode, workdir = sys.argv[1], Path(sys.argv[2])
+    job = json.loads((workdir / "job.json").read_text())
+    with distributed_session(timeout_s=job.get("timeout_s", 60), threads=1) as session:
+        if mode == "exact":
+            run_exact(job, workdir, session.rank, session.world_size)
+        else:
+            run_fault(mode, job, workdir, session.rank)
