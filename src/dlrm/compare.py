@@ -15,6 +15,7 @@ set, so the table also gives the AUC's standard error on that set (Hanley & McNe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from collections.abc import Callable
@@ -31,6 +32,8 @@ Progress = Callable[[dict[str, Any]], None]
 
 # Learning rates per dense optimizer (embedding rows: sgd / rowwise_adagrad at the same lr).
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.05, "adam": 0.001}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,9 +143,15 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
         def relay(event: dict[str, Any], label: str = label, index: int = index) -> None:
             emit({**event, "run": label, "run_index": index, "runs": len(plan)})
 
-        summary = train(kind, model_config, data, train_config,
-                        out / f"{kind}-{opt}-seed{seed}", progress=relay,
-                        extra={"compare": label})
+        try:
+            summary = train(kind, model_config, data, train_config,
+                            out / f"{kind}-{opt}-seed{seed}", progress=relay,
+                            extra={"compare": label})
+        except FloatingPointError as err:  # diverged: counted, left out of the means
+            log.warning("%s: %s", label, err)
+            nan = float("nan")
+            summary = {f"{split}_{k}": nan for k in ("auc", "logloss", "accuracy")}
+            summary["diverged"] = str(err)
         curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(out, kind, opt, seed)]
         runs.append({"model": kind, "optimizer": opt, "seed": seed,
                      "parameters": count_parameters(kind, model_config),

@@ -126,3 +126,10 @@ def test_bad_cli_arguments_fail_with_a_message(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "expected synthetic:planted" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="training diverged: the loss is (nan|inf) at "
+                                                 "step"):
+        train("dlrm", TINY.to_dict(), planted(), TrainConfig(batch_size=64, lr=1e30,
+                                                             max_samples=64 * 50), tmp_path)

@@ -41,6 +41,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as err:
         print(f"dlrm {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -241,6 +241,11 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
             with autocast(device, config.precision):
                 logits = model(batch.dense, batch.sparse)
             loss = loss_fn(logits.float(), batch.labels)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(
+                    f"training diverged: the loss is {float(loss.detach())} at step "
+                    f"{state['step'] + 1} (epoch {epoch}); lower --lr or use --optimizer "
+                    f"adagrad. The last checkpoint, if any, is {last_path}")
             loss.backward()
             if schedule is not None:  # lr is a pure function of the step: exact on resume
                 step_now, sparse_lr = state["step"], config.sparse_lr
