@@ -1,4 +1,5 @@
-"""Parts shared by the baseline CTR models: input checks and the [dense, embeddings] input.
+"""Parts shared by DLRM and the baseline CTR models: input checks and the [dense, embeddings]
+input.
 
 Every model in ``dlrm.models`` takes the same call ``forward(dense (B, num_dense), sparse
 SparseFeatures with F features) -> logits (B,)``, so the training loop, checkpoints, ``dlrm
@@ -14,7 +15,7 @@ from dlrm.features import SparseFeatures
 
 
 class CTRModel(nn.Module):
-    """Base class: stores the shape facts and checks inputs as ``DLRM`` does.
+    """Base class of every model: stores the shape facts and checks inputs.
 
     Args:
         table_sizes: rows of each categorical feature's table (F tables).

@@ -16,6 +16,7 @@ from torch import nn
 
 from dlrm.config import DLRMConfig
 from dlrm.features import SparseFeatures
+from dlrm.models.common import CTRModel
 from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.hashing import hash_ids
 from dlrm.models.interactions import CatInteraction, DotInteraction
@@ -40,7 +41,7 @@ def build_embeddings(config: DLRMConfig) -> nn.Module:
     return FusedEmbeddingBag(sizes, dim)
 
 
-class DLRM(nn.Module):
+class DLRM(CTRModel):
     """The DLRM model.
 
     Args:
@@ -60,10 +61,9 @@ class DLRM(nn.Module):
     """
 
     def __init__(self, config: DLRMConfig, check_inputs: bool = True) -> None:
-        super().__init__()
         config.validate()
+        super().__init__(config.table_sizes, config.num_dense, check_inputs)
         self.config = config
-        self.check_inputs = check_inputs
         dim = config.embedding_dim
         num_features = config.num_sparse
         self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
@@ -75,38 +75,9 @@ class DLRM(nn.Module):
             self.interaction = CatInteraction()
             top_in = CatInteraction.output_width(num_features, dim)
         self.top_mlp = MLP([top_in, *config.top_mlp], final_activation=False)
-        self.register_buffer("_table_sizes", torch.tensor(config.table_sizes), persistent=False)
-
-    def validate_inputs(self, dense: torch.Tensor, sparse: SparseFeatures) -> None:
-        """Raise ``ValueError`` naming the bad input (shape, NaN, id out of range)."""
-        num_dense = self.config.num_dense
-        if dense.dim() != 2 or dense.shape[1] != num_dense:
-            raise ValueError(f"dense input has shape {tuple(dense.shape)}; "
-                             f"expected (B, {num_dense})")
-        if sparse.num_features != self.config.num_sparse:
-            raise ValueError(f"got {sparse.num_features} sparse features; "
-                             f"the model has {self.config.num_sparse} tables")
-        if sparse.batch_size != dense.shape[0]:
-            raise ValueError(f"sparse batch size {sparse.batch_size} != dense batch size "
-                             f"{dense.shape[0]}")
-        if not bool(torch.isfinite(dense).all()):
-            bad = (~torch.isfinite(dense)).nonzero()[0].tolist()
-            raise ValueError(f"dense input has a NaN or infinite value at sample {bad[0]}, "
-                             f"dense feature {bad[1]}")
-        if sparse.values.numel() == 0:
-            return
-        if sparse.one_hot:
-            ids = sparse.values.view(sparse.num_features, -1)
-            too_big = ids.amax(1) >= self._table_sizes
-            too_small = ids.amin(1) < 0
-            if bool(too_big.any() | too_small.any()):
-                sparse.validate(self.config.table_sizes)  # names the feature and id
-        else:
-            sparse.validate(self.config.table_sizes)
 
     def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
-        if self.check_inputs:
-            self.validate_inputs(dense, sparse)
+        self.maybe_validate(dense, sparse)
         if self.config.max_ind_range:
             sparse = hash_ids(sparse, self.config.max_ind_range)  # ids mod M
         x = self.bottom_mlp(dense)  # (B, D)
