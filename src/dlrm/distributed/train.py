@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -79,9 +80,13 @@ def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
     weighted = loss * (labels.numel() / global_batch)
     weighted.backward()
     total = model.sync_gradients(extra=weighted.detach().reshape(1))
+    global_loss = float(total) if total is not None else float(weighted.detach())
+    if not math.isfinite(global_loss):  # the all-reduced loss: every rank stops together
+        raise FloatingPointError(f"training diverged: the global loss is {global_loss}; lower "
+                                 f"--lr or use --optimizer adagrad")
     optimizer.step()
     optimizer.zero_grad()
-    return float(total) if total is not None else float(weighted)
+    return global_loss
 
 
 def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: int
