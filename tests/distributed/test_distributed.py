@@ -374,3 +374,23 @@ def test_embedding_init_does_not_depend_on_the_sharding():
                                          init_rows(n, cut, n, 4, 5, 2)]))
     assert float(whole.abs().max()) <= (1 / n) ** 0.5
     assert not torch.equal(whole, init_rows(n, 0, n, 4, seed=5, table=3))
+
+
+def test_train_step_stops_on_a_non_finite_loss():
+    from dlrm.distributed.train import train_step
+    from dlrm.training.optim import build_optimizer
+
+    cfg = model_config()
+    torch.manual_seed(0)
+    ref = DLRM(cfg)
+    with torch.no_grad():
+        ref.top_mlp.linears()[-1].bias.fill_(float("nan"))
+    model = DistributedDLRM(cfg, plan_tables(cfg.table_sizes, 8, 1, "auto"), 0)
+    model.load_full_state_dict(ref.state_dict())
+    optimizer = build_optimizer(model, "sgd", 0.1)
+    before = {k: v.clone() for k, v in model.full_state_dict().items()}
+    with pytest.raises(FloatingPointError, match="training diverged: the global loss is nan"):
+        train_step(model, optimizer, make_batch(1, cfg.table_sizes, 9))
+    after = model.full_state_dict()
+    for key, value in before.items():  # no update was applied
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True)
