@@ -126,7 +126,7 @@ class WideAndDeep(CTRModel):
         return wide + deep
 
 
-class DeepFM(CTRModel):
+class DeepFM(WideAndDeep):
     """DeepFM (Guo et al. 2017, "DeepFM: A Factorization-Machine based Neural Network for CTR
     Prediction", arXiv:1703.04247, eqs. 1-2).
 
@@ -150,14 +150,8 @@ class DeepFM(CTRModel):
         torch.Size([5])
     """
 
-    def __init__(self, config: LinearDeepConfig, check_inputs: bool = True) -> None:
-        super().__init__(config.table_sizes, config.num_dense, check_inputs)
-        self.config = config
-        _linear_parts(self, config.table_sizes, config.num_dense)
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
-        width = config.num_dense + len(config.table_sizes) * config.embedding_dim
-        self.deep = MLP([width, *config.deep_mlp, 1], final_activation=False)
-
+    # Same parts as Wide & Deep (first-order weights, shared embeddings, deep MLP): only the
+    # forward adds the FM term.
     def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
         self.maybe_validate(dense, sparse)
         pooled = self.embeddings(sparse).to(dense.dtype)  # (B, F, D)
