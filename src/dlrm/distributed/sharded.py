@@ -35,7 +35,7 @@ from dlrm.data.source import rank_slice
 from dlrm.distributed.planner import ShardingPlan
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
-from dlrm.models.interactions import CatInteraction, DotInteraction
+from dlrm.models.interactions import build_interaction
 from dlrm.models.mlp import MLP
 
 # Embedding rows are initialised in blocks with their own seeds, so any row range of a table
@@ -191,14 +191,9 @@ class DistributedDLRM(nn.Module):
         self.config, self.plan, self.rank, self.group = config, plan, rank, group
         self.world_size = plan.world_size
         self.check_inputs = check_inputs
-        dim, num_features = config.embedding_dim, config.num_sparse
+        dim = config.embedding_dim
         self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
-        if config.interaction == "dot":
-            self.interaction: nn.Module = DotInteraction(num_features, config.interaction_self)
-            top_in = DotInteraction.output_width(num_features, dim, config.interaction_self)
-        else:
-            self.interaction = CatInteraction()
-            top_in = CatInteraction.output_width(num_features, dim)
+        self.interaction, top_in = build_interaction(config)
         self.top_mlp = MLP([top_in, *config.top_mlp], final_activation=False)
 
         self.local_shards = plan.rank_shards(rank)

@@ -19,7 +19,7 @@ from dlrm.features import SparseFeatures
 from dlrm.models.common import CTRModel
 from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.hashing import hash_ids
-from dlrm.models.interactions import CatInteraction, DotInteraction
+from dlrm.models.interactions import build_interaction
 from dlrm.models.mlp import MLP
 
 
@@ -64,16 +64,9 @@ class DLRM(CTRModel):
         config.validate()
         super().__init__(config.table_sizes, config.num_dense, check_inputs)
         self.config = config
-        dim = config.embedding_dim
-        num_features = config.num_sparse
         self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
         self.embeddings = build_embeddings(config)
-        if config.interaction == "dot":
-            self.interaction: nn.Module = DotInteraction(num_features, config.interaction_self)
-            top_in = DotInteraction.output_width(num_features, dim, config.interaction_self)
-        else:
-            self.interaction = CatInteraction()
-            top_in = CatInteraction.output_width(num_features, dim)
+        self.interaction, top_in = build_interaction(config)
         self.top_mlp = MLP([top_in, *config.top_mlp], final_activation=False)
 
     def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:

@@ -62,3 +62,12 @@ class CatInteraction(nn.Module):
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         return torch.cat([dense, pooled.reshape(pooled.shape[0], -1)], dim=1)
+
+
+def build_interaction(config) -> tuple[nn.Module, int]:
+    """The interaction a ``DLRMConfig`` names and the top MLP's input width it produces."""
+    num_features, dim = config.num_sparse, config.embedding_dim
+    if config.interaction == "dot":
+        return (DotInteraction(num_features, config.interaction_self),
+                DotInteraction.output_width(num_features, dim, config.interaction_self))
+    return CatInteraction(), CatInteraction.output_width(num_features, dim)
