@@ -15,7 +15,8 @@ Embedding backward       FLOPs 0   one-hot: bytes 2 W B F D; multi-hot: W B F D 
 Embedding update (SGD)   FLOPs 2ND              bytes 3 W N D + 8N            (random rows)
 Dot interaction, n = F+1 vectors, P pairs:
     fwd  FLOPs 2Bn^2D                    bytes E(BnD + B(D+P))
-    bwd  FLOPs 4Bn^2D                    bytes E(B(D+P) + 2BnD)
+    bwd  FLOPs 2Bn^2D (one bmm S T, S the symmetric pair gradients)
+                                         bytes E(B(D+P) + Bn^2 + 2BnD)
 Cat interaction fwd/bwd  FLOPs 0         bytes 2E BnD
 Loss (BCE with logits)   fwd FLOPs 5B bytes 8B;  bwd FLOPs 4B bytes 12B   (fp32)
 Dense optimizer (SGD)    FLOPs 2P                bytes 3 W P   (P dense parameters)
@@ -82,7 +83,8 @@ def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedd
     if interaction == "dot":
         p = dot_pairs_count(f, interaction_self)
         inter_fwd = Cost(2 * b * n * n * d, e * (b * n * d + b * (d + p)), "stream")
-        inter_bwd = Cost(4 * b * n * n * d, e * (b * (d + p) + 2 * b * n * d), "stream")
+        inter_bwd = Cost(2 * b * n * n * d, e * (b * (d + p) + b * n * n + 2 * b * n * d),
+                         "stream")
     elif interaction == "dcnv2":
         # Per low-rank layer x_{l+1} = x_0 * (U (V^T x_l) + b) + x_l, width k = n d, rank r:
         # two matmuls (2 B k r FLOPs each) and three element-wise ops (3 B k); backward twice

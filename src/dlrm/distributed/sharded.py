@@ -282,7 +282,7 @@ class DistributedDLRM(nn.Module):
         pooled = self.pooled_embeddings(sparse)  # (b_r, F, D)
         if local_batch == 0:  # a last evaluation batch smaller than W leaves some ranks idle
             return x.new_zeros(0) + 0 * pooled.sum()
-        return self.top_mlp(self.interaction(x, pooled.to(x.dtype))).squeeze(1)  # (b_r,)
+        return self.top_mlp(self.interaction(x, pooled)).squeeze(1)  # (b_r,)
 
     # -- gradients ------------------------------------------------------------------------
     def sync_gradients(self, extra: torch.Tensor | None = None) -> torch.Tensor | None:

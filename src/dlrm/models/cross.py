@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from dlrm.models.interactions import flatten_pooled
+
 
 class CrossNet(nn.Module):
     """DCN cross network (Wang et al. 2017, "Deep & Cross Network for Ad Click Predictions",
@@ -101,5 +103,5 @@ class CrossInteraction(nn.Module):
         self.cross = CrossNetV2((num_features + 1) * dim, num_layers, low_rank)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        z0 = torch.cat([dense, pooled.reshape(pooled.shape[0], -1)], dim=1)
+        z0 = torch.cat([dense, flatten_pooled(pooled, dense.dtype)], dim=1)
         return self.cross(z0)

@@ -75,5 +75,5 @@ class DLRM(CTRModel):
             sparse = hash_ids(sparse, self.config.max_ind_range)  # ids mod M
         x = self.bottom_mlp(dense)  # (B, D)
         pooled = self.embeddings(sparse)  # (B, F, D)
-        interactions = self.interaction(x, pooled.to(x.dtype))  # (B, D + P)
+        interactions = self.interaction(x, pooled)  # (B, D + P)
         return self.top_mlp(interactions).squeeze(1)  # (B,)

@@ -1,4 +1,10 @@
-"""Feature interactions: the DLRM paper's pairwise dot products, and plain concatenation."""
+"""Feature interactions: the DLRM paper's pairwise dot products, and plain concatenation.
+
+Every interaction takes ``dense (B, D)`` and ``pooled (B, F, D)`` of any dtype and strides
+(the fused embedding lookup hands over a feature-major view in float32) and computes in
+``dense.dtype``, so the cast to bf16 under autocast happens inside one copy that also builds
+the interaction's input, instead of a separate cast-and-transpose pass.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,76 @@ def dot_pairs(num_vectors: int, self_interaction: bool = False
     return pairs[0], pairs[1]
 
 
+def _gather_columns(matrix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``matrix[:, index]`` for a 2-D ``matrix``: (B, K) -> (B, len(index)).
+
+    ``torch.gather`` with a broadcast index runs multi-threaded, where ``index_select`` along
+    dim 1 runs on one thread (and on a slow path for 2-byte types). 2-byte floats move as
+    int16: a gather only copies bits, and the integer kernel is about twice as fast as the
+    bfloat16 one on CPU (measured: 0.22 vs 0.36 ms for (2048, 729) -> (2048, 351)).
+    """
+    wide = index.expand(matrix.shape[0], index.numel())
+    if matrix.element_size() == 2 and matrix.is_floating_point() and not matrix.is_cuda:
+        return torch.gather(matrix.view(torch.int16), 1, wide).view(matrix.dtype)
+    return torch.gather(matrix, 1, wide)
+
+
+def flatten_pooled(pooled: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, F, D) of any strides and dtype -> contiguous (B, F*D) in ``dtype``, in one copy."""
+    batch, num_features, dim = pooled.shape
+    if pooled.dtype == dtype and pooled.is_contiguous():
+        return pooled.view(batch, num_features * dim)
+    flat = pooled.new_empty((batch, num_features * dim), dtype=dtype)
+    flat.view(batch, num_features, dim).copy_(pooled)
+    return flat
+
+
+class _DotInteractionFunction(torch.autograd.Function):
+    """[x, pairs of Gram(T)] with a one-``bmm`` backward.
+
+    Forward: ``T = [x, e_1..e_F]`` (B, n, D), ``G = T T^T`` (B, n, n), pairs = the lower
+    triangle of G gathered in reference order. Backward: with g_ij the gradient of pair (i, j),
+    ``dL/dT = S T`` where S is the symmetric (B, n, n) matrix with S_ij = S_ji = g_ij (and
+    S_ii = 2 g_ii with self-interaction): one gather builds S from the pair gradients and one
+    ``bmm`` gives the gradient of every vector, instead of autograd's two ``bmm``s, a sum of
+    their results, a zero fill and a scatter, and a cast-and-transpose of the pooled gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, dense: torch.Tensor, pooled: torch.Tensor, pair_index: torch.Tensor,
+                symmetric_index: torch.Tensor, self_interaction: bool
+                ) -> torch.Tensor:  # type: ignore[override]
+        batch, dim = dense.shape
+        n = pooled.shape[1] + 1
+        vectors = dense.new_empty(batch, n, dim)
+        vectors[:, 0] = dense
+        vectors[:, 1:] = pooled  # one strided copy that also casts to the compute dtype
+        gram = torch.bmm(vectors, vectors.transpose(1, 2)).view(batch, n * n)
+        out = torch.cat([dense, _gather_columns(gram, pair_index)], dim=1)  # (B, D + P)
+        ctx.save_for_backward(vectors, symmetric_index)
+        ctx.pooled_dtype = pooled.dtype
+        ctx.self_interaction = self_interaction
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        vectors, symmetric_index = ctx.saved_tensors
+        batch, n, dim = vectors.shape
+        grad_out = grad_out.to(vectors.dtype)
+        grad_pairs = grad_out[:, dim:]
+        # Column P of the padded gradient is zero: the positions of G that are no pair.
+        padded = torch.cat([grad_pairs, grad_pairs.new_zeros(batch, 1)], dim=1)
+        sym = _gather_columns(padded, symmetric_index).view(batch, n, n)  # S, (B, n, n)
+        if ctx.self_interaction:
+            sym.diagonal(dim1=1, dim2=2).mul_(2)
+        grad_vectors = torch.bmm(sym, vectors)  # (B, n, D)
+        grad_dense = grad_vectors[:, 0] + grad_out[:, :dim]
+        # Sample-major (B, F, D) in pooled's dtype: the fused lookup's backward takes this
+        # layout as it is (a transposing copy here would cost more than the whole gather).
+        grad_pooled = grad_vectors[:, 1:].to(ctx.pooled_dtype)
+        return grad_dense, grad_pooled, None, None, None
+
+
 class DotInteraction(nn.Module):
     """Pairwise dot products of T = [x, e_1, ..., e_F], concatenated after x.
 
@@ -25,7 +101,7 @@ class DotInteraction(nn.Module):
         self_interaction: include T_i . T_i.
 
     Call: ``forward(dense (B, D), pooled (B, F, D)) -> (B, D + P)`` with P = (F+1)F/2
-    (or (F+1)(F+2)/2 with self).
+    (or (F+1)(F+2)/2 with self), in ``dense.dtype``; ``pooled`` may be any dtype and strides.
 
     Example:
         >>> DotInteraction(26)(torch.randn(8, 16), torch.randn(8, 26, 16)).shape
@@ -36,9 +112,17 @@ class DotInteraction(nn.Module):
         super().__init__()
         n = num_features + 1
         rows, cols = dot_pairs(n, self_interaction)
-        # Flat positions in the (n, n) Gram matrix, so one index_select picks all pairs.
+        # Flat positions in the (n, n) Gram matrix, so one gather picks all pairs.
         self.register_buffer("pair_index", rows * n + cols, persistent=False)
+        # For the backward: which pair's gradient lands at each position of the symmetric
+        # (n, n) matrix S; P (one past the last pair) where no pair does (a zero column).
+        pairs = torch.arange(rows.numel())
+        symmetric = torch.full((n * n,), rows.numel(), dtype=torch.int64)
+        symmetric[rows * n + cols] = pairs
+        symmetric[cols * n + rows] = pairs
+        self.register_buffer("symmetric_index", symmetric, persistent=False)
         self.num_vectors = n
+        self.self_interaction = self_interaction
 
     @staticmethod
     def output_width(num_features: int, dim: int, self_interaction: bool = False) -> int:
@@ -46,22 +130,22 @@ class DotInteraction(nn.Module):
         return dim + (n * (n + 1) // 2 if self_interaction else n * (n - 1) // 2)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        batch, dim = dense.shape
-        vectors = torch.cat([dense.unsqueeze(1), pooled], dim=1)  # (B, F+1, D)
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, F+1, F+1)
-        pairs = gram.reshape(batch, -1).index_select(1, self.pair_index)  # (B, P)
-        return torch.cat([dense, pairs], dim=1)
+        if pooled.shape[1] + 1 != self.num_vectors:
+            raise ValueError(f"got {pooled.shape[1]} pooled features, the interaction was "
+                             f"built for {self.num_vectors - 1}")
+        return _DotInteractionFunction.apply(dense, pooled, self.pair_index,
+                                             self.symmetric_index, self.self_interaction)
 
 
 class CatInteraction(nn.Module):
-    """Concatenation [x, e_1, ..., e_F]: ``(B, D), (B, F, D) -> (B, (F+1) D)``."""
+    """Concatenation [x, e_1, ..., e_F]: ``(B, D), (B, F, D) -> (B, (F+1) D)`` in dense's dtype."""
 
     @staticmethod
     def output_width(num_features: int, dim: int) -> int:
         return (num_features + 1) * dim
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.cat([dense, pooled.reshape(pooled.shape[0], -1)], dim=1)
+        return torch.cat([dense, flatten_pooled(pooled, dense.dtype)], dim=1)
 
 
 def build_interaction(config) -> tuple[nn.Module, int]:
