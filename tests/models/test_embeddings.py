@@ -82,3 +82,38 @@ def test_reference_initialization_bounds():
     assert float(fused.table(1).detach().abs().max()) <= 0.01
     # Uniform on [-a, a] has std a/sqrt(3).
     assert abs(float(fused.table(1).detach().std()) - 0.01 / 3 ** 0.5) < 2e-4
+
+
+def test_backward_accepts_every_gradient_layout():
+    """Sample-major, feature-major and strided pooled gradients all give the per-table grads.
+
+    Consumers hand the lookup's backward different layouts (the dot interaction a
+    sample-major one, ``pooled.sum`` a broadcast, a slice of a wider tensor a strided one);
+    the backward permutes ids instead of copying where it can, and must stay exact.
+    """
+    gen = torch.Generator().manual_seed(3)
+    sizes = [7, 3, 11, 5]
+    batch, dim = 9, 6
+    one_hot = SparseFeatures.from_ids(torch.stack(
+        [torch.randint(0, n, (batch,), generator=gen) for n in sizes], dim=1))
+    multi_hot = random_multi_hot(sizes, batch, gen)
+    wide = torch.randn(batch, len(sizes), 2 * dim, generator=gen, dtype=torch.float64)
+    layouts = {
+        "sample-major": lambda g: g.contiguous(),
+        "feature-major": lambda g: g.transpose(0, 1).contiguous().transpose(0, 1),
+        "strided": lambda g: torch.cat([g, wide[..., dim:]], dim=2)[..., :dim],
+    }
+    for sparse in (one_hot, multi_hot):
+        for name, layout in layouts.items():
+            fused = FusedEmbeddingBag(sizes, dim).double()
+            tables = per_table_reference(fused).double()
+            upstream = torch.randn(batch, len(sizes), dim, generator=gen, dtype=torch.float64)
+            grad_in = layout(upstream)
+            assert torch.equal(grad_in, upstream)
+            fused(sparse).backward(grad_in)
+            reference_forward(tables, sparse).backward(upstream)
+            grad = dense_grad(fused.weight.grad)
+            for k, table in enumerate(tables):
+                start = int(fused.table_offsets[k])
+                torch.testing.assert_close(grad[start:start + sizes[k]], table.weight.grad,
+                                           rtol=0, atol=1e-12, msg=f"{name}, table {k}")

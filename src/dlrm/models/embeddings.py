@@ -9,7 +9,8 @@ A lookup adds the offsets to the local ids and gathers once (``index_select`` fo
 The backward pass hands autograd a *sparse* COO gradient ``(ids, rows)`` of the weight — one
 row of D values per looked-up id, duplicates left uncoalesced — so the optimizer can update
 only the touched rows (``dlrm.training.optim``). Producing it costs one reshape of the pooled
-gradient for one-hot bags; no (rows, D) dense gradient is ever allocated.
+gradient for one-hot bags (none when the consumer hands back a sample-major or feature-major
+gradient); no (rows, D) dense gradient is ever allocated.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from dlrm.features import SparseFeatures
 
 
 class _FusedLookup(torch.autograd.Function):
-    """pooled (F*B, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor."""
+    """pooled (B, F, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor.
+
+    The lookup runs feature-major (ids grouped by feature, as ``SparseFeatures`` stores them)
+    and returns the (F, B, D) result seen through a transpose as (B, F, D). The backward takes
+    the pooled gradient in whatever layout the consumer produced: sample-major (B, F, D) or
+    feature-major (F, B, D) storage is used in place, with the ids permuted to match, so no
+    (B, F, D) float copy is made.
+    """
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor,
-                one_hot: bool) -> torch.Tensor:  # type: ignore[override]
+                one_hot: bool, num_features: int) -> torch.Tensor:  # type: ignore[override]
         if one_hot:
             pooled = weight.index_select(0, ids)  # (F*B, D)
         else:
@@ -36,22 +44,37 @@ class _FusedLookup(torch.autograd.Function):
         ctx.save_for_backward(ids, offsets)
         ctx.one_hot = one_hot
         ctx.weight_shape = weight.shape
-        return pooled
+        batch = pooled.shape[0] // num_features
+        return pooled.view(num_features, batch, weight.shape[1]).transpose(0, 1)  # (B, F, D)
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
         ids, offsets = ctx.saved_tensors
-        grad_pooled = grad_pooled.contiguous()
+        batch, num_features, dim = grad_pooled.shape
+        feature_major = grad_pooled.transpose(0, 1)  # (F, B, D)
+        if feature_major.is_contiguous():
+            bag_grads = feature_major.view(num_features * batch, dim)  # bag f*B + b
+            bag_order = None
+        else:
+            bag_grads = grad_pooled.contiguous().view(batch * num_features, dim)  # bag b*F + f
+            # position of bag (f, b) = f*B + b in the sample-major rows: b*F + f
+            bag_order = torch.arange(num_features * batch, device=ids.device)
+            bag_order = bag_order.view(batch, num_features).t().reshape(-1)
         if ctx.one_hot:
-            rows = grad_pooled  # (N, D): one id per bag
+            if bag_order is None:
+                row_ids, rows = ids, bag_grads  # (N, D): one id per bag
+            else:  # ids in the sample-major order of the gradient rows
+                row_ids, rows = ids.view(num_features, batch).t().reshape(-1), bag_grads
         else:
             lengths = offsets[1:] - offsets[:-1]
             bag_of_value = torch.repeat_interleave(
                 torch.arange(lengths.numel(), device=ids.device), lengths)
-            rows = grad_pooled.index_select(0, bag_of_value)  # (N, D)
+            if bag_order is not None:
+                bag_of_value = bag_order[bag_of_value]
+            row_ids, rows = ids, bag_grads.index_select(0, bag_of_value)  # (N, D)
         grad_weight = torch.sparse_coo_tensor(
-            ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
-        return grad_weight, None, None, None
+            row_ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
+        return grad_weight, None, None, None, None
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -118,7 +141,6 @@ class FusedEmbeddingBag(nn.Module):
         if sparse.num_features != self.num_features:
             raise ValueError(f"got {sparse.num_features} sparse features, "
                              f"the model has {self.num_features} tables")
-        batch = sparse.batch_size
         ids = self.global_ids(sparse)
-        pooled = _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot)
-        return pooled.view(self.num_features, batch, self.embedding_dim).transpose(0, 1)
+        return _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot,
+                                  self.num_features)  # (B, F, D), feature-major storage
