@@ -6,11 +6,16 @@ is re-implemented in tests/reference_dlrm.py and measured in the same run, so th
 on any machine. Tables: Criteo Kaggle sizes capped at 100k rows, one id per bag, `random` data.
 
     python benchmarks/train_throughput.py [--batch-sizes 128,2048] [--steps 60] [--json PATH]
+                                          [--no-tune-allocator]
 
 Prints samples/s (median of trials) for: reference step, our fp32 step, our bf16 step, our fp32
 step with data generation (end to end), and inference at the largest batch size. Every timed
 step gets a distinct pre-generated batch (as in a real run; cycling a few batches would keep
 their embedding rows in cache), except "+ data", which generates each batch as it goes.
+
+``dlrm train`` tunes glibc malloc on CPU (``dlrm.allocator``); the benchmark does the same
+for the whole process, so the reference is measured under the same allocator as ours (it gains
+little from it: its temporaries are smaller). ``--no-tune-allocator`` measures both without.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference_dlrm import ReferenceDLRM  # noqa: E402
 
+from dlrm.allocator import tune_cpu_allocator  # noqa: E402
 from dlrm.config import preset  # noqa: E402
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData  # noqa: E402
 from dlrm.models.dlrm import DLRM  # noqa: E402
@@ -128,7 +134,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--rows-cap", type=int, default=100_000)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false")
     args = parser.parse_args()
+    tuned = args.tune_allocator and tune_cpu_allocator()
 
     config = preset("kaggle", rows_cap=args.rows_cap)
     data = SyntheticData(SyntheticConfig(kind="random", table_sizes=config.table_sizes,
@@ -138,7 +146,8 @@ def main() -> None:
     ref = reference_model(config)
     results: dict[str, dict[str, float]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kaggle preset, tables "
-          f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data")
+          f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data, "
+          f"glibc malloc {'tuned' if tuned else 'default'} (reference and ours alike)")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
         # Distinct batches for every timed step, as a real run sees: cycling a few cached

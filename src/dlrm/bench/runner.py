@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm.allocator import tune_cpu_allocator
 from dlrm.bench import roofline
 from dlrm.bench.ceilings import machine_description, measure_ceilings
 from dlrm.bench.inputs import GeneratedBatches, cycle_batches
@@ -61,6 +62,8 @@ class BenchConfig:
         precision: ``fp32``, ``bf16``, and on CUDA ``tf32`` and ``fp16`` (autocast; fp16
             without loss scaling, for throughput only).
         threads: torch intra-op threads (None: leave torch's default).
+        tune_allocator: on CPU, keep freed memory mapped (``dlrm.allocator``), as training
+            does; the ceilings are measured under the same setting.
         warmup, trials, steps: warm-up steps, trials, steps per trial.
         lr: SGD learning rate of dense and embedding parameters.
         ceilings: measure this machine's ceilings for the roofline (``quick_ceilings``: small
@@ -82,6 +85,7 @@ class BenchConfig:
     batch_size: int = 2048
     precision: str = "fp32"
     threads: int | None = None
+    tune_allocator: bool = True
     device: str = "cpu"
     warmup: int = 3
     trials: int = 5
@@ -207,7 +211,7 @@ class _Stepper:
                 with t.section("embedding_fwd"):
                     pooled = m.embeddings(batch.sparse)
                 with t.section("interaction_fwd"):
-                    z = m.interaction(x, pooled.to(x.dtype))
+                    z = m.interaction(x, pooled)
                 with t.section("top_mlp_fwd"):
                     m.top_mlp(z)
             t.end_step()
@@ -221,7 +225,7 @@ class _Stepper:
                 pooled = m.embeddings(batch.sparse)
             pooled_leaf = pooled.detach().requires_grad_()
             with t.section("interaction_fwd"):
-                z = m.interaction(x_leaf, pooled_leaf.to(x_leaf.dtype))
+                z = m.interaction(x_leaf, pooled_leaf)
             z_leaf = z.detach().requires_grad_()
             with t.section("top_mlp_fwd"):
                 logits = m.top_mlp(z_leaf).squeeze(1)
@@ -271,6 +275,8 @@ def run_bench(cfg: BenchConfig, data: Any | None = None, progress: Progress | No
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available to torch")
     previous_threads = _set_threads(cfg.threads)
+    if cfg.tune_allocator and device.type == "cpu":
+        tune_cpu_allocator()
     try:
         return _run(cfg, device, data, progress, ceilings, data_label)
     finally:

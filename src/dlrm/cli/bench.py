@@ -68,6 +68,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
                    help="tf32 and fp16: CUDA only")
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                   help="leave glibc malloc's defaults (see dlrm.allocator)")
     r.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
     r.add_argument("--warmup", type=int, default=3)
     r.add_argument("--trials", type=int, default=5)
@@ -94,7 +96,8 @@ def bench_config_from_args(args: argparse.Namespace):
         interaction=args.interaction, num_tables=args.num_tables,
         rows_per_table=args.rows_per_table, ids_per_bag=1 if args.one_hot else args.ids_per_bag,
         ids=args.ids, zipf=args.zipf, mode=args.mode, batch_size=args.batch_size,
-        precision=args.precision, threads=args.threads, device=args.device, warmup=args.warmup,
+        precision=args.precision, threads=args.threads, tune_allocator=args.tune_allocator,
+        device=args.device, warmup=args.warmup,
         trials=args.trials, steps=args.steps, seed=args.seed, ceilings=not args.no_ceilings)
 
 

@@ -149,7 +149,8 @@ def train_config_from_args(args: argparse.Namespace):
         eval_every=args.eval_every, eval_batch_size=args.eval_batch_size,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         patience=args.patience, precision=args.precision, device=args.device,
-        threads=args.threads, seed=args.seed, lr_schedule=lr_schedule_from_args(args))
+        threads=args.threads, tune_allocator=args.tune_allocator, seed=args.seed,
+        lr_schedule=lr_schedule_from_args(args))
 
 
 def print_memory_report(kind: str, model_config: dict, config, per_table: bool) -> None:
@@ -236,6 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                   help="leave glibc malloc's defaults (see dlrm.allocator)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs", help="parent folder of run directories")
     g.add_argument("--run-dir", default=None, help="exact run directory (overrides --out)")
