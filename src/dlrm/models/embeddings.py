@@ -26,51 +26,49 @@ from dlrm.features import SparseFeatures
 class _FusedLookup(torch.autograd.Function):
     """pooled (B, F, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor.
 
-    The lookup runs feature-major (ids grouped by feature, as ``SparseFeatures`` stores them)
-    and returns the (F, B, D) result seen through a transpose as (B, F, D). The backward takes
-    the pooled gradient in whatever layout the consumer produced: sample-major (B, F, D) or
-    feature-major (F, B, D) storage is used in place, with the ids permuted to match, so no
-    (B, F, D) float copy is made.
+    One-hot bags are gathered sample-major (ids ordered (b, f)), so the (B, F, D) result is
+    contiguous and the interaction reads it without a transposing copy. Multi-hot bags run
+    feature-major through ``embedding_bag`` (values are grouped by feature, as
+    ``SparseFeatures`` stores them) and come back as a transposed (F, B, D) view. The backward
+    takes the pooled gradient in whatever layout the consumer produced: sample-major or
+    feature-major storage is used in place with the ids permuted to match (53k int64 instead
+    of 53k x D floats), any other layout is copied once.
     """
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor,
                 one_hot: bool, num_features: int) -> torch.Tensor:  # type: ignore[override]
-        if one_hot:
-            pooled = weight.index_select(0, ids)  # (F*B, D)
-        else:
-            pooled = torch.nn.functional.embedding_bag(
-                ids, weight, offsets[:-1], mode="sum", include_last_offset=False)
+        dim = weight.shape[1]
         ctx.save_for_backward(ids, offsets)
         ctx.one_hot = one_hot
         ctx.weight_shape = weight.shape
-        batch = pooled.shape[0] // num_features
-        return pooled.view(num_features, batch, weight.shape[1]).transpose(0, 1)  # (B, F, D)
+        if one_hot:  # ids are sample-major: row b*F + f
+            pooled = weight.index_select(0, ids)
+            return pooled.view(-1, num_features, dim)  # (B, F, D)
+        pooled = torch.nn.functional.embedding_bag(
+            ids, weight, offsets[:-1], mode="sum", include_last_offset=False)  # (F*B, D)
+        return pooled.view(num_features, -1, dim).transpose(0, 1)  # (B, F, D)
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
         ids, offsets = ctx.saved_tensors
         batch, num_features, dim = grad_pooled.shape
         feature_major = grad_pooled.transpose(0, 1)  # (F, B, D)
-        if feature_major.is_contiguous():
-            bag_grads = feature_major.view(num_features * batch, dim)  # bag f*B + b
-            bag_order = None
+        if feature_major.is_contiguous() and not grad_pooled.is_contiguous():
+            bag_grads = feature_major.view(num_features * batch, dim)  # row f*B + b
+            sample_major = False
         else:
-            bag_grads = grad_pooled.contiguous().view(batch * num_features, dim)  # bag b*F + f
-            # position of bag (f, b) = f*B + b in the sample-major rows: b*F + f
-            bag_order = torch.arange(num_features * batch, device=ids.device)
-            bag_order = bag_order.view(batch, num_features).t().reshape(-1)
-        if ctx.one_hot:
-            if bag_order is None:
-                row_ids, rows = ids, bag_grads  # (N, D): one id per bag
-            else:  # ids in the sample-major order of the gradient rows
-                row_ids, rows = ids.view(num_features, batch).t().reshape(-1), bag_grads
-        else:
+            bag_grads = grad_pooled.contiguous().view(batch * num_features, dim)  # b*F + f
+            sample_major = True
+        if ctx.one_hot:  # ids are sample-major
+            row_ids = ids if sample_major else ids.view(batch, num_features).t().reshape(-1)
+            rows = bag_grads  # (N, D): one id per bag
+        else:  # ids and bags are feature-major: bag f*B + b holds ids offsets[f*B + b]:...
             lengths = offsets[1:] - offsets[:-1]
             bag_of_value = torch.repeat_interleave(
                 torch.arange(lengths.numel(), device=ids.device), lengths)
-            if bag_order is not None:
-                bag_of_value = bag_order[bag_of_value]
+            if sample_major:  # bag f*B + b sits at row b*F + f
+                bag_of_value = (bag_of_value % batch) * num_features + bag_of_value // batch
             row_ids, rows = ids, bag_grads.index_select(0, bag_of_value)  # (N, D)
         grad_weight = torch.sparse_coo_tensor(
             row_ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
@@ -126,11 +124,15 @@ class FusedEmbeddingBag(nn.Module):
         return self.weight[start: start + self.table_sizes[k]]
 
     def global_ids(self, sparse: SparseFeatures) -> torch.Tensor:
-        """Local ids + each value's table offset -> rows of the fused weight, (N,)."""
+        """Local ids + each value's table offset -> rows of the fused weight, (N,).
+
+        One-hot bags come out sample-major (the id of sample b, feature f at b*F + f);
+        multi-hot values keep their feature-major order.
+        """
         batch = sparse.batch_size
         if sparse.one_hot:
             ids = sparse.values.view(self.num_features, batch)
-            return (ids + self.table_offsets[:-1, None]).view(-1)
+            return (ids + self.table_offsets[:-1, None]).t().reshape(-1)
         # Values of feature f are the contiguous run offsets[f*B] : offsets[(f+1)*B].
         bounds = sparse.offsets[:: batch]
         per_feature = bounds[1:] - bounds[:-1]
@@ -143,4 +145,4 @@ class FusedEmbeddingBag(nn.Module):
                              f"the model has {self.num_features} tables")
         ids = self.global_ids(sparse)
         return _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot,
-                                  self.num_features)  # (B, F, D), feature-major storage
+                                  self.num_features)  # (B, F, D)
