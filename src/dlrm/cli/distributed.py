@@ -87,10 +87,13 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
     from dlrm.distributed.train import train_distributed
     from dlrm.training.loop import TrainConfig
 
-    with distributed_session(timeout_s=args.dist_timeout, device=args.device,
+    # A resumed run keeps its own settings, the device included; any number of ranks may
+    # continue it.
+    saved = json.loads((Path(args.resume) / "config.json").read_text()) if args.resume else None
+    device = saved["train"]["device"] if saved else args.device
+    with distributed_session(timeout_s=args.dist_timeout, device=device,
                              threads=args.threads) as session:
-        if args.resume:  # the run's own settings; any number of ranks may continue it
-            saved = json.loads((Path(args.resume) / "config.json").read_text())
+        if saved:
             data = open_data(saved["data"])
             summary = train_distributed(
                 saved["model_config"], data, TrainConfig(**saved["train"]), args.resume,

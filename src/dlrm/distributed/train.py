@@ -30,10 +30,10 @@ from torch import nn
 from dlrm.config import DLRMConfig
 from dlrm.data.source import DataSource, rank_slice
 from dlrm.distributed.checkpoint import load_sharded, save_sharded
-from dlrm.distributed.launch import Watchdog
+from dlrm.distributed.launch import Watchdog, device_and_backend, local_rank
 from dlrm.distributed.planner import ShardingPlan, plan_tables
 from dlrm.distributed.sharded import DistributedDLRM
-from dlrm.features import Batch
+from dlrm.features import Batch, SparseFeatures
 from dlrm.training.loop import TrainConfig, autocast
 from dlrm.training.metrics import MetricAccumulator
 from dlrm.training.optim import HybridOptimizer, build_optimizer
@@ -70,12 +70,15 @@ def _looks_like_comm_error(err: BaseException) -> bool:
 
 def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
                precision: str = "fp32") -> float:
-    """One hybrid-parallel SGD step on a GLOBAL batch; returns the global batch-mean loss."""
+    """One hybrid-parallel SGD step on a GLOBAL batch; returns the global batch-mean loss.
+
+    ``batch`` may sit on the CPU: this rank's dense/label slice and the sparse ids go to the
+    model's device (the ids of all B samples are needed for the shards held here)."""
     global_batch = len(batch)
     part = rank_slice(global_batch, model.rank, model.world_size)
-    dense, labels = batch.dense[part], batch.labels[part]
-    with autocast(str(dense.device), precision):
-        logits = model(dense, batch.sparse)
+    dense, labels, sparse = _rank_inputs(model, batch, part)
+    with autocast(str(model.device), precision):
+        logits = model(dense, sparse)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
     weighted = loss * (labels.numel() / global_batch)
     weighted.backward()
@@ -89,6 +92,16 @@ def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
     return global_loss
 
 
+def _rank_inputs(model: DistributedDLRM, batch: Batch, part: slice
+                 ) -> tuple[torch.Tensor, torch.Tensor, SparseFeatures]:
+    """(dense, labels) of this rank's slice and the global sparse ids, on the model's device.
+
+    Slicing before the copy sends only b_r of the B dense rows to the GPU."""
+    device = model.device
+    return (batch.dense[part].to(device, non_blocking=True),
+            batch.labels[part].to(device, non_blocking=True), batch.sparse.to(device))
+
+
 def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: int
                    ) -> torch.Tensor:
     """Concatenate every rank's slice (rank order) of a per-sample tensor on all ranks."""
@@ -96,7 +109,7 @@ def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: i
     if world == 1:
         return values
     sizes = [len(range(global_batch)[rank_slice(global_batch, q, world)]) for q in range(world)]
-    padded = torch.zeros(max(sizes), dtype=values.dtype)
+    padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
     padded[: values.numel()] = values
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded, group=model.group)
@@ -114,8 +127,10 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
     acc = MetricAccumulator()
     for batch in data.batches(split, batch_size):
         part = rank_slice(len(batch), model.rank, model.world_size)
-        with autocast("cpu", precision):
-            logits = model(batch.dense[part], batch.sparse)
+        dense, _, sparse = _rank_inputs(model, batch, part)
+        with autocast(str(model.device), precision):
+            logits = model(dense, sparse)
+        # Labels stay on the CPU, where the accumulator keeps every score anyway.
         acc.update(_gather_scores(model, logits.float(), len(batch)), batch.labels)
         if watchdog is not None:
             watchdog.beat()
@@ -130,13 +145,15 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
 
 def build_distributed_model(model_config: dict[str, Any], rank: int, world_size: int,
                             placement: str = "auto", seed: int = 0,
-                            plan: ShardingPlan | None = None) -> DistributedDLRM:
-    """``DistributedDLRM`` for a config dict; MLPs seeded by ``seed`` identically on all ranks."""
+                            plan: ShardingPlan | None = None,
+                            device: str | torch.device = "cpu") -> DistributedDLRM:
+    """``DistributedDLRM`` for a config dict on ``device``; MLPs seeded by ``seed`` identically
+    on all ranks. Built on the CPU (the seeded draws do not depend on the device), then moved."""
     config = DLRMConfig.from_dict(model_config)
     if plan is None:
         plan = plan_tables(config.table_sizes, config.embedding_dim, world_size, placement)
     torch.manual_seed(seed)
-    return DistributedDLRM(config, plan, rank, seed=seed)
+    return DistributedDLRM(config, plan, rank, seed=seed).to(device)
 
 
 def train_distributed(model_config: dict[str, Any], data: DataSource, config: TrainConfig,
@@ -162,13 +179,11 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     run_dir = Path(run_dir)
     last_path = run_dir / "last"
     emit = progress or (lambda _event: None)
-    if config.device != "cpu" and not config.device.startswith("cuda"):
-        raise ValueError(f"device {config.device!r}: expected cpu or cuda")
+    device, _ = device_and_backend(config.device, local_rank())  # as distributed_session
     if config.batch_size < world:
         raise ValueError(f"batch size {config.batch_size} is smaller than the {world} ranks")
-    if config.device.startswith("cuda"):
-        raise NotImplementedError("the distributed trainer is tested on CPU/gloo only so far")
-    model = build_distributed_model(model_config, rank, world, placement, config.seed)
+    model = build_distributed_model(model_config, rank, world, placement, config.seed,
+                                    device=device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
                                 config.sparse_lr, config.weight_decay)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "window_loss": 0.0,
