@@ -111,9 +111,6 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
                              "baselines and QR / mixed-dimension / hashed embeddings run in "
                              "one process (drop --nproc)")
         config = train_config_from_args(args)
-        if config.lr_schedule or config.patience:
-            raise ValueError("--lr-schedule and --patience are not yet supported with --nproc / "
-                             "torchrun; train in one process for them")
         stamp = [time.strftime("%Y%m%d-%H%M%S")]
         dist.broadcast_object_list(stamp, src=0)  # one run directory for all ranks
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"dlrm-{stamp[0]}"
