@@ -31,7 +31,7 @@ from dlrm.data.source import DataSource, rank_slice
 from dlrm.distributed.checkpoint import load_sharded, save_sharded
 from dlrm.distributed.launch import Watchdog, device_and_backend, local_rank
 from dlrm.distributed.planner import ShardingPlan, plan_tables
-from dlrm.distributed.sharded import DistributedDLRM
+from dlrm.distributed.sharded import CommStats, DistributedDLRM
 from dlrm.features import Batch, SparseFeatures
 from dlrm.training.loop import TrainConfig, autocast, run_loop
 from dlrm.training.metrics import MetricAccumulator
@@ -181,10 +181,16 @@ class HybridParallelStrategy:
         return loss
 
     def evaluate(self, split: str) -> dict[str, float]:
-        with _peers_checked(self.rank, f"evaluation of the {split} split"):
-            return evaluate_distributed(self.model, self.data, split,
-                                        self.config.eval_batch_size, self.config.precision,
-                                        self.watchdog)
+        # Evaluation traffic goes to a throwaway counter: the summary's communication times
+        # and bytes per step are those of training steps (as train_seconds is).
+        training_stats, self.model.stats = self.model.stats, CommStats()
+        try:
+            with _peers_checked(self.rank, f"evaluation of the {split} split"):
+                return evaluate_distributed(self.model, self.data, split,
+                                            self.config.eval_batch_size, self.config.precision,
+                                            self.watchdog)
+        finally:
+            self.model.stats = training_stats
 
     def _paused(self) -> contextlib.AbstractContextManager:
         return self.watchdog.paused() if self.watchdog is not None else contextlib.nullcontext()
