@@ -272,6 +272,6 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     model.stats.reset()
     summary = run_loop(strategy, data, config, run_dir, resume=resume, run_record=run_record,
                        progress=emit, extra=extra)
-    log.info("rank %d: done at step %d, last training loss %s, val AUC %.6f", rank,
+    log.info("rank %d: done at step %d, last training loss %r, val AUC %r", rank,
              summary["steps"], summary["final_train_loss"], summary["val_auc"])
     return summary  # the model goes with this frame; distributed_session collects it
