@@ -4,7 +4,8 @@ Exactness: N-process training (N = 2, 3; table-wise, row-wise, replicated and mi
 multi-hot bags with empty bags; B % N != 0) equals single-process ``DLRM`` training with the
 same initial state, batches and optimizer: 20 losses and all final parameters within float32
 tolerance. Checkpoints: 1 -> 3 -> 2 -> 1 ranks resharding with identical outputs. Faults: a
-rank that dies or hangs fails the job with a clear error within the timeout.
+rank that dies or hangs fails the job with a clear error within the timeout. Device
+discipline (for CUDA): no tensor factory in a step, evaluation or gather runs without device=.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
     model's device (the ids of all B samples are needed for the shards held here)."""
     global_batch = len(batch)
     part = rank_slice(global_batch, model.rank, model.world_size)
-    dense, labels, sparse = _rank_inputs(model, batch, part)
+    dense, sparse = _rank_inputs(model, batch, part)
+    labels = batch.labels[part].to(model.device, non_blocking=True)
     with autocast(str(model.device), precision):
         logits = model(dense, sparse)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
@@ -92,13 +93,12 @@ def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
 
 
 def _rank_inputs(model: DistributedDLRM, batch: Batch, part: slice
-                 ) -> tuple[torch.Tensor, torch.Tensor, SparseFeatures]:
-    """(dense, labels) of this rank's slice and the global sparse ids, on the model's device.
+                 ) -> tuple[torch.Tensor, SparseFeatures]:
+    """The dense rows of this rank's slice and the global sparse ids, on the model's device.
 
     Slicing before the copy sends only b_r of the B dense rows to the GPU."""
-    device = model.device
-    return (batch.dense[part].to(device, non_blocking=True),
-            batch.labels[part].to(device, non_blocking=True), batch.sparse.to(device))
+    return (batch.dense[part].to(model.device, non_blocking=True),
+            batch.sparse.to(model.device))
 
 
 def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: int
@@ -126,7 +126,7 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
     acc = MetricAccumulator()
     for batch in data.batches(split, batch_size):
         part = rank_slice(len(batch), model.rank, model.world_size)
-        dense, _, sparse = _rank_inputs(model, batch, part)
+        dense, sparse = _rank_inputs(model, batch, part)
         with autocast(str(model.device), precision):
             logits = model(dense, sparse)
         # Labels stay on the CPU, where the accumulator keeps every score anyway.
