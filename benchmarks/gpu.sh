@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU: the test suite (CUDA tests included), then `dlrm bench` on the
-# kaggle and mlperf presets, tf32 and bf16, batch 2048 to 65536, training. Writes one JSON per
-# run, the ceilings, and summary.md under OUT. Budget: under 8 minutes on one H100/A100.
+# On a machine with a CUDA GPU: the test suite (CUDA tests included), the distributed trainer on
+# CUDA/nccl (torchrun, 1 rank: 300 steps through the CLI, and the 1-rank == single-process
+# check), then `dlrm bench` on the kaggle and mlperf presets, tf32 and bf16, batch 2048 to
+# 65536, training. Writes one JSON per run, the ceilings, and summary.md under OUT.
+# Budget: under 8 minutes on one H100/A100 (the distributed step: well under a minute).
 #
 #   bash benchmarks/gpu.sh [OUT]          (default OUT=bench-gpu)
 #
@@ -22,8 +24,23 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   echo "gpu.sh: torch sees no CUDA device" >&2; exit 2
 fi
 
+CUDA_DIST_TEST=tests/distributed/test_shared_loop.py::test_one_rank_on_cuda_nccl_equals_one_process_on_cuda
+
+echo "== distributed on CUDA/nccl (torchrun, 1 rank) =="
+# The hybrid-parallel CLI on cuda:0 with nccl: tiny preset, 300 steps, evaluations on the GPU.
+timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m dlrm train \
+  --device cuda --preset tiny --rows-cap 100000 --train-samples 400000 --val-samples 20000 \
+  --batch-size 1024 --max-samples $((1024 * 300)) --eval-every 100 --optimizer adagrad \
+  --lr 0.05 --quiet --run-dir "$OUT/dist-cuda" > "$OUT/dist-cuda.txt" 2>&1 \
+  && echo "dist-cuda: $(grep -E '^val AUC|throughput' "$OUT/dist-cuda.txt" | tr '\n' ' ')" \
+  || echo "dist-cuda: FAILED (see $OUT/dist-cuda.txt)"
+# Exactness: 1 rank on CUDA/nccl == plain DLRM on the same GPU (losses, AUC, weights).
+timeout 120 $PY -m pytest -q -p no:warnings "$CUDA_DIST_TEST" 2>&1 | tail -3 \
+  | tee "$OUT/dist-cuda-exact.txt"
+
 echo "== tests (CUDA tests run here, CPU tests too) =="
-timeout 240 $PY -m pytest -q -x -p no:warnings 2>&1 | tail -5 | tee "$OUT/tests.txt"
+timeout 240 $PY -m pytest -q -x -p no:warnings --deselect "$CUDA_DIST_TEST" 2>&1 | tail -5 \
+  | tee "$OUT/tests.txt"
 
 run() {  # preset precision batch cap [extra...]
   local preset=$1 prec=$2 batch=$3 cap=$4; shift 4

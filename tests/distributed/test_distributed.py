@@ -4,7 +4,8 @@ Exactness: N-process training (N = 2, 3; table-wise, row-wise, replicated and mi
 multi-hot bags with empty bags; B % N != 0) equals single-process ``DLRM`` training with the
 same initial state, batches and optimizer: 20 losses and all final parameters within float32
 tolerance. Checkpoints: 1 -> 3 -> 2 -> 1 ranks resharding with identical outputs. Faults: a
-rank that dies or hangs fails the job with a clear error within the timeout.
+rank that dies or hangs fails the job with a clear error within the timeout. Device
+discipline (for CUDA): no tensor factory in a step, evaluation or gather runs without device=.
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def test_n_process_training_equals_single_process(jobs, world):
         buffer = all_reduce_buffer_bytes(cfg, plan)
         assert [c[1] for c in got["comm_bytes"]] == [STEPS * buffer] * world
     assert kinds_seen == {"table", "row", "replicated"}
+    # Device discipline: no helper tensor of a step, an evaluation or a gather was made
+    # without device= (it would sit on the CPU beside CUDA tensors on a GPU rank).
+    assert res["host_tensor_calls"] == []
     assert "row" in res["auto"]["kinds"] and "replicated" in res["auto"]["kinds"]
     assert "sharding plan" in res["stdout"]  # the plan is printed
 
@@ -394,3 +398,35 @@ def test_train_step_stops_on_a_non_finite_loss():
     after = model.full_state_dict()
     for key, value in before.items():  # no update was applied
         torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True)
+
+
+def test_each_rank_gets_its_local_gpu_and_the_matching_backend():
+    """cpu -> gloo; cuda -> nccl on cuda:LOCAL_RANK (an explicit index would put every rank
+    of a node on one GPU, so it is refused)."""
+    from dlrm.distributed.launch import device_and_backend
+
+    assert device_and_backend("cpu", 0) == ("cpu", "gloo")
+    assert device_and_backend("cpu", 5) == ("cpu", "gloo")
+    assert device_and_backend("cuda", 0) == ("cuda:0", "nccl")
+    assert device_and_backend("cuda", 3) == ("cuda:3", "nccl")
+    with pytest.raises(ValueError, match="pass --device cuda"):
+        device_and_backend("cuda:1", 0)
+    with pytest.raises(ValueError, match="runs on cpu or cuda"):
+        device_and_backend("meta", 0)
+    with pytest.raises(ValueError, match="expected cpu or cuda"):
+        device_and_backend("gpu", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU machine")
+def test_distributed_session_refuses_cuda_without_a_gpu(monkeypatch):
+    """Refused before any process group is opened, with the reason."""
+    import torch.distributed as dist
+
+    from dlrm.distributed.launch import distributed_session
+
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        with distributed_session(device="cuda"):
+            pass
+    assert not dist.is_initialized()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from dlrm.config import DLRMConfig
 from dlrm.data import open_data
@@ -48,10 +49,38 @@ def make_batch(step: int, table_sizes: list[int], batch: int, num_dense: int = 1
     return Batch(dense, sparse, labels)
 
 
+# Factories that make a tensor on the default device (the CPU) unless given ``device=``.
+FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.tensor,
+             torch.rand, torch.randn, torch.randint, torch.randperm, torch.linspace, torch.eye}
+
+
+class HostTensorAudit(TorchFunctionMode):
+    """Records every tensor factory called from ``src/dlrm/distributed`` without ``device=``.
+
+    On CPU such a call works, but on a GPU rank it makes a CPU tensor next to CUDA ones and
+    fails (or copies) there; this is how a CPU-only test guards the CUDA path's device
+    discipline. ``calls`` holds ``file:line torch.name`` of each offender.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES and kwargs.get("device") is None:
+            caller = sys._getframe(1)  # the Python function that called the factory
+            path = Path(caller.f_code.co_filename)
+            if path.parent.name == "distributed" and path.parent.parent.name == "dlrm":
+                self.calls.add(f"{path.name}:{caller.f_lineno} torch.{func.__name__}")
+        return func(*args, **kwargs)
+
+
 def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
     config = DLRMConfig.from_dict(job["model_config"])
     init = torch.load(workdir / "init_state.pt", weights_only=True)
     results = {}
+    audit = HostTensorAudit()  # around every step, evaluation and gather below
     for run in job["placements"]:  # "placement" or "placement@dense_optimizer"
         placement, _, optimizer_name = run.partition("@")
         plan = plan_tables(config.table_sizes, config.embedding_dim, world, placement,
@@ -64,8 +93,9 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         for k in range(job["steps"]):
             if run == "auto@adagrad" and k == job["steps"] // 2 and job.get("save_opt_to"):
                 save_sharded(model, job["save_opt_to"], optimizer=optimizer)  # mid-run
-            losses.append(train_step(model, optimizer,
-                                     make_batch(k, config.table_sizes, job["batch_size"])))
+            batch = make_batch(k, config.table_sizes, job["batch_size"])
+            with audit:
+                losses.append(train_step(model, optimizer, batch))
         stats = [None] * world
         torch.distributed.all_gather_object(
             stats, (model.stats.all_to_all_bytes_sent, model.stats.all_reduce_bytes))
@@ -89,7 +119,8 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
     model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim, world,
                                                 row_wise_min_rows=600), rank)
     model.load_full_state_dict(init)
-    results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
+    with audit:
+        results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
     # N -> M: load a checkpoint saved by another world size, score the probe batch.
     if job.get("load_from"):
         model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
@@ -99,9 +130,9 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         probe = make_batch(999, config.table_sizes, job["batch_size"])
         mine = rank_slice(len(probe), rank, world)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), audit:
             logits = model(probe.dense[mine], probe.sparse)
-        results["probe_logits"] = _gather_scores(model, logits, len(probe))
+            results["probe_logits"] = _gather_scores(model, logits, len(probe))
         model.train()
         optimizer = build_optimizer(model, "sgd", job["lr"])
         train_step(model, optimizer, probe)  # the loaded model trains on and is saved again
@@ -109,6 +140,9 @@ def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
         results["saved_state"] = model.full_state_dict()
     if job.get("resume_run"):
         results["resume_run"] = run_interrupted_and_resumed(job, workdir, rank)
+    every_rank: list = [None] * world
+    torch.distributed.all_gather_object(every_rank, sorted(audit.calls))
+    results["host_tensor_calls"] = sorted(set().union(*every_rank))
     if rank == 0:
         torch.save(results, workdir / f"results-{world}.pt")
 

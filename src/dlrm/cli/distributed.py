@@ -87,10 +87,13 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
     from dlrm.distributed.train import train_distributed
     from dlrm.training.loop import TrainConfig
 
-    with distributed_session(timeout_s=args.dist_timeout, device=args.device,
+    # A resumed run keeps its own settings, the device included; any number of ranks may
+    # continue it.
+    saved = json.loads((Path(args.resume) / "config.json").read_text()) if args.resume else None
+    device = saved["train"]["device"] if saved else args.device
+    with distributed_session(timeout_s=args.dist_timeout, device=device,
                              threads=args.threads) as session:
-        if args.resume:  # the run's own settings; any number of ranks may continue it
-            saved = json.loads((Path(args.resume) / "config.json").read_text())
+        if saved:
             data = open_data(saved["data"])
             summary = train_distributed(
                 saved["model_config"], data, TrainConfig(**saved["train"]), args.resume,
@@ -108,9 +111,6 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
                              "baselines and QR / mixed-dimension / hashed embeddings run in "
                              "one process (drop --nproc)")
         config = train_config_from_args(args)
-        if config.lr_schedule or config.patience:
-            raise ValueError("--lr-schedule and --patience are not yet supported with --nproc / "
-                             "torchrun; train in one process for them")
         stamp = [time.strftime("%Y%m%d-%H%M%S")]
         dist.broadcast_object_list(stamp, src=0)  # one run directory for all ranks
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"dlrm-{stamp[0]}"

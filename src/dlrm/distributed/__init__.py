@@ -3,7 +3,8 @@
 - ``planner``: where each table lives (table-wise, row-wise, replicated).
 - ``sharded``: ``DistributedDLRM`` with the autograd-aware all-to-all.
 - ``launch``: process-group setup from torchrun's environment, timeouts, watchdog, teardown.
-- ``train``: the distributed training step, loop and whole-split evaluation.
+- ``train``: the distributed training step and evaluation; ``train_distributed`` runs the
+  shared loop of ``dlrm.training.loop`` with a ``HybridParallelStrategy``.
 - ``checkpoint``: sharded checkpoints that load into any number of ranks.
 
 See docs/distributed.md.

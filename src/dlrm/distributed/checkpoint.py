@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from dlrm.config import DLRMConfig
 from dlrm.distributed.planner import ShardingPlan
-from dlrm.distributed.sharded import DistributedDLRM
+from dlrm.distributed.sharded import DistributedDLRM, cpu_copy
 from dlrm.models.dlrm import DLRM
 from dlrm.training.checkpoint import save_atomic
 from dlrm.training.optim import HybridOptimizer, RowWiseAdagrad
@@ -64,16 +64,18 @@ def save_sharded(model: DistributedDLRM, folder: str | Path,
     record: dict[str, Any] = {"format": FORMAT, "rank": rank, "shards": model.shard_tensors()}
     if shard_acc is not None:
         record["accumulators"] = {
-            f"{s.table}:{s.row_start}:{s.row_end}": _table_rows(model.shards, k, shard_acc)
-            .clone() for k, s in enumerate(model.local_shards)}
+            f"{s.table}:{s.row_start}:{s.row_end}": cpu_copy(_table_rows(model.shards, k,
+                                                                         shard_acc))
+            for k, s in enumerate(model.local_shards)}
     save_atomic(record, folder / f"shards-rank{rank}.pt")
     if rank == 0:
         sizes = model.config.table_sizes
-        replicated = {f"{t}:0:{sizes[t]}": model.replicated.table(k).clone()
+        replicated = {f"{t}:0:{sizes[t]}": cpu_copy(model.replicated.table(k))
                       for k, t in enumerate(model.replicated_tables)}
         meta: dict[str, Any] = {
             "format": FORMAT, "model_kind": "dlrm", "model_config": model.config.to_dict(),
-            "plan": model.plan.to_dict(), "dense": model.dense_state_dict(),
+            "plan": model.plan.to_dict(),
+            "dense": {k: cpu_copy(v) for k, v in model.dense_state_dict().items()},
             "replicated": replicated, **(extra or {})}
         if optimizer is not None:
             meta["optimizer"] = {
@@ -81,7 +83,7 @@ def save_sharded(model: DistributedDLRM, folder: str | Path,
                 "sparse_lr": optimizer.sparse.lr if optimizer.sparse is not None else None}
         if rep_acc is not None:
             meta["replicated_accumulators"] = {
-                f"{t}:0:{sizes[t]}": _table_rows(model.replicated, k, rep_acc).clone()
+                f"{t}:0:{sizes[t]}": cpu_copy(_table_rows(model.replicated, k, rep_acc))
                 for k, t in enumerate(model.replicated_tables)}
         save_atomic(meta, folder / "meta.pt")
     _barrier(model)

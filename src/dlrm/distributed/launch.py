@@ -96,6 +96,33 @@ class Watchdog:
                 os._exit(WATCHDOG_EXIT_CODE)
 
 
+def local_rank() -> int:
+    """This process's rank on its node (torchrun's LOCAL_RANK; RANK, then 0, without it)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+
+def device_and_backend(requested: str, local_rank: int) -> tuple[str, str]:
+    """The device one rank trains on and the process-group backend that goes with it.
+
+    ``cpu`` -> (``"cpu"``, ``"gloo"``); ``cuda`` -> (``"cuda:LOCAL_RANK"``, ``"nccl"``): every
+    process of a node drives its own GPU, so the index comes from torchrun's LOCAL_RANK, never
+    from the command line (the same ``--device cuda`` is given to all ranks). To pick which
+    GPUs a node uses, set CUDA_VISIBLE_DEVICES.
+    """
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ValueError(f"device {requested!r}: expected cpu or cuda") from err
+    if device.type == "cpu":
+        return "cpu", "gloo"
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(f"device {requested!r}: distributed ranks take cuda:LOCAL_RANK; "
+                             f"pass --device cuda (and CUDA_VISIBLE_DEVICES to choose GPUs)")
+        return f"cuda:{local_rank}", "nccl"
+    raise ValueError(f"device {requested!r}: distributed training runs on cpu or cuda")
+
+
 @dataclass
 class Session:
     """What ``distributed_session`` hands the caller."""
@@ -128,19 +155,23 @@ def distributed_session(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu
                            "with `torchrun --nproc_per_node=N -m dlrm train ...` or "
                            "`dlrm train --nproc N ...`")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    node_rank = local_rank()
+    device, default_backend = device_and_backend(device, node_rank)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-    backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
+        if node_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK {node_rank} needs GPU {node_rank}, but this node "
+                               f"has {torch.cuda.device_count()}: start at most that many "
+                               f"processes per node")
+        torch.cuda.set_device(device)  # nccl and every default-device call use this GPU
+    backend = backend or default_backend
     if threads:
         torch.set_num_threads(threads)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     watchdog = Watchdog(timeout_s + watchdog_grace_s, rank)
     try:
-        yield Session(rank, world, local_rank, device, backend, timeout_s, watchdog)
+        yield Session(rank, world, node_rank, device, backend, timeout_s, watchdog)
     finally:
         watchdog.stop()
         gc.collect()  # free models/buffers that hold gloo work before the group goes

@@ -23,13 +23,13 @@ outside pool to zero, so summing the W partial bags gives the full bag.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from dlrm.bench.timing import synchronized_clock
 from dlrm.config import DLRMConfig
 from dlrm.data.source import rank_slice
 from dlrm.distributed.planner import ShardingPlan
@@ -95,7 +95,7 @@ def restrict_rows(values: torch.Tensor, lengths: torch.Tensor, row_start: int, r
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep ids in [row_start, row_end), shifted to 0-based shard rows; new bag lengths."""
     keep = (values >= row_start) & (values < row_end)
-    bag = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
     new_lengths = torch.bincount(bag[keep], minlength=lengths.numel())
     return values[keep] - row_start, new_lengths
 
@@ -112,9 +112,9 @@ class _PooledAllToAll(torch.autograd.Function):
         in_splits = [b * my_shards * dim for b in batch_splits]
         out_splits = [my_batch * s * dim for s in shards_per_rank]
         recv = local.new_empty(sum(out_splits))
-        tick = time.perf_counter()
+        tick = synchronized_clock(local.device)
         dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
-        stats.all_to_all_seconds += time.perf_counter() - tick
+        stats.all_to_all_seconds += synchronized_clock(local.device) - tick
         stats.all_to_all_bytes_sent += (send.numel() - in_splits[rank]) * send.element_size()
         ctx.meta = (batch_splits, shards_per_rank, rank, group, stats, dim)
         pieces = [p.view(my_batch, s, dim) for p, s in zip(recv.split(out_splits),
@@ -129,9 +129,9 @@ class _PooledAllToAll(torch.autograd.Function):
         in_splits = [batch_splits[rank] * s * dim for s in shards_per_rank]
         out_splits = [b * my_shards * dim for b in batch_splits]
         recv = grad.new_empty(sum(out_splits))
-        tick = time.perf_counter()
+        tick = synchronized_clock(grad.device)
         dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
-        stats.all_to_all_seconds += time.perf_counter() - tick
+        stats.all_to_all_seconds += synchronized_clock(grad.device) - tick
         stats.all_to_all_bytes_sent += (send.numel() - in_splits[rank]) * send.element_size()
         return recv.view(sum(batch_splits), my_shards, dim), None, None, None, None, None
 
@@ -208,6 +208,11 @@ class DistributedDLRM(nn.Module):
         self.stats = CommStats()
         self.reset_embeddings(seed)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live: inputs go there, helper tensors are made there."""
+        return self.shards.weight.device
+
     @torch.no_grad()
     def reset_embeddings(self, seed: int) -> None:
         sizes, dim = self.config.table_sizes, self.config.embedding_dim
@@ -258,8 +263,10 @@ class DistributedDLRM(nn.Module):
             else:
                 # No shards here, but the backward all-to-all is collective: keep this rank in
                 # the autograd graph with an empty lookup of its 1-row placeholder table.
+                device = sparse.values.device
                 empty = SparseFeatures.from_lengths(
-                    torch.empty(0, dtype=torch.int64), torch.zeros(batch, dtype=torch.int64), 1)
+                    torch.empty(0, dtype=torch.int64, device=device),
+                    torch.zeros(batch, dtype=torch.int64, device=device), 1)
                 local = self.shards(empty)[:, :0]  # (B, 0, D)
             if self.world_size > 1:
                 recv = _PooledAllToAll.apply(local, splits, self.shards_per_rank, self.rank,
@@ -302,9 +309,9 @@ class DistributedDLRM(nn.Module):
         if self.world_size == 1 or not grads:
             return extra
         flat = torch.cat(grads)
-        tick = time.perf_counter()
+        tick = synchronized_clock(flat.device)
         dist.all_reduce(flat, group=self.group)
-        self.stats.all_reduce_seconds += time.perf_counter() - tick
+        self.stats.all_reduce_seconds += synchronized_clock(flat.device) - tick
         self.stats.all_reduce_bytes += flat.numel() * flat.element_size()
         offset = 0
         for p in params:
@@ -348,13 +355,14 @@ class DistributedDLRM(nn.Module):
                 if k.startswith(("bottom_mlp.", "top_mlp."))}
 
     def shard_tensors(self) -> dict[str, torch.Tensor]:
-        """This rank's shards as ``{"table:row_start:row_end": (rows, D)}``."""
-        return {f"{s.table}:{s.row_start}:{s.row_end}": self.shards.table(k).detach().clone()
+        """This rank's shards as ``{"table:row_start:row_end": (rows, D)}``, copied to the CPU
+        (checkpoints and gathers should not depend on the GPU they came from)."""
+        return {f"{s.table}:{s.row_start}:{s.row_end}": cpu_copy(self.shards.table(k))
                 for k, s in enumerate(self.local_shards)}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The single-process ``DLRM`` state dict, gathered from all ranks (collective; small
-        models only: every rank receives every table)."""
+        """The single-process ``DLRM`` state dict on the CPU, gathered from all ranks
+        (collective; small models only: every rank receives every table)."""
         pieces: list[dict[str, torch.Tensor]] = [{} for _ in range(self.world_size)]
         mine = self.shard_tensors()
         if self.world_size > 1:
@@ -368,6 +376,11 @@ class DistributedDLRM(nn.Module):
                 t, lo, hi = (int(x) for x in key.split(":"))
                 weight[offsets[t] + lo: offsets[t] + hi] = rows
         for k, t in enumerate(self.replicated_tables):
-            weight[offsets[t]: offsets[t + 1]] = self.replicated.table(k).detach()
-        return {**{k: v.clone() for k, v in self.dense_state_dict().items()},
+            weight[offsets[t]: offsets[t + 1]] = cpu_copy(self.replicated.table(k))
+        return {**{k: cpu_copy(v) for k, v in self.dense_state_dict().items()},
                 "embeddings.weight": weight}
+
+
+def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy on the CPU (a fresh tensor also when ``tensor`` is already there)."""
+    return tensor.detach().to("cpu", copy=True)

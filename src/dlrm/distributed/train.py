@@ -1,4 +1,4 @@
-"""The distributed training step, loop and whole-split evaluation.
+"""The distributed training step, whole-split evaluation, and the shared loop's rank strategy.
 
 Every rank reads the same global batch of B samples from the ``DataSource``: the dense
 features and labels of its ``rank_slice`` and the sparse ids of all B samples (for the tables
@@ -14,7 +14,6 @@ loss_r (the global batch loss) rides along in the gradient all-reduce.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -27,14 +26,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dlrm.allocator import tune_cpu_allocator
 from dlrm.config import DLRMConfig
 from dlrm.data.source import DataSource, rank_slice
 from dlrm.distributed.checkpoint import load_sharded, save_sharded
-from dlrm.distributed.launch import Watchdog
+from dlrm.distributed.launch import Watchdog, device_and_backend, local_rank
 from dlrm.distributed.planner import ShardingPlan, plan_tables
-from dlrm.distributed.sharded import DistributedDLRM
-from dlrm.features import Batch
-from dlrm.training.loop import TrainConfig, autocast
+from dlrm.distributed.sharded import CommStats, DistributedDLRM
+from dlrm.features import Batch, SparseFeatures
+from dlrm.training.loop import TrainConfig, autocast, run_loop
 from dlrm.training.metrics import MetricAccumulator
 from dlrm.training.optim import HybridOptimizer, build_optimizer
 
@@ -70,12 +70,16 @@ def _looks_like_comm_error(err: BaseException) -> bool:
 
 def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
                precision: str = "fp32") -> float:
-    """One hybrid-parallel SGD step on a GLOBAL batch; returns the global batch-mean loss."""
+    """One hybrid-parallel SGD step on a GLOBAL batch; returns the global batch-mean loss.
+
+    ``batch`` may sit on the CPU: this rank's dense/label slice and the sparse ids go to the
+    model's device (the ids of all B samples are needed for the shards held here)."""
     global_batch = len(batch)
     part = rank_slice(global_batch, model.rank, model.world_size)
-    dense, labels = batch.dense[part], batch.labels[part]
-    with autocast(str(dense.device), precision):
-        logits = model(dense, batch.sparse)
+    dense, sparse = _rank_inputs(model, batch, part)
+    labels = batch.labels[part].to(model.device, non_blocking=True)
+    with autocast(str(model.device), precision):
+        logits = model(dense, sparse)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
     weighted = loss * (labels.numel() / global_batch)
     weighted.backward()
@@ -89,6 +93,15 @@ def train_step(model: DistributedDLRM, optimizer: HybridOptimizer, batch: Batch,
     return global_loss
 
 
+def _rank_inputs(model: DistributedDLRM, batch: Batch, part: slice
+                 ) -> tuple[torch.Tensor, SparseFeatures]:
+    """The dense rows of this rank's slice and the global sparse ids, on the model's device.
+
+    Slicing before the copy sends only b_r of the B dense rows to the GPU."""
+    return (batch.dense[part].to(model.device, non_blocking=True),
+            batch.sparse.to(model.device))
+
+
 def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: int
                    ) -> torch.Tensor:
     """Concatenate every rank's slice (rank order) of a per-sample tensor on all ranks."""
@@ -96,7 +109,7 @@ def _gather_scores(model: DistributedDLRM, values: torch.Tensor, global_batch: i
     if world == 1:
         return values
     sizes = [len(range(global_batch)[rank_slice(global_batch, q, world)]) for q in range(world)]
-    padded = torch.zeros(max(sizes), dtype=values.dtype)
+    padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
     padded[: values.numel()] = values
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded, group=model.group)
@@ -114,8 +127,10 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
     acc = MetricAccumulator()
     for batch in data.batches(split, batch_size):
         part = rank_slice(len(batch), model.rank, model.world_size)
-        with autocast("cpu", precision):
-            logits = model(batch.dense[part], batch.sparse)
+        dense, sparse = _rank_inputs(model, batch, part)
+        with autocast(str(model.device), precision):
+            logits = model(dense, sparse)
+        # Labels stay on the CPU, where the accumulator keeps every score anyway.
         acc.update(_gather_scores(model, logits.float(), len(batch)), batch.labels)
         if watchdog is not None:
             watchdog.beat()
@@ -130,13 +145,85 @@ def evaluate_distributed(model: DistributedDLRM, data: DataSource, split: str = 
 
 def build_distributed_model(model_config: dict[str, Any], rank: int, world_size: int,
                             placement: str = "auto", seed: int = 0,
-                            plan: ShardingPlan | None = None) -> DistributedDLRM:
-    """``DistributedDLRM`` for a config dict; MLPs seeded by ``seed`` identically on all ranks."""
+                            plan: ShardingPlan | None = None,
+                            device: str | torch.device = "cpu") -> DistributedDLRM:
+    """``DistributedDLRM`` for a config dict on ``device``; MLPs seeded by ``seed`` identically
+    on all ranks. Built on the CPU (the seeded draws do not depend on the device), then moved."""
     config = DLRMConfig.from_dict(model_config)
     if plan is None:
         plan = plan_tables(config.table_sizes, config.embedding_dim, world_size, placement)
     torch.manual_seed(seed)
-    return DistributedDLRM(config, plan, rank, seed=seed)
+    return DistributedDLRM(config, plan, rank, seed=seed).to(device)
+
+
+class HybridParallelStrategy:
+    """``run_loop``'s strategy on one rank of a hybrid-parallel job.
+
+    Steps, evaluations and checkpoints are collective: every rank runs each of them, in the
+    same order (``run_loop`` guarantees it). Rank 0 writes the run's files; every rank writes
+    its part of the sharded checkpoints ``run_dir/last`` and ``run_dir/best``
+    (``dlrm.distributed.checkpoint``). Collective failures become ``PeerFailure`` naming the
+    step; the watchdog is fed per step and per evaluation batch and paused while saving.
+    """
+
+    def __init__(self, model: DistributedDLRM, optimizer: HybridOptimizer, data: DataSource,
+                 config: TrainConfig, run_dir: Path, watchdog: Watchdog | None = None) -> None:
+        self.model, self.optimizer, self.data, self.config = model, optimizer, data, config
+        self.run_dir, self.watchdog = run_dir, watchdog
+        self.rank, self.world_size = model.rank, model.world_size
+        self.device = str(model.device)
+        self.writes_files = self.rank == 0
+
+    def train_step(self, batch: Batch, step: int) -> float:
+        with _peers_checked(self.rank, f"training step {step}"):
+            loss = train_step(self.model, self.optimizer, batch, self.config.precision)
+        if self.watchdog is not None:
+            self.watchdog.beat()
+        return loss
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        # Evaluation traffic goes to a throwaway counter: the summary's communication times
+        # and bytes per step are those of training steps (as train_seconds is).
+        training_stats, self.model.stats = self.model.stats, CommStats()
+        try:
+            with _peers_checked(self.rank, f"evaluation of the {split} split"):
+                return evaluate_distributed(self.model, self.data, split,
+                                            self.config.eval_batch_size, self.config.precision,
+                                            self.watchdog)
+        finally:
+            self.model.stats = training_stats
+
+    def _paused(self) -> contextlib.AbstractContextManager:
+        return self.watchdog.paused() if self.watchdog is not None else contextlib.nullcontext()
+
+    def save(self, name: str, loop_state: dict[str, Any]) -> None:
+        with self._paused(), _peers_checked(self.rank, f"saving the sharded checkpoint {name}"):
+            save_sharded(self.model, self.run_dir / name, optimizer=self.optimizer, extra={
+                "step": loop_state["step"], "loop_state": dict(loop_state),
+                "data_spec": self.data.spec(), "train_config": asdict(self.config)})
+
+    def resume(self) -> dict[str, Any]:
+        last = self.run_dir / "last"
+        if not (last / "meta.pt").is_file():
+            raise FileNotFoundError(f"--resume {self.run_dir}: no sharded checkpoint {last}")
+        with self._paused():
+            meta = load_sharded(self.model, last, self.optimizer)
+        log.info("rank %d: resuming %s at step %d (saved by %d ranks)", self.rank, self.run_dir,
+                 meta["loop_state"]["step"], meta["plan"]["world_size"])
+        return meta["loop_state"]
+
+    def restore_weights(self, name: str) -> int:
+        with self._paused():
+            return load_sharded(self.model, self.run_dir / name)["step"]
+
+    def summary_extra(self, steps_this_session: int) -> dict[str, Any]:
+        stats, steps = self.model.stats, max(steps_this_session, 1)
+        return {
+            "world_size": self.world_size, "all_to_all_seconds": stats.all_to_all_seconds,
+            "all_reduce_seconds": stats.all_reduce_seconds,
+            "all_to_all_bytes_sent_per_step": stats.all_to_all_bytes_sent / steps,
+            "all_reduce_bytes_per_step": stats.all_reduce_bytes / steps,
+            "checkpoint": str(self.run_dir / "last")}
 
 
 def train_distributed(model_config: dict[str, Any], data: DataSource, config: TrainConfig,
@@ -146,10 +233,12 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train DLRM on all ranks of the default process group; returns the summary.
 
-    Call on every rank inside ``dlrm.distributed.launch.distributed_session``. Rank 0 writes
-    ``config.json`` (with the plan), ``metrics.jsonl`` and ``summary.json``; all ranks write
-    the sharded checkpoint ``run_dir/last`` (see ``dlrm.distributed.checkpoint``) at every
-    evaluation, every ``checkpoint_every`` steps and at the end.
+    Call on every rank inside ``dlrm.distributed.launch.distributed_session``. The loop is the
+    single-process one (``dlrm.training.loop.run_loop``): the same evaluation and checkpoint
+    cadence, ``lr_schedule``, ``patience`` and exact resume. Rank 0 writes ``config.json``
+    (with the plan), ``metrics.jsonl`` and ``summary.json``; all ranks write the sharded
+    checkpoint ``run_dir/last`` (and ``run_dir/best`` with ``patience``). The model lives on
+    ``config.device``: the CPU, or ``cuda:LOCAL_RANK``.
     ``progress`` is called on every rank (events carry ``rank``); render only rank 0's.
 
     Args:
@@ -160,139 +249,32 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(run_dir)
-    last_path = run_dir / "last"
-    emit = progress or (lambda _event: None)
-    if config.device != "cpu" and not config.device.startswith("cuda"):
-        raise ValueError(f"device {config.device!r}: expected cpu or cuda")
+    device, _ = device_and_backend(config.device, local_rank())  # as distributed_session
     if config.batch_size < world:
         raise ValueError(f"batch size {config.batch_size} is smaller than the {world} ranks")
-    if config.device.startswith("cuda"):
-        raise NotImplementedError("the distributed trainer is tested on CPU/gloo only so far")
-    model = build_distributed_model(model_config, rank, world, placement, config.seed)
+    if config.tune_allocator and device == "cpu":
+        tune_cpu_allocator()
+    model = build_distributed_model(model_config, rank, world, placement, config.seed,
+                                    device=device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
                                 config.sparse_lr, config.weight_decay)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "window_loss": 0.0,
-                             "window_steps": 0}
-    if resume:
-        if not (last_path / "meta.pt").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no sharded checkpoint {last_path}")
-        meta = load_sharded(model, last_path, optimizer)
-        state.update(meta["loop_state"])
-        log.info("rank %d: resumed %s at step %d (saved by %d ranks)", rank, run_dir,
-                 state["step"], meta["plan"]["world_size"])
-    elif init_checkpoint is not None:
+    if init_checkpoint is not None and not resume:
         load_sharded(model, init_checkpoint)
-    emit({"event": "plan", "rank": rank, "plan": str(model.plan)})
-    log.info("rank %d/%d: %d local shards, %d replicated tables", rank, world,
+
+    def emit(event: dict[str, Any]) -> None:
+        if progress is not None:
+            progress({**event, "rank": rank})
+
+    emit({"event": "plan", "plan": str(model.plan)})
+    log.info("rank %d/%d on %s: %d local shards, %d replicated tables", rank, world, device,
              len(model.local_shards), len(model.replicated_tables))
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = run_dir / "metrics.jsonl"
-        if resume and metrics_path.exists():  # drop records written after the checkpoint
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= state["step"]]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-        else:
-            metrics_path.write_text("")
-        if not resume:
-            (run_dir / "config.json").write_text(json.dumps(
-                {"model_kind": "dlrm", "model_config": model_config, "train": asdict(config),
-                 "data": data.spec(), "world_size": world, "placement": placement,
-                 "plan": model.plan.to_dict(), **(extra or {})}, indent=2))
-
-    def write(record: dict[str, Any]) -> None:
-        if rank == 0:
-            with (run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def save() -> None:
-        pause = watchdog.paused() if watchdog is not None else contextlib.nullcontext()
-        with pause, _peers_checked(rank, "saving the sharded checkpoint"):
-            save_sharded(model, last_path, optimizer=optimizer, extra={
-                "step": state["step"], "loop_state": dict(state), "data_spec": data.spec(),
-                "train_config": asdict(config)})
-
-    batch_size = config.batch_size
-    steps_per_epoch = data.num_samples("train") // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"training split has {data.num_samples('train')} samples, fewer than "
-                         f"one batch of {batch_size}")
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_samples:
-        total_steps = min(total_steps, max(1, config.max_samples // batch_size))
-    emit({"event": "start", "rank": rank, "step": state["step"], "total_steps": total_steps,
-          "batch_size": batch_size})
-    model.train()
-    losses: list[float] = []
-    train_time = 0.0
+    run_record = {"model_kind": "dlrm", "model_config": model_config, "train": asdict(config),
+                  "data": data.spec(), "world_size": world, "placement": placement,
+                  "plan": model.plan.to_dict()}
+    strategy = HybridParallelStrategy(model, optimizer, data, config, run_dir, watchdog)
     model.stats.reset()
-    while state["step"] < total_steps:
-        epoch = state["epoch"]
-        tick = time.perf_counter()
-        for batch in data.batches("train", batch_size, start_batch=state["batch_in_epoch"],
-                                  epoch=epoch, shuffle=True, seed=config.seed, drop_last=True):
-            with _peers_checked(rank, f"training step {state['step'] + 1}"):
-                loss = train_step(model, optimizer, batch, config.precision)
-            state["step"] += 1
-            state["batch_in_epoch"] += 1
-            step = state["step"]
-            losses.append(loss)
-            state["window_loss"] += loss
-            state["window_steps"] += 1
-            if watchdog is not None:
-                watchdog.beat()
-            emit({"event": "step", "rank": rank, "step": step, "samples": len(batch),
-                  "loss": state["window_loss"] / state["window_steps"]})
-            if step % config.log_every == 0 or step == total_steps:
-                write({"event": "train", "step": step, "epoch": epoch,
-                       "samples_seen": step * batch_size,
-                       "loss": state["window_loss"] / state["window_steps"]})
-                state["window_loss"], state["window_steps"] = 0.0, 0
-            boundary = state["batch_in_epoch"] >= steps_per_epoch
-            if boundary:
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-            evaluated = False
-            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                train_time += time.perf_counter() - tick
-                with _peers_checked(rank, f"evaluation at step {step}"):
-                    metrics = evaluate_distributed(model, data, "val", config.eval_batch_size,
-                                                   config.precision, watchdog)
-                record = {"event": "eval", "split": "val", "step": step, **metrics}
-                write(record)
-                emit({**record, "rank": rank})
-                evaluated = True
-            if evaluated or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                if not evaluated:
-                    train_time += time.perf_counter() - tick
-                save()
-                tick = time.perf_counter()
-            if step >= total_steps or boundary:
-                break
-        train_time += time.perf_counter() - tick
-    step = state["step"]
-    stats = model.stats
-    with _peers_checked(rank, "final evaluation"):
-        final = evaluate_distributed(model, data, "val", config.eval_batch_size,
-                                     config.precision, watchdog)
-    write({"event": "eval", "split": "val", "step": step, **final})
-    save()
-    steps_here = len(losses)
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir), "world_size": world, "steps": step,
-        "samples_seen": step * batch_size, **{f"val_{k}": v for k, v in final.items()},
-        "samples_per_s": steps_here * batch_size / train_time if train_time else None,
-        "train_seconds": train_time, "all_to_all_seconds": stats.all_to_all_seconds,
-        "all_reduce_seconds": stats.all_reduce_seconds,
-        "all_to_all_bytes_sent_per_step": stats.all_to_all_bytes_sent / max(steps_here, 1),
-        "all_reduce_bytes_per_step": stats.all_reduce_bytes / max(steps_here, 1),
-        "checkpoint": str(last_path), "final_train_loss": losses[-1] if losses else None,
-        **(extra or {}),
-    }
-    for key in ("auc", "logloss"):
-        if f"val_optimal_{key}" in summary:
-            summary[f"optimal_{key}"] = summary.pop(f"val_optimal_{key}")
-    if rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    emit({"event": "end", "rank": rank, **summary})
+    summary = run_loop(strategy, data, config, run_dir, resume=resume, run_record=run_record,
+                       progress=emit, extra=extra)
+    log.info("rank %d: done at step %d, last training loss %r, val AUC %r", rank,
+             summary["steps"], summary["final_train_loss"], summary["val_auc"])
     return summary  # the model goes with this frame; distributed_session collects it
