@@ -76,12 +76,13 @@ class _DotInteractionFunction(torch.autograd.Function):
         vectors, symmetric_index = ctx.saved_tensors
         batch, n, dim = vectors.shape
         grad_out = grad_out.to(vectors.dtype)
-        grad_pairs = grad_out[:, dim:]
-        # Column P of the padded gradient is zero: the positions of G that are no pair.
-        padded = torch.cat([grad_pairs, grad_pairs.new_zeros(batch, 1)], dim=1)
-        sym = _gather_columns(padded, symmetric_index).view(batch, n, n)  # S, (B, n, n)
+        # S straight from grad_out's pair columns (they start at column D). Every position off
+        # the diagonal is a pair; the diagonal is 2 g_ii with self-interaction, else zero.
+        sym = _gather_columns(grad_out, symmetric_index + dim).view(batch, n, n)  # (B, n, n)
         if ctx.self_interaction:
             sym.diagonal(dim1=1, dim2=2).mul_(2)
+        else:
+            sym.diagonal(dim1=1, dim2=2).zero_()
         grad_vectors = torch.bmm(sym, vectors)  # (B, n, D)
         grad_dense = grad_vectors[:, 0] + grad_out[:, :dim]
         # Sample-major (B, F, D) in pooled's dtype: the fused lookup's backward takes this
@@ -115,9 +116,10 @@ class DotInteraction(nn.Module):
         # Flat positions in the (n, n) Gram matrix, so one gather picks all pairs.
         self.register_buffer("pair_index", rows * n + cols, persistent=False)
         # For the backward: which pair's gradient lands at each position of the symmetric
-        # (n, n) matrix S; P (one past the last pair) where no pair does (a zero column).
+        # (n, n) matrix S. Without self-interaction the diagonal holds no pair: it points at
+        # pair 0 and the backward zeroes it after the gather.
         pairs = torch.arange(rows.numel())
-        symmetric = torch.full((n * n,), rows.numel(), dtype=torch.int64)
+        symmetric = torch.zeros(n * n, dtype=torch.int64)
         symmetric[rows * n + cols] = pairs
         symmetric[cols * n + rows] = pairs
         self.register_buffer("symmetric_index", symmetric, persistent=False)
