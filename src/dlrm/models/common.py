@@ -60,8 +60,18 @@ class CTRModel(nn.Module):
 
 
 def flat_input(dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """x_0 = [dense, e_1, ..., e_F]: ``(B, num_dense), (B, F, D) -> (B, num_dense + F*D)``."""
-    return torch.cat([dense, pooled.reshape(pooled.shape[0], -1).to(dense.dtype)], dim=1)
+    """x_0 = [dense, e_1, ..., e_F]: ``(B, num_dense), (B, F, D) -> (B, num_dense + F*D)``.
+
+    ``pooled`` may have any dtype and strides (a one-hot lookup is contiguous, a multi-hot one
+    a transposed view); it is cast to ``dense.dtype`` and flattened in one copy.
+    """
+    batch, num_features, dim = pooled.shape
+    if pooled.dtype == dense.dtype and pooled.is_contiguous():
+        flat = pooled.view(batch, num_features * dim)
+    else:
+        flat = pooled.new_empty((batch, num_features * dim), dtype=dense.dtype)
+        flat.view(batch, num_features, dim).copy_(pooled)
+    return torch.cat([dense, flat], dim=1)
 
 
 def first_order(wide: nn.Module, dense_linear: nn.Linear, dense: torch.Tensor,

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from dlrm.models.interactions import flatten_pooled
+from dlrm.models.common import flat_input
 
 
 class CrossNet(nn.Module):
@@ -103,5 +103,5 @@ class CrossInteraction(nn.Module):
         self.cross = CrossNetV2((num_features + 1) * dim, num_layers, low_rank)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        z0 = torch.cat([dense, flatten_pooled(pooled, dense.dtype)], dim=1)
+        z0 = flat_input(dense, pooled)
         return self.cross(z0)

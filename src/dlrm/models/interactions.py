@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlrm.models.common import flat_input
+
 
 def dot_pairs(num_vectors: int, self_interaction: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,16 +34,6 @@ def _gather_columns(matrix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if matrix.element_size() == 2 and matrix.is_floating_point() and not matrix.is_cuda:
         return torch.gather(matrix.view(torch.int16), 1, wide).view(matrix.dtype)
     return torch.gather(matrix, 1, wide)
-
-
-def flatten_pooled(pooled: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, F, D) of any strides and dtype -> contiguous (B, F*D) in ``dtype``, in one copy."""
-    batch, num_features, dim = pooled.shape
-    if pooled.dtype == dtype and pooled.is_contiguous():
-        return pooled.view(batch, num_features * dim)
-    flat = pooled.new_empty((batch, num_features * dim), dtype=dtype)
-    flat.view(batch, num_features, dim).copy_(pooled)
-    return flat
 
 
 class _DotInteractionFunction(torch.autograd.Function):
@@ -147,7 +139,7 @@ class CatInteraction(nn.Module):
         return (num_features + 1) * dim
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.cat([dense, flatten_pooled(pooled, dense.dtype)], dim=1)
+        return flat_input(dense, pooled)
 
 
 def build_interaction(config) -> tuple[nn.Module, int]:
