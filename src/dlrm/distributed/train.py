@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dlrm.allocator import tune_cpu_allocator
 from dlrm.config import DLRMConfig
 from dlrm.data.source import DataSource, rank_slice
 from dlrm.distributed.checkpoint import load_sharded, save_sharded
@@ -252,8 +251,6 @@ def train_distributed(model_config: dict[str, Any], data: DataSource, config: Tr
     device, _ = device_and_backend(config.device, local_rank())  # as distributed_session
     if config.batch_size < world:
         raise ValueError(f"batch size {config.batch_size} is smaller than the {world} ranks")
-    if config.tune_allocator and device == "cpu":
-        tune_cpu_allocator()
     model = build_distributed_model(model_config, rank, world, placement, config.seed,
                                     device=device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,

@@ -8,9 +8,9 @@ A lookup adds the offsets to the local ids and gathers once (``index_select`` fo
 
 The backward pass hands autograd a *sparse* COO gradient ``(ids, rows)`` of the weight — one
 row of D values per looked-up id, duplicates left uncoalesced — so the optimizer can update
-only the touched rows (``dlrm.training.optim``). Producing it costs one reshape of the pooled
-gradient for one-hot bags (none when the consumer hands back a sample-major or feature-major
-gradient); no (rows, D) dense gradient is ever allocated.
+only the touched rows (``dlrm.training.optim``). For one-hot bags producing it copies no
+floats when the consumer hands back a sample-major or feature-major pooled gradient (one copy
+otherwise); no (rows, D) dense gradient is ever allocated.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Feature interactions: the DLRM paper's pairwise dot products, and plain concatenation.
 
 Every interaction takes ``dense (B, D)`` and ``pooled (B, F, D)`` of any dtype and strides
-(the fused embedding lookup hands over a feature-major view in float32) and computes in
-``dense.dtype``, so the cast to bf16 under autocast happens inside one copy that also builds
-the interaction's input, instead of a separate cast-and-transpose pass.
+(the fused embedding lookup hands over float32, contiguous for one-hot bags and a transposed
+view for multi-hot ones) and computes in ``dense.dtype``, so the cast to bf16 under autocast
+happens inside the one copy that builds the interaction's input.
 """
 
 from __future__ import annotations

@@ -272,8 +272,6 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     emit = progress or (lambda _event: None)
     if config.threads:
         torch.set_num_threads(config.threads)
-    if config.tune_allocator and config.device == "cpu":
-        tune_cpu_allocator()
     device = config.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
@@ -325,6 +323,8 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
     run_dir = Path(run_dir)
     emit = progress or (lambda _event: None)
     writer = strategy.writes_files
+    if config.tune_allocator and config.device == "cpu":
+        tune_cpu_allocator()  # before the first step; process-wide, for every strategy
     state: dict[str, Any] = {
         "step": 0, "epoch": 0, "batch_in_epoch": 0, "samples_seen": 0, "history": [],
         "best_auc": -math.inf, "evals_since_best": 0, "window_loss": 0.0, "window_steps": 0}
