@@ -217,14 +217,8 @@ def test_bad_inputs_name_the_problem():
         model_config_for("wdl", "tiny", TABLES, NUM_DENSE, {"cross_layers": 2})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one intra-op thread: on a loaded 2-core machine two threads
-    were 10x slower. The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Training tests run on one intra-op thread (the `one_thread` fixture of conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PLANTED_TABLES = [200, 100, 500, 50, 1000, 20, 300, 80]

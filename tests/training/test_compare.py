@@ -13,15 +13,8 @@ from dlrm.compare import CompareConfig, auc_standard_error, compare, paper_confi
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData
 from dlrm.training.metrics import roc_auc
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests run on one intra-op thread: on a loaded 2-core machine two threads
-    were 10x slower. The previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Training tests run on one intra-op thread (the `one_thread` fixture of conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_auc_standard_error_matches_hanley_mcneil_and_simulation():
