@@ -69,6 +69,12 @@ class SparseFeatures:
                               self.offsets.to(device, non_blocking=True),
                               self.num_features, self.one_hot)
 
+    def expect_features(self, num_tables: int) -> None:
+        """Raise ``ValueError`` unless there is one feature per table of the model."""
+        if self.num_features != num_tables:
+            raise ValueError(f"got {self.num_features} sparse features, "
+                             f"the model has {num_tables} tables")
+
     def validate(self, table_sizes: list[int] | None = None) -> None:
         """Raise ``ValueError`` naming the problem: layout, or an id outside its table."""
         f = self.num_features

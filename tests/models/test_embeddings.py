@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -117,3 +118,10 @@ def test_backward_accepts_every_gradient_layout():
                 start = int(fused.table_offsets[k])
                 torch.testing.assert_close(grad[start:start + sizes[k]], table.weight.grad,
                                            rtol=0, atol=1e-12, msg=f"{name}, table {k}")
+
+
+def test_wrong_number_of_features_is_refused_by_name():
+    fused = FusedEmbeddingBag([4, 6, 8], 2)
+    two_features = SparseFeatures.from_ids(torch.tensor([[1, 2], [0, 3]]))
+    with pytest.raises(ValueError, match="got 2 sparse features, the model has 3 tables"):
+        fused(two_features)

@@ -140,9 +140,7 @@ class FusedEmbeddingBag(nn.Module):
         return sparse.values + shift
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
-        if sparse.num_features != self.num_features:
-            raise ValueError(f"got {sparse.num_features} sparse features, "
-                             f"the model has {self.num_features} tables")
+        sparse.expect_features(self.num_features)
         ids = self.global_ids(sparse)
         return _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot,
                                   self.num_features)  # (B, F, D)

@@ -107,9 +107,7 @@ class MixedDimEmbeddingBag(nn.Module):
         return len(self.table_sizes)
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
-        if sparse.num_features != self.num_features:
-            raise ValueError(f"got {sparse.num_features} sparse features, "
-                             f"the model has {self.num_features} tables")
+        sparse.expect_features(self.num_features)
         pooled_groups = []
         for group, table, k in zip(self.groups, self.tables, self._projection_of_group):
             pooled = table(select_features(sparse, group))  # (B, G, d)

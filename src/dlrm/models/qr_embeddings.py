@@ -93,9 +93,7 @@ class QREmbeddingBag(nn.Module):
         return len(self.table_sizes)
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
-        if sparse.num_features != self.num_features:
-            raise ValueError(f"got {sparse.num_features} sparse features, "
-                             f"the model has {self.num_features} tables")
+        sparse.expect_features(self.num_features)
         groups = []
         if self.full is not None:
             groups.append(self.full(select_features(sparse, self.small)))  # (B, F_small, D)

@@ -123,9 +123,7 @@ class QuantizedEmbeddingBag(nn.Module):
         return dequantize_rows(self.codes, self.scale, self.bias, self.bits, self.embedding_dim)
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
-        if sparse.num_features != self.num_features:
-            raise ValueError(f"got {sparse.num_features} sparse features, "
-                             f"the model has {self.num_features} tables")
+        sparse.expect_features(self.num_features)
         batch = sparse.batch_size
         bounds = sparse.offsets[::batch]
         per_feature = bounds[1:] - bounds[:-1]
