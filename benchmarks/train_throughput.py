@@ -9,7 +9,8 @@ on any machine. Tables: Criteo Kaggle sizes capped at 100k rows, one id per bag,
                                           [--no-tune-allocator]
 
 Prints samples/s (median of trials) for: reference step, our fp32 step, our bf16 step, our fp32
-step with data generation (end to end), the MLPs alone (the ceiling of any design: the same
+step with data generation (end to end), our steps on PyTorch ops only (``dlrm.kernels`` off:
+what the native kernels add), the MLPs alone (the ceiling of any design: the same
 matmuls with the embeddings and interaction taken away), and inference at the largest batch
 size. Every timed
 step gets a distinct pre-generated batch (as in a real run; cycling a few batches would keep
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference_dlrm import ReferenceDLRM  # noqa: E402
 
+from dlrm import kernels  # noqa: E402
 from dlrm.allocator import tune_cpu_allocator  # noqa: E402
 from dlrm.config import preset  # noqa: E402
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData  # noqa: E402
@@ -88,7 +90,8 @@ def reference_train_step(ref, inputs):
     return step
 
 
-def our_train_step(config, batches, precision, stream=None):
+def our_train_step(config, batches, precision, stream=None, native=True):
+    """Our step; ``native=False`` runs it on PyTorch ops only (no dlrm.kernels)."""
     model = DLRM(config, check_inputs=False)
     opt = build_optimizer(model, "sgd", 0.1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -96,10 +99,11 @@ def our_train_step(config, batches, precision, stream=None):
 
     def step():
         b = next(stream) if stream is not None else batches[next(counter) % len(batches)]
-        with autocast("cpu", precision):
-            logits = model(b.dense, b.sparse)
-        loss_fn(logits.float(), b.labels).backward()
-        opt.step()
+        with kernels.use_native(native):
+            with autocast("cpu", precision):
+                logits = model(b.dense, b.sparse)
+            loss_fn(logits.float(), b.labels).backward()
+            opt.step()
         opt.zero_grad()
     return step
 
@@ -171,7 +175,8 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kaggle preset, tables "
           f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data, "
-          f"glibc malloc {'tuned' if tuned else 'default'} (reference and ours alike)")
+          f"glibc malloc {'tuned' if tuned else 'default'} (reference and ours alike), "
+          f"native kernels {'on' if kernels.enabled() else 'UNAVAILABLE'}")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
         # Distinct batches for every timed step, as a real run sees: cycling a few cached
@@ -187,12 +192,16 @@ def main() -> None:
             "ours_fp32_end_to_end": rate(our_train_step(
                 config, batches, "fp32", data.batches("train", batch_size))),
             "ours_bf16": rate(our_train_step(config, batches, "bf16")),
+            "ours_fp32_torch_ops": rate(our_train_step(config, batches, "fp32", native=False)),
+            "ours_bf16_torch_ops": rate(our_train_step(config, batches, "bf16", native=False)),
             "mlps_alone_fp32": rate(mlp_only_step(config, batch_size, "fp32")),
             "mlps_alone_bf16": rate(mlp_only_step(config, batch_size, "bf16")),
         }
         row["fp32_speedup"] = row["ours_fp32"] / row["reference"]
         row["bf16_speedup"] = row["ours_bf16"] / row["reference"]
         row["end_to_end_vs_step"] = row["ours_fp32_end_to_end"] / row["ours_fp32"]
+        row["fp32_kernels_gain"] = row["ours_fp32"] / row["ours_fp32_torch_ops"]
+        row["bf16_kernels_gain"] = row["ours_bf16"] / row["ours_bf16_torch_ops"]
         row["fp32_of_mlp_ceiling"] = row["ours_fp32"] / row["mlps_alone_fp32"]
         row["bf16_of_mlp_ceiling"] = row["ours_bf16"] / row["mlps_alone_bf16"]
         results[f"train_b{batch_size}"] = row
@@ -204,7 +213,11 @@ def main() -> None:
               f"({row['mlps_alone_fp32'] / row['reference']:.2f}x the reference; ours at "
               f"{row['fp32_of_mlp_ceiling']:.0%}) | bf16 {row['mlps_alone_bf16']:,.0f} "
               f"({row['mlps_alone_bf16'] / row['reference']:.2f}x; ours at "
-              f"{row['bf16_of_mlp_ceiling']:.0%})")
+              f"{row['bf16_of_mlp_ceiling']:.0%})\n"
+              f"         ours on PyTorch ops only (no dlrm.kernels): fp32 "
+              f"{row['ours_fp32_torch_ops']:,.0f} (kernels give {row['fp32_kernels_gain']:.2f}x) "
+              f"| bf16 {row['ours_bf16_torch_ops']:,.0f} "
+              f"(kernels give {row['bf16_kernels_gain']:.2f}x)")
 
     batch_size = max(sizes)
     distinct = args.steps * args.trials + 2

@@ -134,7 +134,11 @@ def test_n_process_training_equals_single_process(jobs, world):
                                    rtol=1e-5, atol=1e-6, msg=f"{run} losses, N={world}")
         assert ref_losses[-1] < ref_losses[0]  # it really trained
         for key, ref in ref_state.items():
-            torch.testing.assert_close(got["state"][key], ref, rtol=1e-5, atol=1e-6,
+            # Adagrad divides by the root of accumulated squares, which turns float32 rounding
+            # noise (rank-local batches, all-reduce order) into ~1e-6 after 20 steps on
+            # weights of size ~1; a wrong shard or order errs by ~1e-2.
+            atol = 5e-6 if optimizer == "adagrad" else 1e-6
+            torch.testing.assert_close(got["state"][key], ref, rtol=1e-5, atol=atol,
                                        msg=f"{run}: parameter {key}, N={world}")
         moved = (got["state"]["embeddings.weight"] - init["embeddings.weight"]).abs().amax(1)
         assert int((moved > 0).sum()) > 500  # many embedding rows were updated
@@ -339,8 +343,8 @@ def test_resume_3_ranks_mid_run_on_2_ranks_with_optimizer_state(jobs):
     got = jobs["results"][2]["resumed"]
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref_losses[STEPS // 2:]),
                                rtol=1e-5, atol=1e-6)
-    for key, ref in ref_state.items():
-        torch.testing.assert_close(got["state"][key], ref, rtol=1e-5, atol=1e-6, msg=key)
+    for key, ref in ref_state.items():  # Adagrad's tolerance, as in the test above
+        torch.testing.assert_close(got["state"][key], ref, rtol=1e-5, atol=5e-6, msg=key)
 
 
 def test_train_distributed_resumes_an_interrupted_run_exactly(jobs):

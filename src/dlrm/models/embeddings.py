@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from dlrm import kernels
 from dlrm.features import SparseFeatures
 
 
@@ -43,7 +44,10 @@ class _FusedLookup(torch.autograd.Function):
         ctx.one_hot = one_hot
         ctx.weight_shape = weight.shape
         if one_hot:  # ids are sample-major: row b*F + f
-            pooled = weight.index_select(0, ids)
+            if kernels.supports_rows(weight, ids):
+                pooled = kernels.gather_rows(weight, ids)
+            else:
+                pooled = weight.index_select(0, ids)
             return pooled.view(-1, num_features, dim)  # (B, F, D)
         pooled = torch.nn.functional.embedding_bag(
             ids, weight, offsets[:-1], mode="sum", include_last_offset=False)  # (F*B, D)

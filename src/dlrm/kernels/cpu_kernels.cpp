@@ -1,0 +1,359 @@
+// CPU kernels for the parts of a DLRM step that are not matrix multiplies.
+//
+// Plain C ABI (called through ctypes with raw data pointers), no PyTorch headers: it compiles
+// in about a second with any C++17 compiler, and dlrm/kernels/__init__.py falls back to the
+// PyTorch implementation when no compiler is found. Every function returns 0 on success and a
+// negative code on bad input, and never writes outside the buffers it was given.
+//
+// Types: dtype code 0 = float32, 1 = bfloat16 (stored as uint16, computed in float32).
+// Strides are in elements; the innermost (embedding) dimension is always contiguous.
+//
+// Threads: each call splits its batch (or its rows) over `num_threads` OpenMP threads (the
+// caller passes torch.get_num_threads()); see parallel_for. Work is split by sample, or by row
+// for the SGD update, so results never depend on the thread count.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using bf16 = uint16_t;
+
+constexpr int64_t kLanes = 16;  // one AVX-512 register of floats
+// 16 floats as one GCC/Clang vector (lowered to 2 or 4 registers on narrower CPUs); aligned(4)
+// so loads and stores through it may be unaligned.
+typedef float vec16 __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+struct alignas(64) Block16 { float lanes[kLanes]; };  // storage for vec16 in std::vector
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) {
+  uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// Round to nearest even, as torch's float -> bfloat16 conversion.
+inline bf16 to_bf16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40u);  // NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16>(bits >> 16);
+}
+
+inline void store(float* p, float x) { *p = x; }
+inline void store(bf16* p, float x) { *p = to_bf16(x); }
+
+inline float round_bf16(float x) { return to_float(to_bf16(x)); }
+
+// Run fn(begin, end) over [0, n) in up to num_threads contiguous chunks of at least min_chunk.
+// With OpenMP the chunks run on the OpenMP runtime PyTorch has already loaded (libgomp.so.1
+// is resolved to torch's copy), so they use its warm worker threads instead of competing
+// with them; without OpenMP everything runs on the calling thread.
+template <typename Fn>
+void parallel_for(int64_t n, int num_threads, int64_t min_chunk, Fn fn) {
+  const int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>(num_threads, (n + min_chunk - 1) / min_chunk));
+#ifdef _OPENMP
+  if (chunks > 1) {
+    const int64_t step = (n + chunks - 1) / chunks;
+#pragma omp parallel for num_threads(static_cast<int>(chunks)) schedule(static, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t begin = c * step, end = std::min(n, begin + step);
+      if (begin < end) fn(begin, end);
+    }
+    return;
+  }
+#endif
+  fn(int64_t{0}, n);
+}
+
+// C (R, CB vectors) = A (R, K) * B (K, CB vectors): the small matrix product both interaction
+// passes reduce to. Rows go 4 at a time and column vectors 2 at a time, so up to 8 independent
+// accumulators hide the FMA latency (one accumulator chained over K would wait on every FMA).
+template <int RB, int CBN>
+inline void gemm_tile(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
+                      int64_t ldc, int64_t K) {
+  vec16 acc[RB][CBN] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    vec16 b[CBN];
+    for (int c = 0; c < CBN; ++c) b[c] = B[k * ldb + c];
+    for (int r = 0; r < RB; ++r) {
+      const float a = A[r * lda + k];
+      for (int c = 0; c < CBN; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CBN; ++c) C[r * ldc + c] = acc[r][c];
+}
+
+template <int RB>
+inline void gemm_rows(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
+                      int64_t ldc, int64_t K, int64_t CB) {
+  int64_t c = 0;
+  for (; c + 2 <= CB; c += 2) gemm_tile<RB, 2>(A, lda, B + c, ldb, C + c, ldc, K);
+  if (c < CB) gemm_tile<RB, 1>(A, lda, B + c, ldb, C + c, ldc, K);
+}
+
+inline void small_gemm(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
+                       int64_t ldc, int64_t R, int64_t K, int64_t CB) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) gemm_rows<4>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB);
+  switch (R - r) {
+    case 3: gemm_rows<3>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
+    case 2: gemm_rows<2>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
+    case 1: gemm_rows<1>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
+    default: break;
+  }
+}
+
+// The n = F + 1 vectors T = [x, e_1..e_F] of sample b as float rows V (n, D), rounded to
+// bfloat16 when the interaction computes in bfloat16 (as the PyTorch path's cast does).
+template <typename TD, typename TP>
+inline void load_vectors(const TD* dense, int64_t dense_stride_b, const TP* pooled,
+                         int64_t pooled_stride_b, int64_t pooled_stride_f, int64_t b,
+                         int64_t F, int64_t D, bool round, float* V) {
+  const TD* x = dense + b * dense_stride_b;
+  for (int64_t d = 0; d < D; ++d) V[d] = to_float(x[d]);
+  for (int64_t f = 0; f < F; ++f) {
+    const TP* e = pooled + b * pooled_stride_b + f * pooled_stride_f;
+    float* row = V + (f + 1) * D;
+    for (int64_t d = 0; d < D; ++d) row[d] = to_float(e[d]);
+  }
+  if (round) {
+    for (int64_t k = 0; k < (F + 1) * D; ++k) V[k] = round_bf16(V[k]);
+  }
+}
+
+
+// out[b] = [x_b, (T_i . T_j) for i, j < i (j <= i with self)] in row-by-row order.
+// Gram rows are computed 16 columns at a time from the transposed vectors VT (D, n_pad), so the
+// inner loop is one vector FMA per (i, d) instead of a horizontal sum per pair.
+template <typename TD, typename TP, typename TO>
+void dot_forward(const TD* dense, int64_t dense_stride_b, const TP* pooled,
+                 int64_t pooled_stride_b, int64_t pooled_stride_f, TO* out, int64_t B,
+                 int64_t F, int64_t D, bool self_interaction, int num_threads) {
+  const int64_t n = F + 1;
+  const int64_t n_pad = (n + kLanes - 1) / kLanes * kLanes;
+  const int64_t pairs = self_interaction ? n * (n + 1) / 2 : n * (n - 1) / 2;
+  const int64_t width = D + pairs;
+  const bool round = sizeof(TO) == 2;
+  parallel_for(B, num_threads, 64, [=](int64_t begin, int64_t end) {
+    const int64_t blocks = n_pad / kLanes;
+    std::vector<float> V(n * D);
+    // VT[d * blocks + c] = lanes 16c..16c+15 of column d of V; G (n, blocks) the Gram rows.
+    std::vector<Block16> vt_store(D * blocks, Block16{}), gram_store(n * blocks);
+    float* vt = vt_store.data()->lanes;
+    const vec16* VT = reinterpret_cast<const vec16*>(vt);
+    vec16* G = reinterpret_cast<vec16*>(gram_store.data());
+    for (int64_t b = begin; b < end; ++b) {
+      load_vectors(dense, dense_stride_b, pooled, pooled_stride_b, pooled_stride_f, b, F, D,
+                   round, V.data());
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < D; ++d) vt[d * n_pad + i] = V[i * D + d];
+      TO* row = out + b * width;
+      const TD* x = dense + b * dense_stride_b;
+      for (int64_t d = 0; d < D; ++d) store(row + d, to_float(x[d]));  // x, exactly
+      row += D;
+      // The Gram matrix G (n, n_pad) = V VT, 4 rows at a time and only the 16-column blocks
+      // that hold lower-triangle entries of those rows; then the pairs in row-by-row order.
+      for (int64_t r = 0; r < n; r += 4) {  // rows r..r+3 need columns < r+4 (r+5 with self)
+        const int64_t rows = std::min<int64_t>(4, n - r);
+        const int64_t cols = std::min(n, r + rows + (self_interaction ? 0 : -1));
+        small_gemm(V.data() + r * D, D, VT, blocks, G + r * blocks, blocks, rows,
+                   D, (cols + kLanes - 1) / kLanes);
+      }
+      const float* gram = gram_store.data()->lanes;
+      for (int64_t i = self_interaction ? 0 : 1; i < n; ++i) {
+        const int64_t count = self_interaction ? i + 1 : i;  // pairs (i, 0..count-1)
+        for (int64_t j = 0; j < count; ++j) store(row + j, gram[i * n_pad + j]);
+        row += count;
+      }
+    }
+  });
+}
+
+// Gradient of dot_forward. With g_ij the gradient of pair (i, j), S is symmetric with
+// S_ij = S_ji = g_ij (S_ii = 2 g_ii with self), and dL/dT = S T; dL/dx adds grad_out[:, :D].
+template <typename TG, typename TD, typename TP>
+void dot_backward(const TG* grad_out, int64_t grad_stride_b, const TD* dense,
+                  int64_t dense_stride_b, const TP* pooled, int64_t pooled_stride_b,
+                  int64_t pooled_stride_f, TD* grad_dense, TP* grad_pooled, int64_t B,
+                  int64_t F, int64_t D, bool self_interaction, bool round, int num_threads) {
+  const int64_t n = F + 1;
+  parallel_for(B, num_threads, 64, [=](int64_t begin, int64_t end) {
+    std::vector<float> V(n * D), S(n * n), grad_v(n * D);
+    for (int64_t b = begin; b < end; ++b) {
+      load_vectors(dense, dense_stride_b, pooled, pooled_stride_b, pooled_stride_f, b, F, D,
+                   round, V.data());
+      const TG* g = grad_out + b * grad_stride_b;
+      std::fill(S.begin(), S.end(), 0.0f);
+      int64_t k = D;
+      for (int64_t i = self_interaction ? 0 : 1; i < n; ++i) {
+        const int64_t count = self_interaction ? i + 1 : i;
+        for (int64_t j = 0; j < count; ++j, ++k) {
+          float s = to_float(g[k]);
+          if (round) s = round_bf16(s);
+          S[i * n + j] += s;
+          S[j * n + i] += s;  // i == j (self) adds twice: 2 g_ii
+        }
+      }
+      if (D % kLanes == 0)  // grad_V (n, D) = S (n, n) V (n, D) in one small product
+        small_gemm(S.data(), n, reinterpret_cast<const vec16*>(V.data()), D / kLanes,
+                   reinterpret_cast<vec16*>(grad_v.data()), D / kLanes, n, n, D / kLanes);
+      else
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t d = 0; d < D; ++d) {
+            float sum = 0.0f;
+            for (int64_t j = 0; j < n; ++j) sum += S[i * n + j] * V[j * D + d];
+            grad_v[i * D + d] = sum;
+          }
+      for (int64_t i = 0; i < n; ++i) {
+        const float* acc = grad_v.data() + i * D;
+        if (i == 0) {
+          TD* gx = grad_dense + b * D;
+          for (int64_t d = 0; d < D; ++d) store(gx + d, acc[d] + to_float(g[d]));
+        } else {
+          TP* ge = grad_pooled + (b * F + (i - 1)) * D;
+          for (int64_t d = 0; d < D; ++d) store(ge + d, acc[d]);
+        }
+      }
+    }
+  });
+}
+
+// weight[ids[k]] += neg_lr * rows[k] for k in order: duplicates accumulate. Each thread owns
+// the ids with (id / 8) % T == t, so no two threads touch one row and the order of the updates
+// of any row is the order of k, whatever T. fp-contract off: (neg_lr * g) is rounded before the
+// add, as PyTorch's scatter_add_(rows * -lr) computes it, so both paths agree to the bit.
+template <typename TR>
+__attribute__((optimize("fp-contract=off"))) void sgd_rows_of_thread(
+    float* weight, int64_t weight_stride, const int64_t* ids, int64_t n, const TR* rows,
+    int64_t rows_stride, int64_t D, float neg_lr, int64_t thread, int64_t threads) {
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t id = ids[k];
+    if (threads > 1 && (id >> 3) % threads != thread) continue;
+    float* w = weight + id * weight_stride;
+    const TR* r = rows + k * rows_stride;
+    for (int64_t d = 0; d < D; ++d) {
+      const float step = neg_lr * to_float(r[d]);
+      w[d] = w[d] + step;
+    }
+  }
+}
+
+template <typename TR>
+void sgd_rows(float* weight, int64_t weight_stride, const int64_t* ids, int64_t n,
+              const TR* rows, int64_t rows_stride, int64_t D, float neg_lr, int num_threads) {
+  const int64_t threads = std::min<int64_t>(num_threads, std::max<int64_t>(1, n / 4096));
+  parallel_for(threads, static_cast<int>(threads), 1, [=](int64_t t, int64_t) {
+    sgd_rows_of_thread(weight, weight_stride, ids, n, rows, rows_stride, D, neg_lr, t, threads);
+  });
+}
+
+// out[k] = weight[ids[k]] (rows of D floats): the one-hot lookup.
+void gather_rows(const float* weight, int64_t weight_stride, const int64_t* ids, int64_t n,
+                 float* out, int64_t D, int num_threads) {
+  parallel_for(n, num_threads, 4096, [=](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      if (k + 8 < end) __builtin_prefetch(weight + ids[k + 8] * weight_stride);
+      std::memcpy(out + k * D, weight + ids[k] * weight_stride, D * sizeof(float));
+    }
+  });
+}
+
+bool ids_in_range(const int64_t* ids, int64_t n, int64_t num_rows) {
+  int64_t bad = 0;
+  for (int64_t k = 0; k < n; ++k) bad |= (ids[k] < 0) | (ids[k] >= num_rows);
+  return bad == 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int dlrm_kernels_version() { return 1; }
+
+// dtype codes: 0 float32, 1 bfloat16. out (B, D + P) has out_dtype == dense_dtype.
+int dlrm_dot_forward(const void* dense, int dense_dtype, int64_t dense_stride_b,
+                     const void* pooled, int pooled_dtype, int64_t pooled_stride_b,
+                     int64_t pooled_stride_f, void* out, int64_t B, int64_t F, int64_t D,
+                     int self_interaction, int num_threads) {
+  if (B < 0 || F < 0 || D <= 0) return -1;
+  const bool self = self_interaction != 0;
+#define DLRM_FWD(TD, TP) \
+  dot_forward(static_cast<const TD*>(dense), dense_stride_b, static_cast<const TP*>(pooled), \
+              pooled_stride_b, pooled_stride_f, static_cast<TD*>(out), B, F, D, self, \
+              num_threads)
+  if (dense_dtype == 0 && pooled_dtype == 0) DLRM_FWD(float, float);
+  else if (dense_dtype == 1 && pooled_dtype == 0) DLRM_FWD(bf16, float);
+  else if (dense_dtype == 1 && pooled_dtype == 1) DLRM_FWD(bf16, bf16);
+  else if (dense_dtype == 0 && pooled_dtype == 1) DLRM_FWD(float, bf16);
+  else return -2;
+#undef DLRM_FWD
+  return 0;
+}
+
+// grad_dense (B, D) in dense_dtype, grad_pooled (B, F, D) contiguous in pooled_dtype; the
+// computation rounds vectors and pair gradients to bfloat16 when dense_dtype is bfloat16.
+int dlrm_dot_backward(const void* grad_out, int grad_dtype, int64_t grad_stride_b,
+                      const void* dense, int dense_dtype, int64_t dense_stride_b,
+                      const void* pooled, int pooled_dtype, int64_t pooled_stride_b,
+                      int64_t pooled_stride_f, void* grad_dense, void* grad_pooled, int64_t B,
+                      int64_t F, int64_t D, int self_interaction, int num_threads) {
+  if (B < 0 || F < 0 || D <= 0) return -1;
+  const bool self = self_interaction != 0;
+  const bool round = dense_dtype == 1;
+#define DLRM_BWD(TG, TD, TP) \
+  dot_backward(static_cast<const TG*>(grad_out), grad_stride_b, static_cast<const TD*>(dense), \
+               dense_stride_b, static_cast<const TP*>(pooled), pooled_stride_b, \
+               pooled_stride_f, static_cast<TD*>(grad_dense), static_cast<TP*>(grad_pooled), \
+               B, F, D, self, round, num_threads)
+#define DLRM_BWD_G(TG) \
+  if (dense_dtype == 0 && pooled_dtype == 0) DLRM_BWD(TG, float, float); \
+  else if (dense_dtype == 1 && pooled_dtype == 0) DLRM_BWD(TG, bf16, float); \
+  else if (dense_dtype == 1 && pooled_dtype == 1) DLRM_BWD(TG, bf16, bf16); \
+  else if (dense_dtype == 0 && pooled_dtype == 1) DLRM_BWD(TG, float, bf16); \
+  else return -2;
+  if (grad_dtype == 0) {
+    DLRM_BWD_G(float)
+  } else if (grad_dtype == 1) {
+    DLRM_BWD_G(bf16)
+  } else {
+    return -2;
+  }
+#undef DLRM_BWD_G
+#undef DLRM_BWD
+  return 0;
+}
+
+// Sparse SGD on a float32 weight; -3 when an id is outside [0, num_rows) (nothing written).
+int dlrm_sgd_rows(void* weight, int64_t weight_stride, int64_t num_rows, const int64_t* ids,
+                  int64_t n, const void* rows, int rows_dtype, int64_t rows_stride, int64_t D,
+                  float neg_lr, int num_threads) {
+  if (!ids_in_range(ids, n, num_rows)) return -3;
+  float* w = static_cast<float*>(weight);
+  if (rows_dtype == 0)
+    sgd_rows(w, weight_stride, ids, n, static_cast<const float*>(rows), rows_stride,
+             D, neg_lr, num_threads);
+  else if (rows_dtype == 1)
+    sgd_rows(w, weight_stride, ids, n, static_cast<const bf16*>(rows), rows_stride,
+             D, neg_lr, num_threads);
+  else
+    return -2;
+  return 0;
+}
+
+// One-hot lookup of float32 rows; -3 when an id is outside [0, num_rows) (nothing written).
+int dlrm_gather_rows(const void* weight, int64_t weight_stride, int64_t num_rows,
+                     const int64_t* ids, int64_t n, void* out, int64_t D, int num_threads) {
+  if (!ids_in_range(ids, n, num_rows)) return -3;
+  gather_rows(static_cast<const float*>(weight), weight_stride, ids, n,
+              static_cast<float*>(out), D, num_threads);
+  return 0;
+}
+
+}  // extern "C"

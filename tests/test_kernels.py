@@ -1,0 +1,158 @@
+"""The native CPU kernels against float64 references and against the PyTorch fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from dlrm import kernels
+from dlrm.models.interactions import DotInteraction
+from dlrm.training.optim import SparseSGD
+
+needs_kernels = pytest.mark.skipif(not kernels.enabled(),
+                                   reason="native kernels unavailable (no C++ compiler)")
+
+
+def gram_pairs64(dense: torch.Tensor, pooled: torch.Tensor, self_interaction: bool
+                 ) -> torch.Tensor:
+    """[x, lower-triangle dots] in float64 by the definition (pairs row by row)."""
+    vectors = torch.cat([dense[:, None], pooled], dim=1).double()
+    gram = vectors @ vectors.transpose(1, 2)
+    n = vectors.shape[1]
+    rows, cols = torch.tril_indices(n, n, offset=0 if self_interaction else -1)
+    return torch.cat([dense.double(), gram[:, rows, cols]], dim=1)
+
+
+# (F, D): 26 x 16 is the kaggle shape; 40 features span three 16-wide blocks of Gram columns;
+# D=12 takes the kernel's path for dimensions that are not a multiple of 16; D=64 four blocks.
+SHAPES = [(26, 16), (40, 16), (5, 12), (3, 64), (0, 16)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("features,dim", SHAPES)
+@pytest.mark.parametrize("self_interaction", [False, True])
+@pytest.mark.parametrize("layout", ["sample_major", "feature_major"])
+def test_dot_kernel_float32_matches_float64_definition(features, dim, self_interaction, layout):
+    torch.manual_seed(features * 100 + dim)
+    batch = 70  # not a multiple of any chunking
+    dense = torch.randn(batch, dim, dtype=torch.float64, requires_grad=True)
+    if layout == "sample_major":
+        pooled = torch.randn(batch, features, dim, dtype=torch.float64, requires_grad=True)
+        view = pooled
+    else:  # the multi-hot lookup's (F, B, D) storage seen as (B, F, D)
+        pooled = torch.randn(features, batch, dim, dtype=torch.float64, requires_grad=True)
+        view = pooled.transpose(0, 1)
+    want = gram_pairs64(dense, view, self_interaction)
+    upstream = torch.randn_like(want)
+    want_grads = torch.autograd.grad((want * upstream).sum(), (dense, pooled))
+
+    dense32 = dense.detach().float().requires_grad_()
+    pooled32 = pooled.detach().float().requires_grad_()
+    view32 = pooled32 if layout == "sample_major" else pooled32.transpose(0, 1)
+    with kernels.use_native(True):
+        got = DotInteraction(features, self_interaction)(dense32, view32)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * dim)
+    got_grads = torch.autograd.grad((got * upstream.float()).sum(), (dense32, pooled32))
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-5 * dim * (features + 1))
+
+
+@needs_kernels
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_dot_kernel_bfloat16_matches_the_pytorch_path(self_interaction):
+    """Under autocast the interaction computes in bf16: both paths round the vectors to bf16;
+    the kernel sums in float32, the bmm path too, so they agree to a bf16 rounding step."""
+    torch.manual_seed(3)
+    batch, features, dim = 96, 26, 16
+    dense = torch.randn(batch, dim).bfloat16()
+    pooled = torch.randn(batch, features, dim)
+    module = DotInteraction(features, self_interaction)
+    outs, grads = [], []
+    for native in (True, False):
+        d, p = dense.clone().requires_grad_(), pooled.clone().requires_grad_()
+        with kernels.use_native(native):
+            out = module(d, p)
+            upstream = torch.linspace(-1, 1, out.numel()).view_as(out).bfloat16()
+            out.backward(upstream)
+        assert out.dtype == torch.bfloat16
+        assert d.grad.dtype == torch.bfloat16 and p.grad.dtype == torch.float32
+        outs.append(out.float())
+        grads.append((d.grad.float(), p.grad))
+    # One bf16 ulp of the largest values (~|x|^2 * D ~ 50 here) is 0.25.
+    torch.testing.assert_close(outs[0], outs[1], rtol=1 / 128, atol=0.05)
+    for g_native, g_torch in zip(*grads):
+        torch.testing.assert_close(g_native, g_torch, rtol=1 / 64, atol=0.1)
+    # And both are close to float64 truth on the bf16-rounded inputs.
+    want = gram_pairs64(dense.double(), pooled.bfloat16().double(), self_interaction)
+    torch.testing.assert_close(outs[0].double(), want, rtol=1 / 128, atol=0.05)
+
+
+@needs_kernels
+def test_sgd_kernel_equals_scatter_add_bit_for_bit_with_duplicates():
+    torch.manual_seed(4)
+    weight = torch.randn(5000, 16)
+    ids = torch.randint(0, 5000, (20000,))  # many duplicates, more than one thread's share
+    ids[:50] = 7  # one hot row updated 50+ times
+    rows = torch.randn(20000, 16)
+    grads = []
+    for native in (True, False):
+        param = torch.nn.Parameter(weight.clone())
+        param.sparse_rows = True
+        param.grad = torch.sparse_coo_tensor(ids[None], rows, param.shape,
+                                             check_invariants=False)
+        with kernels.use_native(native):
+            SparseSGD([param], lr=0.05).step()
+        grads.append(param.detach())
+    assert torch.equal(grads[0], grads[1])
+    # ... and both equal the float64 sum of the duplicates to float32 rounding.
+    want = weight.double().index_add(0, ids, rows.double(), alpha=-0.05)
+    torch.testing.assert_close(grads[0].double(), want, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
+def test_gather_kernel_equals_index_select_and_refuses_bad_ids():
+    weight = torch.randn(300, 16)
+    ids = torch.randint(0, 300, (9000,))
+    assert torch.equal(kernels.gather_rows(weight, ids), weight.index_select(0, ids))
+    with pytest.raises(kernels.KernelError, match="out of range"):
+        kernels.gather_rows(weight, torch.tensor([0, 300]))
+    before = weight.clone()
+    with pytest.raises(kernels.KernelError, match="out of range"):
+        kernels.sgd_rows_(weight, torch.tensor([1, -1]), torch.ones(2, 16), 0.1)
+    assert torch.equal(weight, before)  # nothing written on refusal
+
+
+def test_without_a_compiler_everything_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_load_failed", None)
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="dlrm.kernels"):
+        assert kernels.enabled() is False
+        assert kernels.enabled() is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "no C++ compiler" in messages[0]  # said once, not per call
+    dense, pooled = torch.randn(4, 8), torch.randn(4, 3, 8)
+    out = DotInteraction(3)(dense, pooled)
+    torch.testing.assert_close(out.double(), gram_pairs64(dense, pooled, False),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_environment_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("DLRM_NATIVE_KERNELS", "0")
+    assert kernels.enabled() is False
+    with kernels.use_native(True):  # the explicit switch wins over the environment
+        assert kernels.enabled() is (kernels.library() is not None)
+
+
+@needs_kernels
+def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLRM_CACHE_DIR", str(tmp_path))
+    compiler = kernels._compiler()
+    first = kernels._build(compiler)
+    assert first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left
