@@ -156,3 +156,13 @@ def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left
+
+
+@needs_kernels
+def test_an_unwritable_cache_folder_falls_back_to_the_temp_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("DLRM_CACHE_DIR", str(blocker / "dlrm"))
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
+    built = kernels._build(kernels._compiler())
+    assert built.parent.parent == tmp_path and built.exists()

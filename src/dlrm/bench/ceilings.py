@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from dlrm import kernels
 from dlrm.bench.timing import synchronize
 
 
@@ -91,6 +92,8 @@ def machine_description(device: torch.device) -> dict[str, object]:
         "torch_version": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "device": str(device),
         "device_name": cpu,
+        # Whether dlrm.kernels ran the interaction, lookup and row update natively on CPU.
+        "native_kernels": device.type == "cpu" and kernels.enabled(),
     }
     if device.type == "cuda":
         desc["device_name"] = torch.cuda.get_device_name(device)

@@ -72,17 +72,18 @@ void parallel_for(int64_t n, int num_threads, int64_t min_chunk, Fn fn) {
 }
 
 // C (R, CB vectors) = A (R, K) * B (K, CB vectors): the small matrix product both interaction
-// passes reduce to. Rows go 4 at a time and column vectors 2 at a time, so up to 8 independent
-// accumulators hide the FMA latency (one accumulator chained over K would wait on every FMA).
+// passes reduce to. A is read through strides (element (r, k) at A[r * rs + k * cs]) so a
+// transposed A costs nothing. Rows go 4 at a time and column vectors 2 at a time: up to 8
+// independent accumulators hide the FMA latency (one accumulator would wait on every FMA).
 template <int RB, int CBN>
-inline void gemm_tile(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
-                      int64_t ldc, int64_t K) {
+inline void gemm_tile(const float* A, int64_t rs, int64_t cs, const vec16* B, int64_t ldb,
+                      vec16* C, int64_t ldc, int64_t K) {
   vec16 acc[RB][CBN] = {};
   for (int64_t k = 0; k < K; ++k) {
     vec16 b[CBN];
     for (int c = 0; c < CBN; ++c) b[c] = B[k * ldb + c];
     for (int r = 0; r < RB; ++r) {
-      const float a = A[r * lda + k];
+      const float a = A[r * rs + k * cs];
       for (int c = 0; c < CBN; ++c) acc[r][c] += a * b[c];
     }
   }
@@ -91,21 +92,23 @@ inline void gemm_tile(const float* A, int64_t lda, const vec16* B, int64_t ldb, 
 }
 
 template <int RB>
-inline void gemm_rows(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
-                      int64_t ldc, int64_t K, int64_t CB) {
+inline void gemm_rows(const float* A, int64_t rs, int64_t cs, const vec16* B, int64_t ldb,
+                      vec16* C, int64_t ldc, int64_t K, int64_t CB) {
   int64_t c = 0;
-  for (; c + 2 <= CB; c += 2) gemm_tile<RB, 2>(A, lda, B + c, ldb, C + c, ldc, K);
-  if (c < CB) gemm_tile<RB, 1>(A, lda, B + c, ldb, C + c, ldc, K);
+  for (; c + 2 <= CB; c += 2) gemm_tile<RB, 2>(A, rs, cs, B + c, ldb, C + c, ldc, K);
+  if (c < CB) gemm_tile<RB, 1>(A, rs, cs, B + c, ldb, C + c, ldc, K);
 }
 
-inline void small_gemm(const float* A, int64_t lda, const vec16* B, int64_t ldb, vec16* C,
-                       int64_t ldc, int64_t R, int64_t K, int64_t CB) {
+inline void small_gemm(const float* A, int64_t rs, int64_t cs, const vec16* B, int64_t ldb,
+                       vec16* C, int64_t ldc, int64_t R, int64_t K, int64_t CB) {
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) gemm_rows<4>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB);
+  if (CB == 1)  // one column vector: 8 rows at a time keep 8 accumulators in flight
+    for (; r + 8 <= R; r += 8) gemm_rows<8>(A + r * rs, rs, cs, B, ldb, C + r * ldc, ldc, K, CB);
+  for (; r + 4 <= R; r += 4) gemm_rows<4>(A + r * rs, rs, cs, B, ldb, C + r * ldc, ldc, K, CB);
   switch (R - r) {
-    case 3: gemm_rows<3>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
-    case 2: gemm_rows<2>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
-    case 1: gemm_rows<1>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, K, CB); break;
+    case 3: gemm_rows<3>(A + r * rs, rs, cs, B, ldb, C + r * ldc, ldc, K, CB); break;
+    case 2: gemm_rows<2>(A + r * rs, rs, cs, B, ldb, C + r * ldc, ldc, K, CB); break;
+    case 1: gemm_rows<1>(A + r * rs, rs, cs, B, ldb, C + r * ldc, ldc, K, CB); break;
     default: break;
   }
 }
@@ -143,28 +146,32 @@ void dot_forward(const TD* dense, int64_t dense_stride_b, const TP* pooled,
   const bool round = sizeof(TO) == 2;
   parallel_for(B, num_threads, 64, [=](int64_t begin, int64_t end) {
     const int64_t blocks = n_pad / kLanes;
-    std::vector<float> V(n * D);
     // VT[d * blocks + c] = lanes 16c..16c+15 of column d of V; G (n, blocks) the Gram rows.
     std::vector<Block16> vt_store(D * blocks, Block16{}), gram_store(n * blocks);
     float* vt = vt_store.data()->lanes;
     const vec16* VT = reinterpret_cast<const vec16*>(vt);
     vec16* G = reinterpret_cast<vec16*>(gram_store.data());
     for (int64_t b = begin; b < end; ++b) {
-      load_vectors(dense, dense_stride_b, pooled, pooled_stride_b, pooled_stride_f, b, F, D,
-                   round, V.data());
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t d = 0; d < D; ++d) vt[d * n_pad + i] = V[i * D + d];
-      TO* row = out + b * width;
+      // T = [x, e_1..e_F] straight into its transposed layout VT (D, n_pad): V itself is only
+      // ever read as A (rows i, columns d), which VT serves through strides (1, n_pad).
       const TD* x = dense + b * dense_stride_b;
+      for (int64_t d = 0; d < D; ++d)
+        vt[d * n_pad] = round ? round_bf16(to_float(x[d])) : to_float(x[d]);
+      for (int64_t f = 0; f < F; ++f) {
+        const TP* e = pooled + b * pooled_stride_b + f * pooled_stride_f;
+        for (int64_t d = 0; d < D; ++d)
+          vt[d * n_pad + f + 1] = round ? round_bf16(to_float(e[d])) : to_float(e[d]);
+      }
+      TO* row = out + b * width;
       for (int64_t d = 0; d < D; ++d) store(row + d, to_float(x[d]));  // x, exactly
       row += D;
-      // The Gram matrix G (n, n_pad) = V VT, 4 rows at a time and only the 16-column blocks
+      // The Gram matrix G (n, n_pad) = V VT, 8 rows at a time and only the 16-column blocks
       // that hold lower-triangle entries of those rows; then the pairs in row-by-row order.
-      for (int64_t r = 0; r < n; r += 4) {  // rows r..r+3 need columns < r+4 (r+5 with self)
-        const int64_t rows = std::min<int64_t>(4, n - r);
+      for (int64_t r = 0; r < n; r += 8) {  // rows r..r+7 need columns < r+8 (r+9 with self)
+        const int64_t rows = std::min<int64_t>(8, n - r);
         const int64_t cols = std::min(n, r + rows + (self_interaction ? 0 : -1));
-        small_gemm(V.data() + r * D, D, VT, blocks, G + r * blocks, blocks, rows,
-                   D, (cols + kLanes - 1) / kLanes);
+        small_gemm(vt + r, 1, n_pad, VT, blocks, G + r * blocks, blocks, rows, D,
+                   (cols + kLanes - 1) / kLanes);
       }
       const float* gram = gram_store.data()->lanes;
       for (int64_t i = self_interaction ? 0 : 1; i < n; ++i) {
@@ -190,19 +197,25 @@ void dot_backward(const TG* grad_out, int64_t grad_stride_b, const TD* dense,
       load_vectors(dense, dense_stride_b, pooled, pooled_stride_b, pooled_stride_f, b, F, D,
                    round, V.data());
       const TG* g = grad_out + b * grad_stride_b;
-      std::fill(S.begin(), S.end(), 0.0f);
+      // Every off-diagonal entry of S is written exactly once (by pair (i, j) or (j, i)) and
+      // the diagonal explicitly, so S needs no zero fill and no read-modify-write.
       int64_t k = D;
-      for (int64_t i = self_interaction ? 0 : 1; i < n; ++i) {
-        const int64_t count = self_interaction ? i + 1 : i;
-        for (int64_t j = 0; j < count; ++j, ++k) {
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < i; ++j, ++k) {
           float s = to_float(g[k]);
-          if (round) s = round_bf16(s);
-          S[i * n + j] += s;
-          S[j * n + i] += s;  // i == j (self) adds twice: 2 g_ii
+          if (round && sizeof(TG) == 4) s = round_bf16(s);
+          S[i * n + j] = s;
+          S[j * n + i] = s;
         }
+        float diagonal = 0.0f;
+        if (self_interaction) {
+          diagonal = to_float(g[k++]);
+          if (round && sizeof(TG) == 4) diagonal = round_bf16(diagonal);
+        }
+        S[i * n + i] = 2.0f * diagonal;
       }
       if (D % kLanes == 0)  // grad_V (n, D) = S (n, n) V (n, D) in one small product
-        small_gemm(S.data(), n, reinterpret_cast<const vec16*>(V.data()), D / kLanes,
+        small_gemm(S.data(), n, 1, reinterpret_cast<const vec16*>(V.data()), D / kLanes,
                    reinterpret_cast<vec16*>(grad_v.data()), D / kLanes, n, n, D / kLanes);
       else
         for (int64_t i = 0; i < n; ++i)
