@@ -1,7 +1,7 @@
 // CPU kernels for the parts of a DLRM step that are not matrix multiplies.
 //
 // Plain C ABI (called through ctypes with raw data pointers), no PyTorch headers: it compiles
-// in about a second with any C++17 compiler, and dlrm/kernels/__init__.py falls back to the
+// in ~2 s with any C++17 compiler, and dlrm/kernels/__init__.py falls back to the
 // PyTorch implementation when no compiler is found. Every function returns 0 on success and a
 // negative code on bad input, and never writes outside the buffers it was given.
 //
@@ -130,7 +130,6 @@ inline void load_vectors(const TD* dense, int64_t dense_stride_b, const TP* pool
     for (int64_t k = 0; k < (F + 1) * D; ++k) V[k] = round_bf16(V[k]);
   }
 }
-
 
 // out[b] = [x_b, (T_i . T_j) for i, j < i (j <= i with self)] in row-by-row order.
 // Gram rows are computed 16 columns at a time from the transposed vectors VT (D, n_pad), so the
