@@ -166,3 +166,14 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temp_folder(tmp_path, monk
     monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
     built = kernels._build(kernels._compiler())
     assert built.parent.parent == tmp_path and built.exists()
+
+
+def test_any_build_failure_means_the_fallback_not_a_crash(monkeypatch, caplog):
+    def broken_build(compiler):
+        raise RuntimeError("could not determine home directory")
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_load_failed", None)
+    monkeypatch.setattr(kernels, "_build", broken_build)
+    with caplog.at_level(logging.WARNING, logger="dlrm.kernels"):
+        assert kernels.enabled() is False
+    assert "RuntimeError: could not determine home directory" in caplog.records[0].getMessage()
