@@ -183,14 +183,6 @@ def use_native(on: bool):
         _switch = before
 
 
-def _threads() -> int:
-    return int(os.environ.get("DLRM_KERNEL_THREADS", torch.get_num_threads()))
-
-
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 def _check(code: int, what: str) -> None:
     if code == -3:
         raise KernelError(f"{what}: an embedding row id is out of range for the weight")
@@ -229,9 +221,10 @@ def dot_forward(dense: torch.Tensor, pooled: torch.Tensor, self_interaction: boo
     lib = library()
     assert lib is not None
     code = lib.dlrm_dot_forward(
-        _ptr(dense), _DTYPE_CODE[dense.dtype], dense.stride(0),
-        _ptr(pooled), _DTYPE_CODE[pooled.dtype], pooled.stride(0), pooled.stride(1),
-        _ptr(out), batch, num_features, dim, int(self_interaction), _threads())
+        dense.data_ptr(), _DTYPE_CODE[dense.dtype], dense.stride(0),
+        pooled.data_ptr(), _DTYPE_CODE[pooled.dtype], pooled.stride(0), pooled.stride(1),
+        out.data_ptr(), batch, num_features, dim, int(self_interaction),
+        torch.get_num_threads())
     _check(code, "dot interaction forward")
     return out
 
@@ -248,11 +241,11 @@ def dot_backward(grad_out: torch.Tensor, dense: torch.Tensor, pooled: torch.Tens
     lib = library()
     assert lib is not None
     code = lib.dlrm_dot_backward(
-        _ptr(grad_out), _DTYPE_CODE[grad_out.dtype], grad_out.stride(0),
-        _ptr(dense), _DTYPE_CODE[dense.dtype], dense.stride(0),
-        _ptr(pooled), _DTYPE_CODE[pooled.dtype], pooled.stride(0), pooled.stride(1),
-        _ptr(grad_dense), _ptr(grad_pooled), batch, num_features, dim, int(self_interaction),
-        _threads())
+        grad_out.data_ptr(), _DTYPE_CODE[grad_out.dtype], grad_out.stride(0),
+        dense.data_ptr(), _DTYPE_CODE[dense.dtype], dense.stride(0),
+        pooled.data_ptr(), _DTYPE_CODE[pooled.dtype], pooled.stride(0), pooled.stride(1),
+        grad_dense.data_ptr(), grad_pooled.data_ptr(), batch, num_features, dim,
+        int(self_interaction), torch.get_num_threads())
     _check(code, "dot interaction backward")
     return grad_dense, grad_pooled
 
@@ -273,9 +266,10 @@ def sgd_rows_(weight: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, lr: f
     ids = ids.contiguous()
     lib = library()
     assert lib is not None
-    code = lib.dlrm_sgd_rows(_ptr(weight), weight.stride(0), weight.shape[0], _ptr(ids),
-                             ids.numel(), _ptr(rows), _DTYPE_CODE[rows.dtype], rows.stride(0),
-                             weight.shape[1], -float(lr), _threads())
+    code = lib.dlrm_sgd_rows(
+        weight.data_ptr(), weight.stride(0), weight.shape[0], ids.data_ptr(), ids.numel(),
+        rows.data_ptr(), _DTYPE_CODE[rows.dtype], rows.stride(0), weight.shape[1], -float(lr),
+        torch.get_num_threads())
     _check(code, "sparse SGD update")
 
 
@@ -285,7 +279,8 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     out = torch.empty(ids.numel(), weight.shape[1], dtype=weight.dtype)
     lib = library()
     assert lib is not None
-    code = lib.dlrm_gather_rows(_ptr(weight), weight.stride(0), weight.shape[0], _ptr(ids),
-                                ids.numel(), _ptr(out), weight.shape[1], _threads())
+    code = lib.dlrm_gather_rows(
+        weight.data_ptr(), weight.stride(0), weight.shape[0], ids.data_ptr(), ids.numel(),
+        out.data_ptr(), weight.shape[1], torch.get_num_threads())
     _check(code, "embedding lookup")
     return out

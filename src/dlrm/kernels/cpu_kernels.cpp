@@ -73,7 +73,7 @@ void parallel_for(int64_t n, int num_threads, int64_t min_chunk, Fn fn) {
 
 // C (R, CB vectors) = A (R, K) * B (K, CB vectors): the small matrix product both interaction
 // passes reduce to. A is read through strides (element (r, k) at A[r * rs + k * cs]) so a
-// transposed A costs nothing. Rows go 4 at a time and column vectors 2 at a time: up to 8
+// transposed A costs nothing. Tiles of 4 rows x 2 column vectors, or 8 rows x 1 vector: 8
 // independent accumulators hide the FMA latency (one accumulator would wait on every FMA).
 template <int RB, int CBN>
 inline void gemm_tile(const float* A, int64_t rs, int64_t cs, const vec16* B, int64_t ldb,
@@ -286,8 +286,6 @@ bool ids_in_range(const int64_t* ids, int64_t n, int64_t num_rows) {
 }  // namespace
 
 extern "C" {
-
-int dlrm_kernels_version() { return 1; }
 
 // dtype codes: 0 float32, 1 bfloat16. out (B, D + P) has out_dtype == dense_dtype.
 int dlrm_dot_forward(const void* dense, int dense_dtype, int64_t dense_stride_b,
