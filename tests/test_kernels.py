@@ -91,21 +91,28 @@ def test_dot_kernel_bfloat16_matches_the_pytorch_path(self_interaction):
 
 
 @needs_kernels
-def test_sgd_kernel_equals_scatter_add_bit_for_bit_with_duplicates():
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sgd_kernel_equals_scatter_add_bit_for_bit_with_duplicates(threads):
     torch.manual_seed(4)
     weight = torch.randn(5000, 16)
     ids = torch.randint(0, 5000, (20000,))  # many duplicates, more than one thread's share
     ids[:50] = 7  # one hot row updated 50+ times
+    ids[-50:] = 7  # ... also from the last thread's slice: order across slices matters
     rows = torch.randn(20000, 16)
     grads = []
-    for native in (True, False):
-        param = torch.nn.Parameter(weight.clone())
-        param.sparse_rows = True
-        param.grad = torch.sparse_coo_tensor(ids[None], rows, param.shape,
-                                             check_invariants=False)
-        with kernels.use_native(native):
-            SparseSGD([param], lr=0.05).step()
-        grads.append(param.detach())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for native in (True, False):
+            param = torch.nn.Parameter(weight.clone())
+            param.sparse_rows = True
+            param.grad = torch.sparse_coo_tensor(ids[None], rows, param.shape,
+                                                 check_invariants=False)
+            with kernels.use_native(native):
+                SparseSGD([param], lr=0.05).step()
+            grads.append(param.detach())
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(grads[0], grads[1])
     # ... and both equal the float64 sum of the duplicates to float32 rounding.
     want = weight.double().index_add(0, ids, rows.double(), alpha=-0.05)
@@ -113,16 +120,73 @@ def test_sgd_kernel_equals_scatter_add_bit_for_bit_with_duplicates():
 
 
 @needs_kernels
-def test_gather_kernel_equals_index_select_and_refuses_bad_ids():
-    weight = torch.randn(300, 16)
-    ids = torch.randint(0, 300, (9000,))
-    assert torch.equal(kernels.gather_rows(weight, ids), weight.index_select(0, ids))
-    with pytest.raises(kernels.KernelError, match="out of range"):
-        kernels.gather_rows(weight, torch.tensor([0, 300]))
+def test_one_hot_lookup_equals_offsets_plus_index_select_and_names_a_bad_feature():
+    torch.manual_seed(5)
+    sizes = [300, 7, 1, 50]
+    table_offsets = torch.tensor([0, 300, 307, 308, 358])
+    weight = torch.randn(358, 16)
+    batch = 1000  # several threads' chunks
+    values = torch.cat([torch.randint(0, n, (batch,)) for n in sizes])  # feature-major
+    rows, ids = kernels.lookup_one_hot(weight, values, table_offsets)
+    want_ids = (values.view(4, batch) + table_offsets[:-1, None]).t().reshape(-1)
+    assert torch.equal(ids, want_ids)  # sample-major: b*F + f
+    assert torch.equal(rows, weight.index_select(0, want_ids))
+    values[2 * batch + 17] = 1  # feature 2 has a single row: id 1 is outside it
+    with pytest.raises(kernels.KernelError, match="feature 2 has an id outside its table of 1"):
+        kernels.lookup_one_hot(weight, values, table_offsets)
+    values[2 * batch + 17] = 0
+    values[5] = -1
+    with pytest.raises(kernels.KernelError, match="feature 0"):
+        kernels.lookup_one_hot(weight, values, table_offsets)
     before = weight.clone()
     with pytest.raises(kernels.KernelError, match="out of range"):
         kernels.sgd_rows_(weight, torch.tensor([1, -1]), torch.ones(2, 16), 0.1)
     assert torch.equal(weight, before)  # nothing written on refusal
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [True, False])
+def test_bias_act_kernel_matches_torch(dtype, relu):
+    torch.manual_seed(6)
+    out = torch.randn(301, 70).to(dtype)
+    out[3, 4] = float("nan")  # relu keeps NaN, as torch.relu does
+    bias = torch.randn(70)
+    want = out.float() + bias
+    want = (want.relu() if relu else want).to(dtype)
+    got = kernels.bias_act_(out.clone(), bias, relu)
+    assert torch.equal(got.isnan(), want.isnan()) and got[3, 4].isnan()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())  # float32 math, one rounding
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [True, False])
+def test_act_bias_backward_kernel_matches_threshold_backward_and_a_float64_sum(dtype, relu):
+    torch.manual_seed(7)
+    grad = torch.randn(1000, 70).to(dtype)  # 1000 rows: several 128-row partial sums
+    act_out = torch.randn(1000, 70).relu_().to(dtype)
+    act_out[5, 6] = float("nan")  # threshold_backward lets the gradient through NaN
+    want = torch.ops.aten.threshold_backward(grad, act_out, 0) if relu else grad
+    masked, bias_grad = kernels.act_bias_backward(grad, act_out, relu, in_place=False)
+    assert torch.equal(masked, want)
+    assert masked.data_ptr() != grad.data_ptr() or not relu  # the caller's buffer is untouched
+    assert bias_grad.dtype == dtype  # summed in float32, rounded once at the end
+    rtol = 1e-5 if dtype == torch.float32 else 1 / 256
+    torch.testing.assert_close(bias_grad.double(), want.double().sum(0), rtol=rtol, atol=1e-4)
+    # In place over a buffer we own: same values, and the same sums for any thread count.
+    before = torch.get_num_threads()
+    sums = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            own = grad.clone()
+            masked_in_place, sums_t = kernels.act_bias_backward(own, act_out, relu, in_place=True)
+            assert masked_in_place.data_ptr() == own.data_ptr() and torch.equal(own, want)
+            sums.append(sums_t)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(s, bias_grad) for s in sums)
 
 
 def test_without_a_compiler_everything_falls_back_with_one_warning(monkeypatch, caplog):

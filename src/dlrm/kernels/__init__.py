@@ -133,9 +133,12 @@ def _declare(lib: ctypes.CDLL) -> None:
                                       _PTR, _PTR, _I64, _I64, _I64, i32, i32]
     lib.dlrm_sgd_rows.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _PTR, i32, _I64, _I64,
                                   ctypes.c_float, i32]
-    lib.dlrm_gather_rows.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _PTR, _I64, i32]
+    lib.dlrm_lookup_one_hot.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64, i32]
+    lib.dlrm_bias_act.argtypes = [_PTR, i32, _I64, _I64, _I64, _PTR, i32, i32]
+    lib.dlrm_act_bias_backward.argtypes = [_PTR, i32, _I64, _PTR, i32, _I64, _PTR, _I64, _I64,
+                                           _I64, i32, _PTR, i32]
     for fn in (lib.dlrm_dot_forward, lib.dlrm_dot_backward, lib.dlrm_sgd_rows,
-               lib.dlrm_gather_rows):
+               lib.dlrm_lookup_one_hot, lib.dlrm_bias_act, lib.dlrm_act_bias_backward):
         fn.restype = i32
 
 
@@ -273,14 +276,71 @@ def sgd_rows_(weight: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, lr: f
     _check(code, "sparse SGD update")
 
 
-def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``weight[ids]`` as a new contiguous ``(len(ids), D)`` tensor."""
-    ids = ids.contiguous()
-    out = torch.empty(ids.numel(), weight.shape[1], dtype=weight.dtype)
+def lookup_one_hot(weight: torch.Tensor, values: torch.Tensor, table_offsets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One id per bag: ``(rows (B*F, D), ids (B*F,))`` with ``ids[b*F + f] = table_offsets[f] +
+    values[f*B + b]`` (values feature-major, ``table_offsets`` the F + 1 table starts) and
+    ``rows = weight[ids]``: sample-major, as the interaction reads them."""
+    values = values.contiguous()
+    table_offsets = table_offsets.contiguous()
+    num_features = table_offsets.numel() - 1
+    if table_offsets[-1] != weight.shape[0]:
+        raise ValueError(f"table offsets end at {int(table_offsets[-1])}, the weight has "
+                         f"{weight.shape[0]} rows")
+    batch = values.numel() // max(num_features, 1)
+    out = torch.empty(values.numel(), weight.shape[1], dtype=weight.dtype)
+    ids = torch.empty(values.numel(), dtype=torch.int64)
     lib = library()
     assert lib is not None
-    code = lib.dlrm_gather_rows(
-        weight.data_ptr(), weight.stride(0), weight.shape[0], ids.data_ptr(), ids.numel(),
-        out.data_ptr(), weight.shape[1], torch.get_num_threads())
+    code = lib.dlrm_lookup_one_hot(
+        weight.data_ptr(), weight.stride(0), table_offsets.data_ptr(), values.data_ptr(), batch,
+        num_features, out.data_ptr(), ids.data_ptr(), weight.shape[1], torch.get_num_threads())
+    if code == -3:
+        local = values.view(num_features, batch)
+        sizes = (table_offsets[1:] - table_offsets[:-1]).unsqueeze(1)
+        feature = int(((local < 0) | (local >= sizes)).any(1).nonzero()[0])
+        raise KernelError(f"embedding lookup: feature {feature} has an id outside its table of "
+                          f"{int(sizes[feature])} rows")
     _check(code, "embedding lookup")
+    return out, ids
+
+
+def supports_linear(*tensors: torch.Tensor) -> bool:
+    """Whether the Linear epilogues take these: CPU float32/bfloat16 matrices, rows contiguous."""
+    return (_eager(*tensors) and all(
+        t.device.type == "cpu" and t.dtype in _DTYPE_CODE and t.dim() == 2 and t.stride(1) == 1
+        for t in tensors) and enabled())
+
+
+def bias_act_(out: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``out = relu(out + bias)`` (or ``out + bias``) in place; ``out (R, C)``, ``bias (C,)``."""
+    bias = bias.to(torch.float32).contiguous()
+    lib = library()
+    assert lib is not None
+    code = lib.dlrm_bias_act(out.data_ptr(), _DTYPE_CODE[out.dtype], out.stride(0), out.shape[0],
+                             out.shape[1], bias.data_ptr(), int(relu), torch.get_num_threads())
+    _check(code, "bias + activation")
     return out
+
+
+def act_bias_backward(grad: torch.Tensor, act_out: torch.Tensor, relu: bool, in_place: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad masked by ``act_out > 0`` (grad itself without ReLU), its column sums).
+
+    The sums accumulate in float32 and come back in grad's dtype.
+
+    ``in_place`` writes the masked gradient over ``grad`` (only for a buffer the caller owns);
+    otherwise into a new tensor.
+    """
+    rows, cols = grad.shape
+    masked = grad if (in_place or not relu) else torch.empty_like(grad, memory_format=
+                                                                  torch.contiguous_format)
+    bias_grad = torch.empty(cols, dtype=torch.float32)  # returned in grad's dtype
+    lib = library()
+    assert lib is not None
+    code = lib.dlrm_act_bias_backward(
+        grad.data_ptr(), _DTYPE_CODE[grad.dtype], grad.stride(0), act_out.data_ptr(),
+        _DTYPE_CODE[act_out.dtype], act_out.stride(0), masked.data_ptr(), masked.stride(0), rows,
+        cols, int(relu), bias_grad.data_ptr(), torch.get_num_threads())
+    _check(code, "activation + bias backward")
+    return masked, bias_grad.to(grad.dtype)

@@ -35,13 +35,14 @@ inline float to_float(bf16 x) {
   return out;
 }
 
-// Round to nearest even, as torch's float -> bfloat16 conversion.
+// Round to nearest even, as torch's float -> bfloat16 conversion (NaN stays a quiet NaN).
+// Branch-free, so loops over it vectorize.
 inline bf16 to_bf16(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40u);  // NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<bf16>(bits >> 16);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t nan = (bits >> 16) | 0x40u;
+  return static_cast<bf16>((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 inline void store(float* p, float x) { *p = x; }
@@ -237,18 +238,23 @@ void dot_backward(const TG* grad_out, int64_t grad_stride_b, const TD* dense,
   });
 }
 
-// weight[ids[k]] += neg_lr * rows[k] for k in order: duplicates accumulate. Each thread owns
-// the ids with (id / 8) % T == t, so no two threads touch one row and the order of the updates
-// of any row is the order of k, whatever T. fp-contract off: (neg_lr * g) is rounded before the
-// add, as PyTorch's scatter_add_(rows * -lr) computes it, so both paths agree to the bit.
+// weight[ids[k]] += neg_lr * rows[k] for k in order: duplicates accumulate. Thread t owns the
+// ids with (id / 8) % T == t (8 rows: whole cache lines even for D = 2), so no two threads
+// touch one row. First each thread lists, for its slice of k, the k of each owner (in order);
+// then each owner applies its lists slice by slice: the updates of any row run in the order
+// of k, whatever T, with no branch on ownership in the update loop and the rows ahead
+// prefetched (they are random rows of tables far larger than the cache). fp-contract off:
+// (neg_lr * g) is rounded before the add, as PyTorch's scatter_add_(rows * -lr) computes it,
+// so both paths agree to the bit.
 template <typename TR>
-__attribute__((optimize("fp-contract=off"))) void sgd_rows_of_thread(
-    float* weight, int64_t weight_stride, const int64_t* ids, int64_t n, const TR* rows,
-    int64_t rows_stride, int64_t D, float neg_lr, int64_t thread, int64_t threads) {
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t id = ids[k];
-    if (threads > 1 && (id >> 3) % threads != thread) continue;
-    float* w = weight + id * weight_stride;
+__attribute__((optimize("fp-contract=off"))) void sgd_rows_listed(
+    float* weight, int64_t weight_stride, const int64_t* ids, const int64_t* ks, int64_t count,
+    const TR* rows, int64_t rows_stride, int64_t D, float neg_lr) {
+  constexpr int64_t kAhead = 32;  // rows ahead to prefetch (measured best of 16..128)
+  for (int64_t i = 0; i < count; ++i) {
+    if (i + kAhead < count) __builtin_prefetch(weight + ids[ks[i + kAhead]] * weight_stride, 1);
+    const int64_t k = ks[i];
+    float* w = weight + ids[k] * weight_stride;
     const TR* r = rows + k * rows_stride;
     for (int64_t d = 0; d < D; ++d) {
       const float step = neg_lr * to_float(r[d]);
@@ -261,20 +267,124 @@ template <typename TR>
 void sgd_rows(float* weight, int64_t weight_stride, const int64_t* ids, int64_t n,
               const TR* rows, int64_t rows_stride, int64_t D, float neg_lr, int num_threads) {
   const int64_t threads = std::min<int64_t>(num_threads, std::max<int64_t>(1, n / 4096));
-  parallel_for(threads, static_cast<int>(threads), 1, [=](int64_t t, int64_t) {
-    sgd_rows_of_thread(weight, weight_stride, ids, n, rows, rows_stride, D, neg_lr, t, threads);
+  std::vector<int64_t> all;
+  if (threads == 1) {
+    all.resize(n);
+    for (int64_t k = 0; k < n; ++k) all[k] = k;
+    sgd_rows_listed(weight, weight_stride, ids, all.data(), n, rows, rows_stride, D, neg_lr);
+    return;
+  }
+  // lists[slice * T + owner]: the k of slice `slice` whose row `owner` updates, in order.
+  std::vector<std::vector<int64_t>> lists(threads * threads);
+  const int64_t slice_size = (n + threads - 1) / threads;
+  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t slice, int64_t) {
+    const int64_t begin = slice * slice_size, end = std::min(n, begin + slice_size);
+    for (int64_t owner = 0; owner < threads; ++owner)
+      lists[slice * threads + owner].reserve((end - begin) / threads * 5 / 4 + 16);
+    for (int64_t k = begin; k < end; ++k)
+      lists[slice * threads + (ids[k] >> 3) % threads].push_back(k);
+  });
+  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t owner, int64_t) {
+    for (int64_t slice = 0; slice < threads; ++slice) {
+      const std::vector<int64_t>& ks = lists[slice * threads + owner];
+      sgd_rows_listed(weight, weight_stride, ids, ks.data(), static_cast<int64_t>(ks.size()),
+                      rows, rows_stride, D, neg_lr);
+    }
   });
 }
 
-// out[k] = weight[ids[k]] (rows of D floats): the one-hot lookup.
-void gather_rows(const float* weight, int64_t weight_stride, const int64_t* ids, int64_t n,
-                 float* out, int64_t D, int num_threads) {
-  parallel_for(n, num_threads, 4096, [=](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      if (k + 8 < end) __builtin_prefetch(weight + ids[k + 8] * weight_stride);
-      std::memcpy(out + k * D, weight + ids[k] * weight_stride, D * sizeof(float));
+// The one-hot lookup: for sample b and feature f, the row id = table_offsets[f] + values[f*B + b]
+// (values feature-major, as SparseFeatures stores them) goes to ids[b*F + f] and its D floats
+// to out[b*F + f] (sample-major: the (B, F, D) layout the interaction reads). One pass instead
+// of an add, a transposing copy of the ids and a gather.
+void lookup_one_hot(const float* weight, int64_t weight_stride, const int64_t* table_offsets,
+                    const int64_t* values, int64_t B, int64_t F, float* out, int64_t* ids,
+                    int64_t D, int num_threads) {
+  parallel_for(B, num_threads, 256, [=](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t f = 0; f < F; ++f) {
+        if (b + 1 < end)  // the next sample's row: ~F rows ahead (random rows, far from cache)
+          __builtin_prefetch(weight + (table_offsets[f] + values[f * B + b + 1]) * weight_stride);
+        const int64_t id = table_offsets[f] + values[f * B + b];
+        ids[b * F + f] = id;
+        std::memcpy(out + (b * F + f) * D, weight + id * weight_stride, D * sizeof(float));
+      }
     }
   });
+}
+
+// Whether every values[f*B + b] lies in [0, rows of table f).
+bool values_in_tables(const int64_t* table_offsets, const int64_t* values, int64_t B,
+                      int64_t F) {
+  int64_t bad = 0;
+  for (int64_t f = 0; f < F; ++f) {
+    const int64_t rows = table_offsets[f + 1] - table_offsets[f];
+    const int64_t* v = values + f * B;
+    for (int64_t b = 0; b < B; ++b) bad |= (v[b] < 0) | (v[b] >= rows);
+  }
+  return bad == 0;
+}
+
+// out[r, c] = act(out[r, c] + bias[c]) in place: the epilogue of a Linear layer whose matmul
+// ran without its bias (torch.addmm would first copy the broadcast bias into the output, a
+// full extra pass, and ReLU would be another). act is ReLU or the identity; NaN stays NaN,
+// as torch.relu keeps it.
+template <typename T>
+void bias_act(T* out, int64_t stride, int64_t R, int64_t C, const float* bias, bool relu,
+              int num_threads) {
+  parallel_for(R, num_threads, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)),
+               [=](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* row = out + r * stride;
+      if (relu) {
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = to_float(row[c]) + bias[c];
+          store(row + c, v < 0.0f ? 0.0f : v);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) store(row + c, to_float(row[c]) + bias[c]);
+      }
+    }
+  });
+}
+
+// The backward epilogue of Linear + act: masked[r, c] = grad[r, c] where act_out[r, c] > 0
+// (or everywhere without ReLU; NaN passes, as threshold_backward lets it), written to masked
+// (which may be grad itself), and bias_grad[c] = sum_r masked[r, c] in float32. One pass
+// instead of threshold_backward's new buffer plus a separate sum. Partial sums over up to 16
+// blocks of rows (at least 32 rows each; the split depends on R only), added in block order:
+// the result does not depend on the thread count, and small batches still use every thread
+// (a thread left idle here is a thread asleep when the next matmul starts).
+template <typename TG, typename TA>
+void act_bias_backward(const TG* grad, int64_t grad_stride, const TA* act_out,
+                       int64_t act_stride, TG* masked, int64_t masked_stride, int64_t R,
+                       int64_t C, bool relu, float* bias_grad, int num_threads) {
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(16, R / 32));
+  const int64_t block_rows = (R + blocks - 1) / blocks;
+  std::vector<float> partial(blocks * C, 0.0f);
+  float* partials = partial.data();
+  parallel_for(blocks, num_threads, 1, [=](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* sum = partials + blk * C;
+      for (int64_t r = blk * block_rows; r < std::min(R, (blk + 1) * block_rows); ++r) {
+        const TG* g = grad + r * grad_stride;
+        if (relu) {
+          const TA* a = act_out + r * act_stride;
+          TG* m = masked + r * masked_stride;
+          for (int64_t c = 0; c < C; ++c) {  // the stored value is g or 0 exactly: no rounding
+            const bool pass = !(to_float(a[c]) <= 0.0f);
+            m[c] = pass ? g[c] : TG(0);
+            sum[c] += pass ? to_float(g[c]) : 0.0f;
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) sum[c] += to_float(g[c]);
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) bias_grad[c] = 0.0f;
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t c = 0; c < C; ++c) bias_grad[c] += partials[blk * C + c];
 }
 
 bool ids_in_range(const int64_t* ids, int64_t n, int64_t num_rows) {
@@ -357,12 +467,50 @@ int dlrm_sgd_rows(void* weight, int64_t weight_stride, int64_t num_rows, const i
   return 0;
 }
 
-// One-hot lookup of float32 rows; -3 when an id is outside [0, num_rows) (nothing written).
-int dlrm_gather_rows(const void* weight, int64_t weight_stride, int64_t num_rows,
-                     const int64_t* ids, int64_t n, void* out, int64_t D, int num_threads) {
-  if (!ids_in_range(ids, n, num_rows)) return -3;
-  gather_rows(static_cast<const float*>(weight), weight_stride, ids, n,
-              static_cast<float*>(out), D, num_threads);
+// One-hot lookup of float32 rows (see lookup_one_hot); -3 when a value is outside its table
+// (nothing written). table_offsets has F + 1 entries, the last one the weight's row count.
+int dlrm_lookup_one_hot(const void* weight, int64_t weight_stride, const int64_t* table_offsets,
+                        const int64_t* values, int64_t B, int64_t F, void* out, int64_t* ids,
+                        int64_t D, int num_threads) {
+  if (B < 0 || F < 0 || D <= 0) return -1;
+  if (!values_in_tables(table_offsets, values, B, F)) return -3;
+  lookup_one_hot(static_cast<const float*>(weight), weight_stride, table_offsets, values, B, F,
+                 static_cast<float*>(out), ids, D, num_threads);
+  return 0;
+}
+
+// out (R, C) in out_dtype (rows of C contiguous values, row stride `stride`) gets the float32
+// bias added and, with relu != 0, ReLU applied, in place.
+int dlrm_bias_act(void* out, int out_dtype, int64_t stride, int64_t R, int64_t C,
+                  const float* bias, int relu, int num_threads) {
+  if (R < 0 || C < 0 || stride < C) return -1;
+  if (out_dtype == 0)
+    bias_act(static_cast<float*>(out), stride, R, C, bias, relu != 0, num_threads);
+  else if (out_dtype == 1)
+    bias_act(static_cast<bf16*>(out), stride, R, C, bias, relu != 0, num_threads);
+  else
+    return -2;
+  return 0;
+}
+
+// grad, masked: (R, C) in grad_dtype; act_out: (R, C) in act_dtype (the layer's output after
+// ReLU); bias_grad: C float32. With relu == 0, masked is not written (it would equal grad).
+int dlrm_act_bias_backward(const void* grad, int grad_dtype, int64_t grad_stride,
+                           const void* act_out, int act_dtype, int64_t act_stride, void* masked,
+                           int64_t masked_stride, int64_t R, int64_t C, int relu,
+                           float* bias_grad, int num_threads) {
+  if (R < 0 || C < 0) return -1;
+  const bool act = relu != 0;
+#define DLRM_ABB(TG, TA) \
+  act_bias_backward(static_cast<const TG*>(grad), grad_stride, static_cast<const TA*>(act_out), \
+                    act_stride, static_cast<TG*>(masked), masked_stride, R, C, act, bias_grad, \
+                    num_threads)
+  if (grad_dtype == 0 && act_dtype == 0) DLRM_ABB(float, float);
+  else if (grad_dtype == 1 && act_dtype == 1) DLRM_ABB(bf16, bf16);
+  else if (grad_dtype == 0 && act_dtype == 1) DLRM_ABB(float, bf16);
+  else if (grad_dtype == 1 && act_dtype == 0) DLRM_ABB(bf16, float);
+  else return -2;
+#undef DLRM_ABB
   return 0;
 }
 

@@ -3,8 +3,9 @@
 Math: for feature f and sample b with bag S_fb of ids, ``pooled[b, f] = sum_{i in S_fb} E_f[i]``.
 
 All F tables live in one ``(sum_f n_f, D)`` weight; table f starts at row ``table_offsets[f]``.
-A lookup adds the offsets to the local ids and gathers once (``index_select`` for one-hot bags,
-``embedding_bag`` otherwise), instead of a Python loop over F ``nn.EmbeddingBag`` modules.
+A lookup adds the offsets to the local ids and gathers once (one native pass or
+``index_select`` for one-hot bags, ``embedding_bag`` otherwise), instead of a Python loop over
+F ``nn.EmbeddingBag`` modules.
 
 The backward pass hands autograd a *sparse* COO gradient ``(ids, rows)`` of the weight — one
 row of D values per looked-up id, duplicates left uncoalesced — so the optimizer can update
@@ -24,6 +25,23 @@ from dlrm import kernels
 from dlrm.features import SparseFeatures
 
 
+def global_ids(sparse: SparseFeatures, table_offsets: torch.Tensor) -> torch.Tensor:
+    """Local ids + each value's table offset -> rows of the fused weight, (N,).
+
+    One-hot bags come out sample-major (the id of sample b, feature f at b*F + f);
+    multi-hot values keep their feature-major order.
+    """
+    batch = sparse.batch_size
+    if sparse.one_hot:
+        ids = sparse.values.view(sparse.num_features, batch)
+        return (ids + table_offsets[:-1, None]).t().reshape(-1)
+    # Values of feature f are the contiguous run offsets[f*B] : offsets[(f+1)*B].
+    bounds = sparse.offsets[:: batch]
+    per_feature = bounds[1:] - bounds[:-1]
+    shift = torch.repeat_interleave(table_offsets[:-1], per_feature)
+    return sparse.values + shift
+
+
 class _FusedLookup(torch.autograd.Function):
     """pooled (B, F, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor.
 
@@ -37,17 +55,22 @@ class _FusedLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor,
-                one_hot: bool, num_features: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                table_offsets: torch.Tensor, one_hot: bool, num_features: int
+                ) -> torch.Tensor:  # type: ignore[override]
         dim = weight.shape[1]
-        ctx.save_for_backward(ids, offsets)
         ctx.one_hot = one_hot
         ctx.weight_shape = weight.shape
-        if one_hot:  # ids are sample-major: row b*F + f
-            if kernels.supports_rows(weight, ids):
-                pooled = kernels.gather_rows(weight, ids)
-            else:
+        if one_hot and kernels.supports_rows(weight, values):
+            # Global ids and rows in one native pass.
+            pooled, ids = kernels.lookup_one_hot(weight, values, table_offsets)
+        else:
+            ids = global_ids(SparseFeatures(values, offsets, num_features, one_hot),
+                             table_offsets)
+            if one_hot:  # ids are sample-major: row b*F + f
                 pooled = weight.index_select(0, ids)
+        ctx.save_for_backward(ids, offsets)
+        if one_hot:
             return pooled.view(-1, num_features, dim)  # (B, F, D)
         pooled = torch.nn.functional.embedding_bag(
             ids, weight, offsets[:-1], mode="sum", include_last_offset=False)  # (F*B, D)
@@ -76,7 +99,7 @@ class _FusedLookup(torch.autograd.Function):
             row_ids, rows = ids, bag_grads.index_select(0, bag_of_value)  # (N, D)
         grad_weight = torch.sparse_coo_tensor(
             row_ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
-        return grad_weight, None, None, None, None
+        return grad_weight, None, None, None, None, None
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -128,23 +151,10 @@ class FusedEmbeddingBag(nn.Module):
         return self.weight[start: start + self.table_sizes[k]]
 
     def global_ids(self, sparse: SparseFeatures) -> torch.Tensor:
-        """Local ids + each value's table offset -> rows of the fused weight, (N,).
-
-        One-hot bags come out sample-major (the id of sample b, feature f at b*F + f);
-        multi-hot values keep their feature-major order.
-        """
-        batch = sparse.batch_size
-        if sparse.one_hot:
-            ids = sparse.values.view(self.num_features, batch)
-            return (ids + self.table_offsets[:-1, None]).t().reshape(-1)
-        # Values of feature f are the contiguous run offsets[f*B] : offsets[(f+1)*B].
-        bounds = sparse.offsets[:: batch]
-        per_feature = bounds[1:] - bounds[:-1]
-        shift = torch.repeat_interleave(self.table_offsets[:-1], per_feature)
-        return sparse.values + shift
+        """Rows of the fused weight for the batch's ids, (N,); see ``global_ids``."""
+        return global_ids(sparse, self.table_offsets)
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)
-        ids = self.global_ids(sparse)
-        return _FusedLookup.apply(self.weight, ids, sparse.offsets, sparse.one_hot,
-                                  self.num_features)  # (B, F, D)
+        return _FusedLookup.apply(self.weight, sparse.values, sparse.offsets, self.table_offsets,
+                                  sparse.one_hot, self.num_features)  # (B, F, D)
