@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dlrm import kernels
+from dlrm.models import mlp as mlp_module
 from dlrm.models.mlp import MLP, _FusedMLPFunction
 
 needs_kernels = pytest.mark.skipif(not kernels.enabled(),
@@ -16,6 +17,12 @@ needs_kernels = pytest.mark.skipif(not kernels.enabled(),
 # The bottom-MLP shape (ReLU at the end; 13 inputs take the transposed weight-gradient
 # layout) and a top-MLP shape ending in a logit.
 CASES = [("13-40-32-16", True), ("37-48-64-1", False)]
+
+
+@pytest.fixture(autouse=True)
+def fuse_small_batches(monkeypatch):
+    """The tests' small shapes take the fused path too (in use it starts at larger batches)."""
+    monkeypatch.setattr(mlp_module, "FUSED_MIN_ELEMENTS", 0)
 
 
 def run(mlp: MLP, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
@@ -83,6 +90,11 @@ def test_plain_path_where_fusing_would_change_behaviour():
     assert copy.deepcopy(mlp).double()(x.double()).grad_fn.name() == "ReluBackward0"  # float64
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 measured no faster fused
         assert mlp(x).grad_fn.name() == "ReluBackward0"
+    with pytest.MonkeyPatch.context() as patch:  # batch x widest layer under the threshold
+        patch.setattr(mlp_module, "FUSED_MIN_ELEMENTS", 3 * 8 + 1)
+        assert mlp(x).grad_fn.name() == "ReluBackward0"
+        patch.setattr(mlp_module, "FUSED_MIN_ELEMENTS", 3 * 8)
+        assert mlp(x).grad_fn.name() == "_FusedMLPFunctionBackward"
     seen = []
     mlp[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
     assert mlp(x).grad_fn.name() == "ReluBackward0"  # a hook must still run

@@ -50,6 +50,12 @@ inline void store(bf16* p, float x) { *p = to_bf16(x); }
 
 inline float round_bf16(float x) { return to_float(to_bf16(x)); }
 
+// Elementwise passes split over threads only from this many elements on: PyTorch's own grain
+// size (at::internal::GRAIN_SIZE). Below it, waking a thread costs more than it saves (tiny
+// MLPs ran 12% slower threaded); above it, a thread left idle falls asleep and the next
+// matmul pays to wake it (kaggle B=128).
+constexpr int64_t kGrain = 32768;
+
 // Run fn(begin, end) over [0, n) in up to num_threads contiguous chunks of at least min_chunk.
 // With OpenMP the chunks run on the OpenMP runtime PyTorch has already loaded (libgomp.so.1
 // is resolved to torch's copy), so they use its warm worker threads instead of competing
@@ -332,7 +338,7 @@ bool values_in_tables(const int64_t* table_offsets, const int64_t* values, int64
 template <typename T>
 void bias_act(T* out, int64_t stride, int64_t R, int64_t C, const float* bias, bool relu,
               int num_threads) {
-  parallel_for(R, num_threads, std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1)),
+  parallel_for(R, num_threads, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)),
                [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       T* row = out + r * stride;
@@ -353,8 +359,8 @@ void bias_act(T* out, int64_t stride, int64_t R, int64_t C, const float* bias, b
 // (which may be grad itself), and bias_grad[c] = sum_r masked[r, c] in float32. One pass
 // instead of threshold_backward's new buffer plus a separate sum. Partial sums over up to 16
 // blocks of rows (at least 32 rows each; the split depends on R only), added in block order:
-// the result does not depend on the thread count, and small batches still use every thread
-// (a thread left idle here is a thread asleep when the next matmul starts).
+// the result does not depend on the thread count. Threads split the blocks from kGrain
+// elements on.
 template <typename TG, typename TA>
 void act_bias_backward(const TG* grad, int64_t grad_stride, const TA* act_out,
                        int64_t act_stride, TG* masked, int64_t masked_stride, int64_t R,
@@ -363,7 +369,8 @@ void act_bias_backward(const TG* grad, int64_t grad_stride, const TA* act_out,
   const int64_t block_rows = (R + blocks - 1) / blocks;
   std::vector<float> partial(blocks * C, 0.0f);
   float* partials = partial.data();
-  parallel_for(blocks, num_threads, 1, [=](int64_t begin, int64_t end) {
+  const int64_t min_blocks = std::max<int64_t>(1, kGrain / std::max<int64_t>(block_rows * C, 1));
+  parallel_for(blocks, num_threads, min_blocks, [=](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       float* sum = partials + blk * C;
       for (int64_t r = blk * block_rows; r < std::min(R, (blk + 1) * block_rows); ++r) {
