@@ -8,13 +8,14 @@ on any machine. Tables: Criteo Kaggle sizes capped at 100k rows, one id per bag,
     python benchmarks/train_throughput.py [--batch-sizes 128,2048] [--steps 60] [--json PATH]
                                           [--no-tune-allocator]
 
-Prints samples/s (median of trials) for: reference step, our fp32 step, our bf16 step, our fp32
-step with data generation (end to end), our steps on PyTorch ops only (``dlrm.kernels`` off:
-what the native kernels add), the MLPs alone (the ceiling of any design: the same
-matmuls with the embeddings and interaction taken away), and inference at the largest batch
-size. Every timed
-step gets a distinct pre-generated batch (as in a real run; cycling a few batches would keep
-their embedding rows in cache), except "+ data", which generates each batch as it goes.
+Prints samples/s for: reference step, our fp32 step, our bf16 step, our fp32 step with data
+generation (end to end), our steps on PyTorch ops only (``dlrm.kernels`` off: what the native
+kernels add), the MLPs alone (the ceiling of any design: the same matmuls with the embeddings
+and interaction taken away), and inference at the largest batch size. Each is the median of
+--trials trials of --steps steps, the trials interleaved across the variants so a slow spell
+of a shared machine hits them all alike. Every timed step gets a distinct pre-generated batch
+(as in a real run; cycling a few batches would keep their embedding rows in cache), except
+"+ data", which generates each batch as it goes.
 
 ``dlrm train`` tunes glibc malloc on CPU (``dlrm.allocator``); the benchmark does the same
 for the whole process, so the reference is measured under the same allocator as ours (it gains
@@ -47,17 +48,23 @@ from dlrm.training.loop import autocast  # noqa: E402
 from dlrm.training.optim import build_optimizer  # noqa: E402
 
 
-def timed(fn, steps: int, trials: int) -> list[float]:
-    """Seconds per call, one value per trial (each trial runs ``steps`` calls)."""
-    fn()
-    fn()
-    out = []
+def rates(fns: dict, batch_size: int, steps: int, trials: int) -> dict[str, float]:
+    """Samples/s of each function: the median over ``trials`` of ``steps`` timed calls.
+
+    The trials are interleaved (trial 1 of every function, then trial 2, ...), each after two
+    untimed calls, so a slow spell of a shared machine falls on all of them rather than on
+    whichever ran then: the ratios stay meaningful on a noisy 2-core VM.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(steps):
+        for name, fn in fns.items():
             fn()
-        out.append((time.perf_counter() - start) / steps)
-    return out
+            fn()
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            seconds[name].append((time.perf_counter() - start) / steps)
+    return {name: batch_size / statistics.median(s) for name, s in seconds.items()}
 
 
 def reference_model(config) -> ReferenceDLRM:
@@ -151,10 +158,6 @@ def our_infer(model, batches, precision):
     return infer
 
 
-def samples_per_s(fn, batch_size: int, steps: int, trials: int) -> float:
-    return batch_size / statistics.median(timed(fn, steps, trials))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="128,2048")
@@ -181,22 +184,20 @@ def main() -> None:
     for batch_size in sizes:
         # Distinct batches for every timed step, as a real run sees: cycling a few cached
         # batches would keep their embedding rows in cache and flatter the step.
-        distinct = args.steps * args.trials + 2
+        distinct = (args.steps + 2) * args.trials
         batches = [b for _, b in zip(range(distinct), data.batches("train", batch_size))]
         inputs = reference_inputs(config, batches)
-        def rate(fn, bs=batch_size):
-            return samples_per_s(fn, bs, args.steps, args.trials)
-        row = {
-            "reference": rate(reference_train_step(ref, inputs)),
-            "ours_fp32": rate(our_train_step(config, batches, "fp32")),
-            "ours_fp32_end_to_end": rate(our_train_step(
-                config, batches, "fp32", data.batches("train", batch_size))),
-            "ours_bf16": rate(our_train_step(config, batches, "bf16")),
-            "ours_fp32_torch_ops": rate(our_train_step(config, batches, "fp32", native=False)),
-            "ours_bf16_torch_ops": rate(our_train_step(config, batches, "bf16", native=False)),
-            "mlps_alone_fp32": rate(mlp_only_step(config, batch_size, "fp32")),
-            "mlps_alone_bf16": rate(mlp_only_step(config, batch_size, "bf16")),
-        }
+        row = rates({
+            "reference": reference_train_step(ref, inputs),
+            "ours_fp32": our_train_step(config, batches, "fp32"),
+            "ours_fp32_end_to_end": our_train_step(
+                config, batches, "fp32", data.batches("train", batch_size)),
+            "ours_bf16": our_train_step(config, batches, "bf16"),
+            "ours_fp32_torch_ops": our_train_step(config, batches, "fp32", native=False),
+            "ours_bf16_torch_ops": our_train_step(config, batches, "bf16", native=False),
+            "mlps_alone_fp32": mlp_only_step(config, batch_size, "fp32"),
+            "mlps_alone_bf16": mlp_only_step(config, batch_size, "bf16"),
+        }, batch_size, args.steps, args.trials)
         row["fp32_speedup"] = row["ours_fp32"] / row["reference"]
         row["bf16_speedup"] = row["ours_bf16"] / row["reference"]
         row["end_to_end_vs_step"] = row["ours_fp32_end_to_end"] / row["ours_fp32"]
@@ -220,19 +221,16 @@ def main() -> None:
               f"(kernels give {row['bf16_kernels_gain']:.2f}x)")
 
     batch_size = max(sizes)
-    distinct = args.steps * args.trials + 2
+    distinct = (args.steps + 2) * args.trials
     batches = [b for _, b in zip(range(distinct), data.batches("train", batch_size))]
     inputs = reference_inputs(config, batches)
     model = DLRM(config, check_inputs=False).eval()
     ref.eval()
-    infer = {
-        "reference": samples_per_s(reference_infer(ref, inputs), batch_size, args.steps,
-                                   args.trials),
-        "ours_fp32": samples_per_s(our_infer(model, batches, "fp32"), batch_size, args.steps,
-                                   args.trials),
-        "ours_bf16": samples_per_s(our_infer(model, batches, "bf16"), batch_size, args.steps,
-                                   args.trials),
-    }
+    infer = rates({
+        "reference": reference_infer(ref, inputs),
+        "ours_fp32": our_infer(model, batches, "fp32"),
+        "ours_bf16": our_infer(model, batches, "bf16"),
+    }, batch_size, args.steps, args.trials)
     results[f"infer_b{batch_size}"] = infer
     print(f"B={batch_size:5d} inference samples/s: reference {infer['reference']:,.0f} | "
           f"ours fp32 {infer['ours_fp32']:,.0f} ({infer['ours_fp32'] / infer['reference']:.2f}x)"
