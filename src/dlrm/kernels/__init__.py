@@ -1,12 +1,12 @@
 """Native CPU kernels for the non-matmul parts of a DLRM step, with a PyTorch fallback.
 
-On 2 cores a ``kaggle`` B=2048 fp32 training step spends ~19 ms in the MLP matmuls and,
-on PyTorch ops alone, ~9 ms around them: the dot interaction (a batched 27x27 ``bmm``, a
-gather of the 351 pairs, a concatenation and copies), the sparse SGD row update
-(``scatter_add_``), the one-hot lookup, and the MLPs' bias copies, ReLUs, ReLU backward and
-bias-gradient sums: a few FLOPs per byte, where per-op dispatch, temporaries and extra passes
-over memory cost more than the arithmetic. ``cpu_kernels.cpp`` does each as one pass (measured
-in benchmarks/train_throughput.py: 1.17-1.27x per step in fp32).
+On 2 cores a ``kaggle`` B=2048 fp32 training step spends most of its time in the MLP
+matmuls and, on PyTorch ops alone, about a quarter of it around them: the dot interaction
+(a batched 27x27 ``bmm``, a gather of the 351 pairs, a concatenation and copies), the sparse
+SGD row update (``scatter_add_``), the one-hot lookup, and the MLPs' bias copies, ReLUs, ReLU
+backward and bias-gradient sums: a few FLOPs per byte, where per-op dispatch, temporaries
+and extra passes over memory cost more than the arithmetic. ``cpu_kernels.cpp`` does each as
+one pass (measured in benchmarks/train_throughput.py: 1.17-1.27x per step in fp32).
 
 The C++ file has no PyTorch headers and a plain C ABI: it is compiled on first use with the
 system's C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``; ~2 s, ``-O3 -march=native
