@@ -108,3 +108,16 @@ def test_changing_the_output_in_place_before_backward_is_caught():
     out.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@needs_kernels
+def test_a_second_derivative_fails_loudly_and_works_on_pytorch_ops():
+    mlp = MLP("6-8-4")
+    x = torch.randn(3, 6, requires_grad=True)
+    (grad,) = torch.autograd.grad(mlp(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    with kernels.use_native(False):
+        (grad,) = torch.autograd.grad(mlp(x).pow(2).sum(), x, create_graph=True)
+        grad.sum().backward()  # the plain modules have one
+    assert x.grad is not None

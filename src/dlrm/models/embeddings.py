@@ -20,6 +20,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dlrm import kernels
 from dlrm.features import SparseFeatures
@@ -77,6 +78,7 @@ class _FusedLookup(torch.autograd.Function):
         return pooled.view(num_features, -1, dim).transpose(0, 1)  # (B, F, D)
 
     @staticmethod
+    @once_differentiable  # native kernels / sparse rows: a second derivative must fail loudly
     def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
         ids, offsets = ctx.saved_tensors
         batch, num_features, dim = grad_pooled.shape

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dlrm import kernels
 from dlrm.models.common import flat_input
@@ -69,6 +70,7 @@ class _DotInteractionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # native kernels / sparse rows: a second derivative must fail loudly
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         if ctx.native:
             dense, pooled = ctx.saved_tensors

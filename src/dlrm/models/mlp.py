@@ -33,7 +33,10 @@ class MLP(nn.Sequential):
     Math: ``h_0 = x``, ``h_{l+1} = relu(h_l W_l^T + b_l)`` (no ReLU after the last layer when
     ``final_activation`` is off). On CPU in float32 the whole stack runs as one autograd node
     with native epilogues (``_FusedMLPFunction``); the modules, parameters and state dict stay
-    a plain ``nn.Linear``/``nn.ReLU`` sequence, which runs as such everywhere else.
+    a plain ``nn.Linear``/``nn.ReLU`` sequence, which runs as such everywhere else. The fused
+    path has no second derivative (differentiating a ``create_graph=True`` gradient raises, as
+    for DLRM's interaction and lookup); under ``dlrm.kernels.use_native(False)`` the modules
+    give one.
 
     Args:
         widths: ``[in, h1, ..., out]`` or the string ``"in-h1-...-out"``.
