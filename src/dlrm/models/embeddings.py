@@ -152,10 +152,6 @@ class FusedEmbeddingBag(nn.Module):
         start = int(self.table_offsets[k])
         return self.weight[start: start + self.table_sizes[k]]
 
-    def global_ids(self, sparse: SparseFeatures) -> torch.Tensor:
-        """Rows of the fused weight for the batch's ids, (N,); see ``global_ids``."""
-        return global_ids(sparse, self.table_offsets)
-
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)
         return _FusedLookup.apply(self.weight, sparse.values, sparse.offsets, self.table_offsets,
