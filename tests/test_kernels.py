@@ -164,7 +164,7 @@ def test_bias_act_kernel_matches_torch(dtype, relu):
 @pytest.mark.parametrize("relu", [True, False])
 def test_act_bias_backward_kernel_matches_threshold_backward_and_a_float64_sum(dtype, relu):
     torch.manual_seed(7)
-    grad = torch.randn(1000, 70).to(dtype)  # 1000 rows: several 128-row partial sums
+    grad = torch.randn(1000, 70).to(dtype)  # 1000 rows: 16 partial sums of 63 rows
     act_out = torch.randn(1000, 70).relu_().to(dtype)
     act_out[5, 6] = float("nan")  # threshold_backward lets the gradient through NaN
     want = torch.ops.aten.threshold_backward(grad, act_out, 0) if relu else grad
@@ -220,6 +220,37 @@ def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left
+
+
+@needs_kernels
+def test_a_build_without_openmp_gives_the_same_results(tmp_path, monkeypatch):
+    """Compilers without OpenMP (Apple clang) build a single-threaded library, in which
+    parallel_for hands each kernel its whole range at once: every kernel must cover it."""
+    import ctypes
+
+    monkeypatch.setenv("DLRM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "OPENMP", [])
+    lib = ctypes.CDLL(str(kernels._build(kernels._compiler())))
+    kernels._declare(lib)
+    torch.manual_seed(8)
+    weight = torch.randn(5000, 16)
+    ids = torch.randint(0, 5000, (20000,))
+    rows = torch.randn(20000, 16)
+    values = torch.randint(0, 100, (3 * 700,))
+    table_offsets = torch.tensor([0, 100, 200, 5000])
+    grad, act_out = torch.randn(700, 70), torch.randn(700, 70).relu_()
+    dense, pooled = torch.randn(700, 16), torch.randn(700, 26, 16)
+    results = []
+    for library in (kernels.library(), lib):
+        monkeypatch.setattr(kernels, "_library", library)
+        updated = weight.clone()
+        kernels.sgd_rows_(updated, ids, rows, 0.05)  # 2 threads' lists, applied by one
+        results.append([updated, *kernels.lookup_one_hot(weight, values, table_offsets),
+                        *kernels.act_bias_backward(grad, act_out, True, in_place=False),
+                        kernels.bias_act_(grad.clone(), act_out[0], True),
+                        kernels.dot_forward(dense, pooled, False)])
+    for threaded, single in zip(*results, strict=True):
+        assert torch.equal(threaded, single)
 
 
 @needs_kernels

@@ -283,19 +283,23 @@ void sgd_rows(float* weight, int64_t weight_stride, const int64_t* ids, int64_t 
   // lists[slice * T + owner]: the k of slice `slice` whose row `owner` updates, in order.
   std::vector<std::vector<int64_t>> lists(threads * threads);
   const int64_t slice_size = (n + threads - 1) / threads;
-  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t slice, int64_t) {
-    const int64_t begin = slice * slice_size, end = std::min(n, begin + slice_size);
-    for (int64_t owner = 0; owner < threads; ++owner)
-      lists[slice * threads + owner].reserve((end - begin) / threads * 5 / 4 + 16);
-    for (int64_t k = begin; k < end; ++k)
-      lists[slice * threads + (ids[k] >> 3) % threads].push_back(k);
-  });
-  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t owner, int64_t) {
-    for (int64_t slice = 0; slice < threads; ++slice) {
-      const std::vector<int64_t>& ks = lists[slice * threads + owner];
-      sgd_rows_listed(weight, weight_stride, ids, ks.data(), static_cast<int64_t>(ks.size()),
-                      rows, rows_stride, D, neg_lr);
+  // (Each lambda loops over its range: without OpenMP, parallel_for calls it once for all.)
+  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t first, int64_t last) {
+    for (int64_t slice = first; slice < last; ++slice) {
+      const int64_t begin = slice * slice_size, end = std::min(n, begin + slice_size);
+      for (int64_t owner = 0; owner < threads; ++owner)
+        lists[slice * threads + owner].reserve((end - begin) / threads * 5 / 4 + 16);
+      for (int64_t k = begin; k < end; ++k)
+        lists[slice * threads + (ids[k] >> 3) % threads].push_back(k);
     }
+  });
+  parallel_for(threads, static_cast<int>(threads), 1, [&](int64_t first, int64_t last) {
+    for (int64_t owner = first; owner < last; ++owner)
+      for (int64_t slice = 0; slice < threads; ++slice) {
+        const std::vector<int64_t>& ks = lists[slice * threads + owner];
+        sgd_rows_listed(weight, weight_stride, ids, ks.data(), static_cast<int64_t>(ks.size()),
+                        rows, rows_stride, D, neg_lr);
+      }
   });
 }
 
