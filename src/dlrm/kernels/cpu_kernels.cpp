@@ -404,6 +404,16 @@ bool ids_in_range(const int64_t* ids, int64_t n, int64_t num_rows) {
   return bad == 0;
 }
 
+// Calls fn with a value of the element type of dtype code `code` (0 float32, 1 bfloat16) and
+// returns what fn returns; false for an unknown code. The C entry points nest it, one level per
+// tensor whose dtype varies, with generic lambdas (`using T = decltype(tag)`).
+template <typename Fn>
+bool with_dtype(int code, Fn fn) {
+  if (code == 0) return fn(float{});
+  if (code == 1) return fn(bf16{});
+  return false;
+}
+
 }  // namespace
 
 extern "C" {
@@ -414,18 +424,17 @@ int dlrm_dot_forward(const void* dense, int dense_dtype, int64_t dense_stride_b,
                      int64_t pooled_stride_f, void* out, int64_t B, int64_t F, int64_t D,
                      int self_interaction, int num_threads) {
   if (B < 0 || F < 0 || D <= 0) return -1;
-  const bool self = self_interaction != 0;
-#define DLRM_FWD(TD, TP) \
-  dot_forward(static_cast<const TD*>(dense), dense_stride_b, static_cast<const TP*>(pooled), \
-              pooled_stride_b, pooled_stride_f, static_cast<TD*>(out), B, F, D, self, \
-              num_threads)
-  if (dense_dtype == 0 && pooled_dtype == 0) DLRM_FWD(float, float);
-  else if (dense_dtype == 1 && pooled_dtype == 0) DLRM_FWD(bf16, float);
-  else if (dense_dtype == 1 && pooled_dtype == 1) DLRM_FWD(bf16, bf16);
-  else if (dense_dtype == 0 && pooled_dtype == 1) DLRM_FWD(float, bf16);
-  else return -2;
-#undef DLRM_FWD
-  return 0;
+  const bool ok = with_dtype(dense_dtype, [&](auto dense_tag) {
+    using TD = decltype(dense_tag);
+    return with_dtype(pooled_dtype, [&](auto pooled_tag) {
+      using TP = decltype(pooled_tag);
+      dot_forward(static_cast<const TD*>(dense), dense_stride_b, static_cast<const TP*>(pooled),
+                  pooled_stride_b, pooled_stride_f, static_cast<TD*>(out), B, F, D,
+                  self_interaction != 0, num_threads);
+      return true;
+    });
+  });
+  return ok ? 0 : -2;
 }
 
 // grad_dense (B, D) in dense_dtype, grad_pooled (B, F, D) contiguous in pooled_dtype; the
@@ -436,29 +445,22 @@ int dlrm_dot_backward(const void* grad_out, int grad_dtype, int64_t grad_stride_
                       int64_t pooled_stride_f, void* grad_dense, void* grad_pooled, int64_t B,
                       int64_t F, int64_t D, int self_interaction, int num_threads) {
   if (B < 0 || F < 0 || D <= 0) return -1;
-  const bool self = self_interaction != 0;
-  const bool round = dense_dtype == 1;
-#define DLRM_BWD(TG, TD, TP) \
-  dot_backward(static_cast<const TG*>(grad_out), grad_stride_b, static_cast<const TD*>(dense), \
-               dense_stride_b, static_cast<const TP*>(pooled), pooled_stride_b, \
-               pooled_stride_f, static_cast<TD*>(grad_dense), static_cast<TP*>(grad_pooled), \
-               B, F, D, self, round, num_threads)
-#define DLRM_BWD_G(TG) \
-  if (dense_dtype == 0 && pooled_dtype == 0) DLRM_BWD(TG, float, float); \
-  else if (dense_dtype == 1 && pooled_dtype == 0) DLRM_BWD(TG, bf16, float); \
-  else if (dense_dtype == 1 && pooled_dtype == 1) DLRM_BWD(TG, bf16, bf16); \
-  else if (dense_dtype == 0 && pooled_dtype == 1) DLRM_BWD(TG, float, bf16); \
-  else return -2;
-  if (grad_dtype == 0) {
-    DLRM_BWD_G(float)
-  } else if (grad_dtype == 1) {
-    DLRM_BWD_G(bf16)
-  } else {
-    return -2;
-  }
-#undef DLRM_BWD_G
-#undef DLRM_BWD
-  return 0;
+  const bool ok = with_dtype(grad_dtype, [&](auto grad_tag) {
+    using TG = decltype(grad_tag);
+    return with_dtype(dense_dtype, [&](auto dense_tag) {
+      using TD = decltype(dense_tag);
+      return with_dtype(pooled_dtype, [&](auto pooled_tag) {
+        using TP = decltype(pooled_tag);
+        dot_backward(static_cast<const TG*>(grad_out), grad_stride_b,
+                     static_cast<const TD*>(dense), dense_stride_b,
+                     static_cast<const TP*>(pooled), pooled_stride_b, pooled_stride_f,
+                     static_cast<TD*>(grad_dense), static_cast<TP*>(grad_pooled), B, F, D,
+                     self_interaction != 0, /*round=*/dense_dtype == 1, num_threads);
+        return true;
+      });
+    });
+  });
+  return ok ? 0 : -2;
 }
 
 // Sparse SGD on a float32 weight; -3 when an id is outside [0, num_rows) (nothing written).
@@ -466,16 +468,13 @@ int dlrm_sgd_rows(void* weight, int64_t weight_stride, int64_t num_rows, const i
                   int64_t n, const void* rows, int rows_dtype, int64_t rows_stride, int64_t D,
                   float neg_lr, int num_threads) {
   if (!ids_in_range(ids, n, num_rows)) return -3;
-  float* w = static_cast<float*>(weight);
-  if (rows_dtype == 0)
-    sgd_rows(w, weight_stride, ids, n, static_cast<const float*>(rows), rows_stride,
-             D, neg_lr, num_threads);
-  else if (rows_dtype == 1)
-    sgd_rows(w, weight_stride, ids, n, static_cast<const bf16*>(rows), rows_stride,
-             D, neg_lr, num_threads);
-  else
-    return -2;
-  return 0;
+  const bool ok = with_dtype(rows_dtype, [&](auto rows_tag) {
+    using TR = decltype(rows_tag);
+    sgd_rows(static_cast<float*>(weight), weight_stride, ids, n, static_cast<const TR*>(rows),
+             rows_stride, D, neg_lr, num_threads);
+    return true;
+  });
+  return ok ? 0 : -2;
 }
 
 // One-hot lookup of float32 rows (see lookup_one_hot); -3 when a value is outside its table
@@ -495,13 +494,12 @@ int dlrm_lookup_one_hot(const void* weight, int64_t weight_stride, const int64_t
 int dlrm_bias_act(void* out, int out_dtype, int64_t stride, int64_t R, int64_t C,
                   const float* bias, int relu, int num_threads) {
   if (R < 0 || C < 0 || stride < C) return -1;
-  if (out_dtype == 0)
-    bias_act(static_cast<float*>(out), stride, R, C, bias, relu != 0, num_threads);
-  else if (out_dtype == 1)
-    bias_act(static_cast<bf16*>(out), stride, R, C, bias, relu != 0, num_threads);
-  else
-    return -2;
-  return 0;
+  const bool ok = with_dtype(out_dtype, [&](auto out_tag) {
+    using T = decltype(out_tag);
+    bias_act(static_cast<T*>(out), stride, R, C, bias, relu != 0, num_threads);
+    return true;
+  });
+  return ok ? 0 : -2;
 }
 
 // grad, masked: (R, C) in grad_dtype; act_out: (R, C) in act_dtype (the layer's output after
@@ -511,18 +509,17 @@ int dlrm_act_bias_backward(const void* grad, int grad_dtype, int64_t grad_stride
                            int64_t masked_stride, int64_t R, int64_t C, int relu,
                            float* bias_grad, int num_threads) {
   if (R < 0 || C < 0) return -1;
-  const bool act = relu != 0;
-#define DLRM_ABB(TG, TA) \
-  act_bias_backward(static_cast<const TG*>(grad), grad_stride, static_cast<const TA*>(act_out), \
-                    act_stride, static_cast<TG*>(masked), masked_stride, R, C, act, bias_grad, \
-                    num_threads)
-  if (grad_dtype == 0 && act_dtype == 0) DLRM_ABB(float, float);
-  else if (grad_dtype == 1 && act_dtype == 1) DLRM_ABB(bf16, bf16);
-  else if (grad_dtype == 0 && act_dtype == 1) DLRM_ABB(float, bf16);
-  else if (grad_dtype == 1 && act_dtype == 0) DLRM_ABB(bf16, float);
-  else return -2;
-#undef DLRM_ABB
-  return 0;
+  const bool ok = with_dtype(grad_dtype, [&](auto grad_tag) {
+    using TG = decltype(grad_tag);
+    return with_dtype(act_dtype, [&](auto act_tag) {
+      using TA = decltype(act_tag);
+      act_bias_backward(static_cast<const TG*>(grad), grad_stride,
+                        static_cast<const TA*>(act_out), act_stride, static_cast<TG*>(masked),
+                        masked_stride, R, C, relu != 0, bias_grad, num_threads);
+      return true;
+    });
+  });
+  return ok ? 0 : -2;
 }
 
 }  // extern "C"
