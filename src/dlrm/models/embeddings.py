@@ -78,7 +78,7 @@ class _FusedLookup(torch.autograd.Function):
         return pooled.view(num_features, -1, dim).transpose(0, 1)  # (B, F, D)
 
     @staticmethod
-    @once_differentiable  # native kernels / sparse rows: a second derivative must fail loudly
+    @once_differentiable  # a sparse gradient and a native lookup: differentiating twice must fail
     def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
         ids, offsets = ctx.saved_tensors
         batch, num_features, dim = grad_pooled.shape

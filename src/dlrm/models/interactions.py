@@ -70,7 +70,7 @@ class _DotInteractionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable  # native kernels / sparse rows: a second derivative must fail loudly
+    @once_differentiable  # the native backward records no graph: differentiating twice must fail
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         if ctx.native:
             dense, pooled = ctx.saved_tensors
