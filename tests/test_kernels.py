@@ -204,6 +204,13 @@ def test_without_a_compiler_everything_falls_back_with_one_warning(monkeypatch, 
                                rtol=1e-5, atol=1e-5)
 
 
+def test_active_on_says_cpu_runs_use_them_and_cuda_runs_do_not():
+    assert kernels.active_on("cpu") is kernels.enabled()
+    assert kernels.active_on(torch.device("cuda", 0)) is False
+    with kernels.use_native(False):
+        assert kernels.active_on("cpu") is False
+
+
 def test_environment_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("DLRM_NATIVE_KERNELS", "0")
     assert kernels.enabled() is False

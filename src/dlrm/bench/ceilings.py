@@ -92,8 +92,8 @@ def machine_description(device: torch.device) -> dict[str, object]:
         "torch_version": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "device": str(device),
         "device_name": cpu,
-        # Whether dlrm.kernels ran the interaction, lookup and row update natively on CPU.
-        "native_kernels": device.type == "cpu" and kernels.enabled(),
+        # Whether dlrm.kernels ran natively (CPU only): the same flag as summary.json.
+        "native_kernels": kernels.active_on(device),
     }
     if device.type == "cuda":
         desc["device_name"] = torch.cuda.get_device_name(device)

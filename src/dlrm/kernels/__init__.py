@@ -176,6 +176,12 @@ def enabled() -> bool:
     return switch and library() is not None
 
 
+def active_on(device: torch.device | str) -> bool:
+    """Whether a run on ``device`` uses the native kernels (they are CPU kernels): what
+    ``summary.json`` and the bench's machine description record as ``native_kernels``."""
+    return torch.device(device).type == "cpu" and enabled()
+
+
 @contextmanager
 def use_native(on: bool):
     """Force the native kernels on or off inside a ``with`` block (tests, A/B benchmarks)."""

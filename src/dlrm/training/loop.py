@@ -434,7 +434,7 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
         **{f"val_{k}": v for k, v in final_val.items()},
         "samples_per_s": (steps_this_session * batch_size / train_time) if train_time else None,
         "train_seconds": train_time, "final_train_loss": last_loss,
-        "native_kernels": config.device == "cpu" and kernels.enabled(),
+        "native_kernels": kernels.active_on(config.device),
         **strategy.summary_extra(steps_this_session), **(extra or {}),
     }
     if "test" in data.splits() and data.num_samples("test") > 0:
