@@ -77,7 +77,7 @@ for p in sorted(out.glob("*.json")):
     c, comps = r["config"], r["components"]
     share = lambda *names: 100 * sum(comps.get(n, {}).get("ms", 0) for n in names) / r["component_sum_ms"]
     rows.append((c["preset"], c["precision"], c["batch_size"], r["samples_per_s"],
-                 r["step_ms"]["median"], share("embedding_fwd", "embedding_bwd", "embedding_update"),
+                 r["step_ms"]["median"], share("embedding_fwd", "embedding_bwd"),
                  share(*[n for n in comps if "mlp" in n]), share("interaction_fwd", "interaction_bwd")))
 print(f"GPU: {r['machine']['device_name']}, torch {r['machine']['torch_version']}\n")
 print("| preset | precision | batch | samples/s | step ms | embeddings % | MLPs % | interaction % |")

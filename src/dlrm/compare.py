@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dlrm.data.source import DataSource
-from dlrm.models.presets import MODEL_KINDS, model_config_for
-from dlrm.models.registry import build_model
+from dlrm.models import build_model, model_config_for, model_kinds
 from dlrm.training.loop import TrainConfig, train
 
 Progress = Callable[[dict[str, Any]], None]
@@ -41,12 +42,12 @@ class CompareConfig:
     """What to compare and how.
 
     Args:
-        models: model kinds (``dlrm.models.presets.MODEL_KINDS``).
+        models: model kinds (``dlrm.models.model_kinds()``).
         budget: training samples per run (None: ``epochs`` full passes); more than the
             training split makes as many passes as needed.
         seeds: runs per model, seeds 0..seeds-1 (initialization and data order).
         preset: DLRM preset giving every model its D and deep widths
-            (``dlrm.models.presets.model_config_for``).
+            (``dlrm.models.model_config_for``).
         embedding_dim: overrides the preset's D for every model.
         model_options: per-kind overrides, e.g. ``{"dcn": {"cross_layers": 6}}``.
         optimizers: dense optimizers; every model runs once with each.
@@ -70,10 +71,10 @@ class CompareConfig:
     curve_points: int = 8
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in MODEL_KINDS]
+        unknown = [m for m in self.models if m not in model_kinds()]
         if unknown:
             raise ValueError(f"--models: unknown kind(s) {unknown}; "
-                             f"choose from {', '.join(MODEL_KINDS)}")
+                             f"choose from {', '.join(model_kinds())}")
         if not self.models:
             raise ValueError("--models: give at least one model kind")
         if self.seeds <= 0:
@@ -103,7 +104,8 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
 
 
 def count_parameters(kind: str, model_config: dict[str, Any]) -> int:
-    return sum(p.numel() for p in build_model(kind, model_config).parameters())
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing drawn
+        return sum(p.numel() for p in build_model(kind, model_config).parameters())
 
 
 def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,

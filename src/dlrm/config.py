@@ -1,8 +1,13 @@
-"""Plain dataclass configs for the model and its training, and the reference's presets.
+"""Plain dataclass configs for the DLRM model, and the one preset table of the project.
 
 Architectures are written as the reference writes them: ``"13-512-256-64-16"`` for the bottom
 MLP (input width first) and ``"512-256-1"`` for the top MLP (its input width is computed from
 the interaction, so it is left out).
+
+``PRESETS`` holds the recipes every command uses (``dlrm train``, ``dlrm bench``,
+``dlrm compare``, ``dlrm plan``): embedding size, MLP widths, interaction, the tables of the
+data set the recipe was made for, and its ids per bag. Other model kinds take their D and deep
+widths from the same presets (``dlrm.models.registry``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,81 @@ CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
     14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )
+# Criteo Terabyte hashed to 40M rows: the reference DLRM's --max-ind-range=40000000 table
+# sizes (``ln_emb`` of the MLPerf "Criteo Terabyte MLPerf training" configuration).
+MLPERF_TABLE_SIZES: tuple[int, ...] = (
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
+    2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+)
+# MLPerf DLRM-DCNv2: --num_embeddings_per_feature of TorchRec's dlrm_v2 / MLCommons scripts
+# (three tables rounded up to 40M, others a few rows larger than the v1 list).
+MLPERF_DCNV2_TABLE_SIZES: tuple[int, ...] = (
+    40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
+    2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,
+)
+# MLPerf DLRM-DCNv2 --multi_hot_sizes: ids per bag of each of the 26 features.
+MLPERF_DCNV2_BAG_SIZES: tuple[int, ...] = (
+    3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1,
+)
+# The reference's Terabyte recipe hashes ids to 10M rows (--max-ind-range=10000000).
+TERABYTE_TABLE_SIZES: tuple[int, ...] = tuple(min(n, 10_000_000) for n in MLPERF_TABLE_SIZES)
+TINY_TABLE_SIZES: tuple[int, ...] = (200, 100, 500, 50, 1000, 20, 300, 80)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A recipe: model shape, the tables of its data set, ids per bag.
+
+    Attributes:
+        name: what ``--preset`` says.
+        embedding_dim: D.
+        bottom_mlp: hidden widths from the dense input to D (the input width is the data's).
+        top_mlp: widths after the interaction, ending at 1.
+        interaction: ``dot``, ``cat`` or ``cross`` (DLRM-DCNv2's low-rank cross network).
+        table_sizes: the recipe's data set's tables (synthetic data and benchmarks use them;
+            a real data set brings its own).
+        bag_sizes: ids per bag of each table (1: one-hot).
+        cross_layers, low_rank: the cross network of ``cross`` (MLPerf: 3 layers, rank 512).
+        model: the model kind the recipe was made for.
+        source: where the recipe comes from.
+    """
+
+    name: str
+    embedding_dim: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+    table_sizes: tuple[int, ...]
+    bag_sizes: tuple[int, ...] | None = None
+    interaction: str = "dot"
+    cross_layers: int = 3
+    low_rank: int | None = 512
+    model: str = "dlrm"
+    source: str = ""
+
+    def bags(self) -> list[int]:
+        return list(self.bag_sizes) if self.bag_sizes else [1] * len(self.table_sizes)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("tiny", 8, (32, 8), (32, 16, 1), TINY_TABLE_SIZES,
+           source="small tables for tests and `make run`"),
+    Preset("kaggle", 16, (512, 256, 64, 16), (512, 256, 1), CRITEO_KAGGLE_TABLE_SIZES,
+           source="reference DLRM, Criteo Kaggle (run_and_time.sh --arch-sparse-feature-size=16)"),
+    Preset("terabyte", 64, (512, 256, 64), (512, 512, 256, 1), TERABYTE_TABLE_SIZES,
+           source="reference DLRM, Criteo Terabyte, ids hashed to 10M rows"),
+    Preset("mlperf", 128, (512, 256, 128), (1024, 1024, 512, 256, 1), MLPERF_TABLE_SIZES,
+           source="MLPerf DLRM (v1), Criteo Terabyte hashed to 40M rows"),
+    Preset("mlperf-dcnv2", 128, (512, 256, 128), (1024, 1024, 512, 256, 1),
+           MLPERF_DCNV2_TABLE_SIZES, MLPERF_DCNV2_BAG_SIZES, interaction="cross",
+           model="dlrm_dcnv2",
+           source="MLPerf DLRM-DCNv2, Criteo multi-hot (synthetic), 3 low-rank cross layers"),
+)}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def parse_arch(spec: str | list[int] | tuple[int, ...]) -> list[int]:
@@ -40,8 +120,13 @@ class DLRMConfig:
         embedding_dim: D, the width of every embedding row and of the bottom MLP's output.
         bottom_mlp: widths from the dense input to D, e.g. ``[13, 512, 256, 64, 16]``.
         top_mlp: widths after the interaction, ending at 1, e.g. ``[512, 256, 1]``.
-        interaction: ``"dot"`` (pairwise dot products, the paper's) or ``"cat"``.
-        interaction_self: also include each vector's dot product with itself.
+        interaction: ``"dot"`` (pairwise dot products, the paper's), ``"cat"``, or
+            ``"cross"`` (a low-rank DCN-v2 cross network: MLPerf's DLRM-DCNv2).
+        interaction_self: also include each vector's dot product with itself (``dot``).
+        cross_layers, low_rank: the cross network of ``cross`` (MLPerf: 3 layers of rank 512;
+            ``low_rank`` None: full rank).
+        embedding_init: how embedding rows start (``dlrm.models.embeddings.RowInit.parse``):
+            ``uniform`` (the reference's U(-sqrt(1/n), sqrt(1/n))), ``normal:SCALE``, ...
 
     Embedding options (docs/model-options.md; the defaults keep the plain fused tables):
         qr_threshold: tables with more rows than this use quotient-remainder embeddings
@@ -59,7 +144,10 @@ class DLRMConfig:
     top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])
     interaction: str = "dot"
     interaction_self: bool = False
-    # --- issue 7: embedding options (defaults: off) ---
+    cross_layers: int = 3
+    low_rank: int | None = 512
+    embedding_init: str = "uniform"
+    # --- embedding options (defaults: off) ---
     qr_threshold: int = 0
     qr_collisions: int = 4
     qr_operation: str = "mult"
@@ -97,9 +185,13 @@ class DLRMConfig:
             )
         if self.top_mlp[-1] != 1:
             raise ValueError(f"top_mlp {self.top_mlp}: must end with width 1 (one logit)")
-        if self.interaction not in ("dot", "cat"):
-            raise ValueError(f"interaction {self.interaction!r}: expected 'dot' or 'cat'")
-        # --- issue 7: embedding options ---
+        if self.interaction not in ("dot", "cat", "cross"):
+            raise ValueError(f"interaction {self.interaction!r}: expected dot, cat or cross")
+        if self.cross_layers < 0:
+            raise ValueError(f"cross_layers = {self.cross_layers}: must be >= 0")
+        if self.low_rank is not None and self.low_rank <= 0:
+            raise ValueError(f"low_rank = {self.low_rank}: must be positive (None: full rank)")
+        # --- embedding options ---
         if self.qr_threshold < 0:
             raise ValueError(f"qr_threshold = {self.qr_threshold}: must be >= 0 (0: off)")
         if self.qr_collisions < 1:
@@ -133,26 +225,19 @@ class DLRMConfig:
 
 def preset(name: str, table_sizes: list[int] | None = None, rows_cap: int | None = None,
            num_dense: int = 13) -> DLRMConfig:
-    """The reference recipes: ``kaggle``, ``terabyte``, ``mlperf``, and ``tiny`` for tests.
+    """The DLRM of preset ``name`` (``PRESETS``): ``tiny``, ``kaggle``, ``terabyte``, ``mlperf``
+    or ``mlperf-dcnv2``.
 
-    ``table_sizes`` defaults to the Criteo Kaggle sizes (``tiny``: 8 small tables);
-    ``rows_cap`` caps every table (e.g. 100_000 to fit a laptop).
+    ``table_sizes`` defaults to the preset's own; ``rows_cap`` caps every table (e.g. 100_000
+    to fit a laptop); ``num_dense`` is the dense input width.
     """
-    recipes = {
-        "kaggle": (16, [512, 256, 64, 16], [512, 256, 1]),
-        "terabyte": (64, [512, 256, 64], [512, 512, 256, 1]),
-        "mlperf": (128, [512, 256, 128], [1024, 1024, 512, 256, 1]),
-        "tiny": (8, [32, 8], [32, 16, 1]),
-    }
-    if name not in recipes:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(recipes)}")
-    dim, bottom, top = recipes[name]
-    if table_sizes is None:
-        table_sizes = [200, 100, 500, 50, 1000, 20, 300, 80] if name == "tiny" \
-            else list(CRITEO_KAGGLE_TABLE_SIZES)
-    sizes = [min(n, rows_cap) if rows_cap else n for n in table_sizes]
-    return DLRMConfig(table_sizes=sizes, embedding_dim=dim, bottom_mlp=[num_dense, *bottom],
-                      top_mlp=top)
+    p = get_preset(name)
+    sizes = list(p.table_sizes if table_sizes is None else table_sizes)
+    sizes = [min(n, rows_cap) if rows_cap else n for n in sizes]
+    return DLRMConfig(table_sizes=sizes, embedding_dim=p.embedding_dim,
+                      bottom_mlp=[num_dense, *p.bottom_mlp], top_mlp=list(p.top_mlp),
+                      interaction=p.interaction, cross_layers=p.cross_layers,
+                      low_rank=p.low_rank)
 
 
 def with_tables(config: DLRMConfig, table_sizes: list[int]) -> DLRMConfig:

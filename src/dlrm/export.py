@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dlrm.features import SparseFeatures
+from dlrm.ops import export_decompositions
 
 EXPORT_FORMATS = ("export", "onnx")
 
@@ -93,12 +94,16 @@ def export_model(model: nn.Module, num_dense: int, table_sizes: list[int], fmt: 
 
 def _torch_export(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...]
                   ) -> torch.export.ExportedProgram:
+    """The ``torch.export`` program of ``wrapper`` with the ``dlrm::*`` operators decomposed
+    into ATen ops (``dlrm.ops.export_decompositions``): the artifact runs without this
+    package and converts to ONNX."""
     num_features = wrapper.num_features
     batch = torch.export.Dim("batch", min=2)
     num_values = torch.export.Dim("num_values", min=2)
     dynamic: dict[str, Any] = {"dense": {0: batch}, "values": {0: num_values},
                                "offsets": {0: num_features * batch + 1}}
-    return torch.export.export(wrapper, inputs, dynamic_shapes=dynamic)
+    program = torch.export.export(wrapper, inputs, dynamic_shapes=dynamic)
+    return program.run_decompositions(export_decompositions())
 
 
 def load_exported(path: str | Path, fmt: str) -> Any:

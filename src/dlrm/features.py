@@ -105,6 +105,25 @@ class SparseFeatures:
                                  f"of {table_sizes[k]} rows (valid ids 0..{table_sizes[k] - 1})")
 
 
+def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous part of a global batch; the first ``B % W`` ranks get one more.
+
+    Data-parallel training splits every global batch this way: rank r computes the dense part
+    for samples ``rank_slice(B, r, W)`` while its embedding shards serve all B samples.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    base, extra = divmod(batch_size, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def slice_length(batch_size: int, rank: int, world_size: int) -> int:
+    """b_r, the number of samples in ``rank_slice(batch_size, rank, world_size)``."""
+    base, extra = divmod(batch_size, world_size)
+    return base + (1 if rank < extra else 0)
+
+
 @dataclass
 class Batch:
     """One minibatch: dense (B, num_dense) float32, sparse features, labels (B,) float32."""

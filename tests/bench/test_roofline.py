@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dlrm import kernels
 from dlrm.bench.roofline import Cost, analyze, component_costs
 from dlrm.config import DLRMConfig
 from dlrm.models.dlrm import DLRM
@@ -37,12 +36,14 @@ def test_embedding_and_update_by_hand():
     # one-hot, N = 32 ids: no adds; rows 4*32*8 + ids 8*32 + pooled 4*4*8*8
     assert (c["embedding_fwd"].flops, c["embedding_fwd"].bytes) == (0, 1024 + 256 + 1024)
     assert c["embedding_fwd"].memory == "gather"
-    assert c["embedding_bwd"].bytes == 2 * 4 * 4 * 8 * 8
-    # SGD row update: 2 N D FLOPs; grad rows + rows read and written + ids
-    assert (c["embedding_update"].flops, c["embedding_update"].bytes) == (512, 3072 + 256)
+    # The backward: pooled gradients per id (one-hot: read and laid out, 2*4*4*8*8), then the
+    # fused SGD row update: 2 N D FLOPs; grad rows + rows read and written + ids (3072 + 256).
+    assert (c["embedding_bwd"].flops, c["embedding_bwd"].bytes) == (512,
+                                                                     2 * 4 * 4 * 8 * 8 + 3328)
+    assert c["embedding_bwd"].memory == "gather" and "embedding_update" not in c
     m = costs(bags=[2] * F)  # multi-hot, N = 64: (64 - 32) * 8 adds
     assert (m["embedding_fwd"].flops, m["embedding_fwd"].bytes) == (256, 2048 + 512 + 1024)
-    assert m["embedding_bwd"].bytes == 4 * 32 * 8 + 4 * 64 * 8 + 8 * 64
+    assert m["embedding_bwd"].bytes == (4 * 32 * 8 + 4 * 64 * 8 + 8 * 64) + 3 * 4 * 64 * 8 + 8 * 64
 
 
 def test_interaction_loss_optimizer_by_hand():
@@ -71,11 +72,11 @@ def test_matmul_flops_match_torch_flop_counter():
         x = model.bottom_mlp(dense)
     assert counter.get_total_flops() == c["bottom_mlp_fwd"].flops - bias["bottom"]
     x_leaf = x.detach().requires_grad_()
-    # The counter sees torch's bmm path; the native kernel does the same products unseen.
-    with kernels.use_native(False), FlopCounterMode(display=False) as counter:
+    # The dlrm operators register their FLOP formulas: the counter sees the native kernels.
+    with FlopCounterMode(display=False) as counter:
         z = model.interaction(x_leaf, pooled)
     assert counter.get_total_flops() == c["interaction_fwd"].flops
-    with kernels.use_native(False), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:
         z.sum().backward()
     assert counter.get_total_flops() == c["interaction_bwd"].flops
     z_leaf = z.detach().requires_grad_()
@@ -107,11 +108,11 @@ def test_analyze_bound_and_fraction():
 def test_dcnv2_cross_interaction_flops_match_torch_flop_counter():
     """DLRM-DCNv2's low-rank cross layers: 4 B k r FLOPs forward and 8 B k r backward each,
     plus element-wise terms that torch's counter leaves out."""
-    from dlrm.models.cross import CrossInteraction
+    from dlrm.models.interactions import CrossInteraction
 
     layers, rank = 2, 4
     k = (F + 1) * D
-    c = component_costs(BOTTOM, [k, *TOP[1:]], D, [1] * F, B, interaction="dcnv2",
+    c = component_costs(BOTTOM, [k, *TOP[1:]], D, [1] * F, B, interaction="cross",
                         cross_layers=layers, cross_rank=rank)
     module = CrossInteraction(F, D, layers, rank)
     x = torch.randn(B, D, requires_grad=True)

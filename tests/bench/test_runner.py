@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from dlrm.bench.inputs import GeneratedBatches
-from dlrm.bench.presets import MLPERF_DCNV2_BAG_SIZES, MLPERF_TABLE_SIZES
-from dlrm.bench.runner import BenchConfig, _Stepper, build_model, model_shape, run_bench
+from dlrm.bench.runner import BenchConfig, _Stepper, bench_model_config, model_shape, run_bench
 from dlrm.bench.sweep import csv_columns, parse_vary
 from dlrm.bench.timing import ComponentTimer
 from dlrm.cli import main
+from dlrm.config import MLPERF_DCNV2_BAG_SIZES, MLPERF_TABLE_SIZES
+from dlrm.models import build_model
 from dlrm.models.dlrm import DLRM
 
 TINY = dict(preset="tiny", batch_size=64, warmup=1, trials=2, steps=1, quick_ceilings=True)
@@ -44,8 +45,8 @@ def test_run_bench_result_and_roofline():
     assert result["samples_per_s"] > 0
     assert result["samples_per_s_min"] <= result["samples_per_s"] <= result["samples_per_s_max"]
     comps = result["components"]
-    assert list(comps)[:2] == ["data", "to_device"] and "embedding_update" in comps
-    for name in ("bottom_mlp_fwd", "embedding_fwd", "top_mlp_bwd", "embedding_update"):
+    assert list(comps)[:2] == ["data", "to_device"] and "embedding_bwd" in comps
+    for name in ("bottom_mlp_fwd", "embedding_fwd", "top_mlp_bwd", "embedding_bwd"):
         e = comps[name]
         assert e["ms_min"] <= e["ms"] <= e["ms_max"]
         assert e["bound"] in ("compute", "memory (stream)", "memory (gather)")
@@ -55,6 +56,13 @@ def test_run_bench_result_and_roofline():
     infer = run_bench(BenchConfig(**{**TINY, "mode": "infer", "ceilings": False}))
     assert set(infer["components"]) == {"data", "to_device", "bottom_mlp_fwd", "embedding_fwd",
                                         "interaction_fwd", "top_mlp_fwd"}
+
+
+def test_run_bench_times_any_registered_kind():
+    """Baselines from the registry get their step timed (no DLRM components to split)."""
+    result = run_bench(BenchConfig(**{**TINY, "model": "dcnv2", "ceilings": False}))
+    assert result["model_kind"] == "dcnv2" and result["samples_per_s"] > 0
+    assert result["components"] == {} and result["model"]["cross_layers"] == 3
 
 
 def test_cli_json_keys(tmp_path, capsys):
@@ -99,10 +107,15 @@ def test_presets():
     config, bags = model_shape(BenchConfig(preset="mlperf", table_rows_cap=None))
     assert config.table_sizes == list(MLPERF_TABLE_SIZES) and sum(bags) == 26
     assert config.bottom_mlp == [13, 512, 256, 128] and config.top_mlp == [1024, 1024, 512, 256, 1]
-    config, _ = model_shape(BenchConfig(preset="mlperf-dcnv2", table_rows_cap=100))
-    model = build_model(config, "dcnv2")  # DLRM-DCNv2: cat width feeds the cross network
+    kind, config, _, _ = bench_model_config(BenchConfig(preset="mlperf-dcnv2",
+                                                        table_rows_cap=100))
+    assert kind == "dlrm_dcnv2"  # the preset's model, from the one preset table
+    model = build_model(kind, config)  # DLRM-DCNv2: the cat width feeds the cross network
     assert model.top_mlp.widths[0] == 27 * 128
     assert model.interaction.cross.low_rank == 512
+    # Any registered kind builds from a bench config; DLRM's presets are `dlrm train`'s.
+    kind, config, _, _ = bench_model_config(BenchConfig(preset="tiny", model="deepfm"))
+    assert kind == "deepfm" and config["embedding_dim"] == 8 and config["deep_mlp"] == [32, 16]
     config, bags = model_shape(BenchConfig(preset="mlperf-dcnv2", interaction="dot",
                                            table_rows_cap=1000))
     assert bags == list(MLPERF_DCNV2_BAG_SIZES) and max(config.table_sizes) == 1000

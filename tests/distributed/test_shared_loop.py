@@ -28,7 +28,6 @@ from dlrm.data import open_data
 from dlrm.distributed.checkpoint import load_meta, load_single_process
 from dlrm.distributed.comm_model import all_to_all_bytes_per_rank
 from dlrm.distributed.planner import ShardingPlan
-from dlrm.distributed.train import build_distributed_model
 from dlrm.models.dlrm import DLRM
 from dlrm.training.loop import TrainConfig, evaluate
 from dlrm.training.optim import build_optimizer
@@ -73,7 +72,7 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
 def replay_in_one_process(run_dir: Path, device: str = "cpu") -> dict:
     """Replay a distributed run (its config.json) with plain ``DLRM`` in this process.
 
-    Same initial weights (``build_distributed_model`` draws them independently of the plan),
+    Same initial weights (the same seed builds the same model in any number of processes),
     the same batches, optimizer and lr schedule, evaluations every ``eval_every`` steps and
     the early-stopping rule of ``run_loop``: stop once ``patience`` evaluations in a row did
     not beat the best AUC; report the best weights if they beat the final ones.
@@ -82,10 +81,8 @@ def replay_in_one_process(run_dir: Path, device: str = "cpu") -> dict:
     config = TrainConfig(**{**saved["train"], "device": device})
     data = open_data(saved["data"])
     model_config = saved["model_config"]
-    model = DLRM(DLRMConfig.from_dict(model_config))
-    model.load_state_dict(build_distributed_model(model_config, 0, 1, "table",
-                                                  config.seed).full_state_dict())
-    model.to(device)
+    torch.manual_seed(config.seed)
+    model = DLRM(DLRMConfig.from_dict(model_config)).to(device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
                                 config.sparse_lr, config.weight_decay)
     schedule = build_schedule(config.lr_schedule)
@@ -228,7 +225,8 @@ def test_two_node_rendezvous_on_localhost_equals_one_process(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 30
     # Rank 0's training traffic per step is the model's (evaluations are not counted).
-    plan = ShardingPlan.from_dict(json.loads((run_dir / "config.json").read_text())["plan"])
+    plans = json.loads((run_dir / "config.json").read_text())["plans"]
+    plan = ShardingPlan.from_dict(plans["embeddings"])
     assert summary["all_to_all_bytes_sent_per_step"] == all_to_all_bytes_per_rank(plan, 128)[0]
     ref = replay_in_one_process(run_dir)
     losses = [r["loss"] for r in recorded(run_dir, "train")]
@@ -236,7 +234,7 @@ def test_two_node_rendezvous_on_localhost_equals_one_process(tmp_path):
     got = [(r["step"], r["auc"]) for r in recorded(run_dir, "eval")]
     assert [s for s, _ in got] == [10, 20, 30]
     for (_, auc), (_, ref_auc) in zip(got, ref["evals"]):
-        assert auc == pytest.approx(ref_auc, abs=1e-6)
+        assert auc == pytest.approx(ref_auc, abs=AUC_TOL)  # one score pair may swap
     assert_same_weights(run_dir / "last", ref["state"])
     assert seconds < 60, seconds
 

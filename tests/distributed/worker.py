@@ -23,13 +23,17 @@ from torch.overrides import TorchFunctionMode
 
 from dlrm.config import DLRMConfig
 from dlrm.data import open_data
-from dlrm.data.source import rank_slice
-from dlrm.distributed.checkpoint import load_sharded, save_sharded
+from dlrm.distributed.checkpoint import (
+    full_state_dict,
+    load_sharded,
+    load_state_into,
+    save_sharded,
+)
+from dlrm.distributed.data_parallel import RankContext, comm_summary, gather_scores
 from dlrm.distributed.launch import distributed_session
 from dlrm.distributed.planner import plan_tables
-from dlrm.distributed.sharded import DistributedDLRM
-from dlrm.distributed.train import _gather_scores, evaluate_distributed, train_step
-from dlrm.features import Batch, SparseFeatures
+from dlrm.distributed.train import build_sharded_model, evaluate_distributed, train_step
+from dlrm.features import Batch, SparseFeatures, rank_slice
 from dlrm.training.loop import TrainConfig
 from dlrm.training.optim import build_optimizer
 
@@ -76,68 +80,79 @@ class HostTensorAudit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def sharded(job: dict, ctx: RankContext, placement: str, init: dict | None = None,
+            **plan_options) -> torch.nn.Module:
+    """The job's DLRM sharded by ``placement`` (``plan_tables`` options), loaded from a
+    single-process state dict when given."""
+    config = job["model_config"]
+    plan = plan_tables(config["table_sizes"], config["embedding_dim"], ctx.world_size,
+                       placement, **plan_options)
+    model = build_sharded_model("dlrm", config, ctx, placement, plans={"embeddings": plan})
+    if init is not None:
+        load_state_into(model, init, "init_state.pt")
+    return model
+
+
 def run_exact(job: dict, workdir: Path, rank: int, world: int) -> None:
     config = DLRMConfig.from_dict(job["model_config"])
+    ctx = RankContext(rank, world)
     init = torch.load(workdir / "init_state.pt", weights_only=True)
     results = {}
     audit = HostTensorAudit()  # around every step, evaluation and gather below
     for run in job["placements"]:  # "placement" or "placement@dense_optimizer"
         placement, _, optimizer_name = run.partition("@")
-        plan = plan_tables(config.table_sizes, config.embedding_dim, world, placement,
-                           replicate_max_rows=job.get("replicate_max_rows", 64),
-                           row_wise_min_rows=job.get("row_wise_min_rows"))
-        model = DistributedDLRM(config, plan, rank)
-        model.load_full_state_dict(init)
+        ctx = RankContext(rank, world)  # fresh communication counters per run
+        model = sharded(job, ctx, placement, init,
+                        replicate_max_rows=job.get("replicate_max_rows", 64),
+                        row_wise_min_rows=job.get("row_wise_min_rows"))
+        plan = model.embeddings.plan
         optimizer = build_optimizer(model, optimizer_name or "sgd", job["lr"])
         losses = []
         for k in range(job["steps"]):
             if run == "auto@adagrad" and k == job["steps"] // 2 and job.get("save_opt_to"):
-                save_sharded(model, job["save_opt_to"], optimizer=optimizer)  # mid-run
+                save_sharded(model, ctx, job["save_opt_to"], "dlrm", job["model_config"],
+                             optimizer=optimizer)  # mid-run
             batch = make_batch(k, config.table_sizes, job["batch_size"])
             with audit:
-                losses.append(train_step(model, optimizer, batch))
+                losses.append(train_step(model, ctx, optimizer, batch))
+        comm = comm_summary(model, ctx)
         stats = [None] * world
         torch.distributed.all_gather_object(
-            stats, (model.stats.all_to_all_bytes_sent, model.stats.all_reduce_bytes))
-        results[run] = {"losses": losses, "state": model.full_state_dict(),
+            stats, (comm["all_to_all_bytes_sent"], comm["all_reduce_bytes"]))
+        results[run] = {"losses": losses, "state": full_state_dict(model, ctx),
                         "kinds": plan.kinds, "plan": plan.to_dict(), "comm_bytes": stats}
         if rank == 0:
             print(plan, flush=True)
     # Resume another world size's mid-run checkpoint, optimizer state included (resharded).
     if job.get("resume_from"):
-        plan = plan_tables(config.table_sizes, config.embedding_dim, world, "row")
-        model = DistributedDLRM(config, plan, rank)
+        model = sharded(job, ctx, "row")
         optimizer = build_optimizer(model, "adagrad", job["lr"])
         load_sharded(model, job["resume_from"], optimizer)
-        losses = [train_step(model, optimizer, make_batch(k, config.table_sizes,
-                                                          job["batch_size"]))
+        losses = [train_step(model, ctx, optimizer, make_batch(k, config.table_sizes,
+                                                               job["batch_size"]))
                   for k in range(job["steps"] // 2, job["steps"])]
-        results["resumed"] = {"losses": losses, "state": model.full_state_dict()}
+        results["resumed"] = {"losses": losses, "state": full_state_dict(model, ctx)}
     # Evaluation across ranks over a whole (small) validation set.
     data = open_data("synthetic:planted", table_sizes=config.table_sizes, rows_cap=None,
                      train_samples=1000, val_samples=job["val_samples"], test_samples=0)
-    model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim, world,
-                                                row_wise_min_rows=600), rank)
-    model.load_full_state_dict(init)
+    model = sharded(job, ctx, "auto", init, row_wise_min_rows=600)
     with audit:
-        results["eval"] = evaluate_distributed(model, data, "val", job["eval_batch_size"])
+        results["eval"] = evaluate_distributed(model, ctx, data, "val", job["eval_batch_size"])
     # N -> M: load a checkpoint saved by another world size, score the probe batch.
     if job.get("load_from"):
-        model = DistributedDLRM(config, plan_tables(config.table_sizes, config.embedding_dim,
-                                                    world, job.get("load_placement", "auto")),
-                                rank)
+        model = sharded(job, ctx, job.get("load_placement", "auto"))
         load_sharded(model, job["load_from"])
         probe = make_batch(999, config.table_sizes, job["batch_size"])
         mine = rank_slice(len(probe), rank, world)
         model.eval()
         with torch.no_grad(), audit:
             logits = model(probe.dense[mine], probe.sparse)
-            results["probe_logits"] = _gather_scores(model, logits, len(probe))
+            results["probe_logits"] = gather_scores(logits, len(probe), ctx)
         model.train()
         optimizer = build_optimizer(model, "sgd", job["lr"])
-        train_step(model, optimizer, probe)  # the loaded model trains on and is saved again
-        save_sharded(model, job["save_to"])
-        results["saved_state"] = model.full_state_dict()
+        train_step(model, ctx, optimizer, probe)  # the loaded model trains on and is saved
+        save_sharded(model, ctx, job["save_to"], "dlrm", job["model_config"])
+        results["saved_state"] = full_state_dict(model, ctx)
     if job.get("resume_run"):
         results["resume_run"] = run_interrupted_and_resumed(job, workdir, rank)
     every_rank: list = [None] * world
@@ -165,13 +180,14 @@ def run_interrupted_and_resumed(job: dict, workdir: Path, rank: int) -> dict:
         if event["event"] == "step" and event["step"] == 13:
             raise _Interrupt  # on every rank, after the step's collectives
 
-    whole = train_distributed(job["model_config"], data, config, workdir / "whole")
+    kind, model_config = "dlrm", job["model_config"]
+    whole = train_distributed(kind, model_config, data, config, workdir / "whole")
     try:
-        train_distributed(job["model_config"], data, config, workdir / "cut", progress=interrupt)
+        train_distributed(kind, model_config, data, config, workdir / "cut", progress=interrupt)
         raise AssertionError("the interrupt did not happen")
     except _Interrupt:
         pass
-    resumed = train_distributed(job["model_config"], data, config, workdir / "cut", resume=True)
+    resumed = train_distributed(kind, model_config, data, config, workdir / "cut", resume=True)
     return {"whole": whole, "resumed": resumed}
 
 
@@ -187,8 +203,9 @@ def run_fault(mode: str, job: dict, workdir: Path, rank: int) -> None:
                 os._exit(7)
             time.sleep(3600)
 
-    train_distributed(job["model_config"], data, TrainConfig(batch_size=64, log_every=1000),
-                      workdir / "run", watchdog=session.watchdog, progress=progress)
+    train_distributed("dlrm", job["model_config"], data,
+                      TrainConfig(batch_size=64, log_every=1000), workdir / "run",
+                      watchdog=session.watchdog, progress=progress)
 
 
 if __name__ == "__main__":

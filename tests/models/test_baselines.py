@@ -4,21 +4,22 @@ equation on a tiny input, and each learns planted data well above a constant pre
 import pytest
 import torch
 
+from dlrm.config import DLRMConfig
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData
 from dlrm.features import SparseFeatures
 from dlrm.models import (
     DCN,
+    DLRM,
     DCNConfig,
     DCNv2,
     DeepFM,
-    DLRMDCNv2,
-    DLRMDCNv2Config,
     LinearDeepConfig,
     LogisticRegression,
     WideAndDeep,
+    build_model,
+    model_config_for,
+    model_kinds,
 )
-from dlrm.models.presets import MODEL_KINDS, model_config_for
-from dlrm.models.registry import build_model
 from dlrm.training.checkpoint import load_model
 from dlrm.training.loop import TrainConfig, train
 
@@ -139,9 +140,10 @@ def test_dcnv2_matches_matrix_cross_equation(inputs, low_rank, structure):
 
 def test_dlrm_dcnv2_matches_equation_and_mlperf_shape(inputs):
     dense, sparse, bags = inputs
-    cfg = DLRMDCNv2Config(TABLES, embedding_dim=4, bottom_mlp=[NUM_DENSE, 6, 4],
-                          top_mlp=[8, 1], cross_layers=3, low_rank=3)
-    model = randomize(DLRMDCNv2(cfg))
+    cfg = DLRMConfig(TABLES, embedding_dim=4, bottom_mlp=[NUM_DENSE, 6, 4], top_mlp=[8, 1],
+                     interaction="cross", cross_layers=3, low_rank=3)
+    model = randomize(DLRM(cfg))
+    cross = model.interaction.cross
     got = model(dense, sparse)
     for b in range(dense.shape[0]):
         x = naive_mlp(model.bottom_mlp, dense[b].double(), final_relu=True)
@@ -149,8 +151,8 @@ def test_dlrm_dcnv2_matches_equation_and_mlperf_shape(inputs):
                               for f in range(len(TABLES))])
         z = z0.clone()
         for l in range(3):
-            matrix = model.cross.layers[l].weight.double() @ model.cross.down[l].weight.double()
-            z = z0 * (matrix @ z + model.cross.layers[l].bias.double()) + z
+            matrix = cross.layers[l].weight.double() @ cross.down[l].weight.double()
+            z = z0 * (matrix @ z + cross.layers[l].bias.double()) + z
         want = naive_mlp(model.top_mlp, z, final_relu=False)[0]
         assert_close(got[b], want)
     # The MLPerf recipe: 26 tables, D=128, 3 cross layers of rank 512 over 27*128 = 3456.
@@ -158,9 +160,26 @@ def test_dlrm_dcnv2_matches_equation_and_mlperf_shape(inputs):
     assert mlperf["bottom_mlp"] == [13, 512, 256, 128]
     assert mlperf["top_mlp"] == [1024, 1024, 512, 256, 1]
     assert (mlperf["cross_layers"], mlperf["low_rank"], mlperf["embedding_dim"]) == (3, 512, 128)
-    big = DLRMDCNv2(DLRMDCNv2Config.from_dict(mlperf))
-    assert big.cross.down[0].weight.shape == (512, 3456)
+    assert mlperf["interaction"] == "cross"
+    with torch.device("meta"):
+        big = build_model("dlrm_dcnv2", mlperf)
+    assert big.interaction.cross.down[0].weight.shape == (512, 3456)
     assert big.top_mlp.linears()[0].weight.shape == (1024, 3456)
+    # The same recipe is the `mlperf-dcnv2` preset's model.
+    assert model_config_for("dlrm", "mlperf-dcnv2", [10] * 26, 13)["interaction"] == "cross"
+
+
+def test_checkpoints_of_the_former_dlrm_dcnv2_class_still_load():
+    """Before DLRM-DCNv2 became DLRM's `cross` interaction its state named `cross.*`."""
+    cfg = model_config_for("dlrm_dcnv2", "tiny", TABLES, NUM_DENSE)
+    model = build_model("dlrm_dcnv2", cfg)
+    old = {k.replace("interaction.cross.", "cross."): v.clone()
+           for k, v in model.state_dict().items()}
+    assert any(k.startswith("cross.") for k in old)
+    fresh = build_model("dlrm_dcnv2", cfg)
+    fresh.load_state_dict(old)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
 
 
 def test_wide_and_deep_is_linear_plus_deep(inputs):
@@ -224,7 +243,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PLANTED_TABLES = [200, 100, 500, 50, 1000, 20, 300, 80]
 
 
-@pytest.mark.parametrize("kind", [k for k in MODEL_KINDS if k != "dlrm"])
+@pytest.mark.parametrize("kind", [k for k in model_kinds() if k != "dlrm"])
 def test_every_baseline_learns_planted_data(tmp_path, kind):
     data = SyntheticData(SyntheticConfig(table_sizes=PLANTED_TABLES, val_samples=10_000,
                                          test_samples=0))

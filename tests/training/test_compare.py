@@ -11,7 +11,7 @@ import torch
 from dlrm.cli import main
 from dlrm.compare import CompareConfig, auc_standard_error, compare, paper_config
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData
-from dlrm.training.metrics import roc_auc
+from dlrm.metrics import roc_auc
 
 # Training tests run on one intra-op thread (the `one_thread` fixture of conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")

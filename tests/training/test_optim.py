@@ -38,22 +38,54 @@ def test_sparse_sgd_equals_dense_sgd_and_touches_only_batch_rows():
 
 
 def test_rowwise_adagrad_against_naive_formula():
+    """Applied inside the lookup's backward (the weight gets no .grad), it follows the naive
+    formula on the gradient a model without an optimizer hands back as a sparse tensor."""
     model = tiny_model()
+    probe = tiny_model()  # no optimizer: its lookups return sparse gradients
     weight0 = model.embeddings.weight.detach().clone().double()
     opt = build_optimizer(model, "adagrad", lr=0.1, sparse_name="rowwise_adagrad")
     acc = torch.zeros(weight0.shape[0], dtype=torch.float64)
     weight = weight0.clone()
     for step in range(3):
         dense, sparse, labels = batch_with_duplicates()
-        opt.zero_grad()
-        loss_of(model, dense, sparse, labels * (step % 2)).backward()
-        grad = model.embeddings.weight.grad.to_dense().double()
+        probe.load_state_dict(model.state_dict())
+        probe.zero_grad(set_to_none=True)
+        loss_of(probe, dense, sparse, labels * (step % 2)).backward()
+        grad = probe.embeddings.weight.grad.to_dense().double()
         touched = grad.abs().sum(1) > 0
         acc[touched] += grad[touched].pow(2).mean(1)
         weight[touched] -= 0.1 * grad[touched] / (acc[touched].sqrt() + 1e-8)[:, None]
+        opt.zero_grad()
+        loss_of(model, dense, sparse, labels * (step % 2)).backward()
+        assert model.embeddings.weight.grad is None  # updated in the backward already
         opt.step()
         torch.testing.assert_close(model.embeddings.weight.detach().double(), weight,
                                    rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(opt.sparse.accumulators[0].double(), acc, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_the_fused_backward_update_equals_the_sparse_gradient_step_bit_for_bit(name):
+    """The same rows, order and roundings: the update inside the backward (optimizer built
+    first) and the step on a sparse gradient (optimizer built after the backward)."""
+    states = []
+    for fused in (True, False):
+        model = tiny_model()
+        opt = build_optimizer(model, name, lr=0.3) if fused else None
+        for step in range(3):
+            dense, sparse, labels = batch_with_duplicates()
+            loss_of(model, dense, sparse, labels * (step % 2)).backward()
+            if opt is None:
+                opt = build_optimizer(model, name, lr=0.3)
+                opt.sparse.attach([])  # keep taking sparse gradients: the step applies them
+                for module in model.modules():
+                    if hasattr(module, "row_update"):
+                        module.row_update = None
+            opt.step()
+            opt.zero_grad()
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(states[1][key], value), key
 
 
 def test_state_dict_round_trip_and_bad_names():

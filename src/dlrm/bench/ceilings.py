@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dlrm import kernels
+from dlrm import ops
 from dlrm.bench.timing import synchronize
 
 
@@ -92,8 +92,8 @@ def machine_description(device: torch.device) -> dict[str, object]:
         "torch_version": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "device": str(device),
         "device_name": cpu,
-        # Whether dlrm.kernels ran natively (CPU only): the same flag as summary.json.
-        "native_kernels": kernels.active_on(device),
+        # Whether the dlrm operators ran native code (CPU only): the same flag as summary.json.
+        "native_kernels": ops.active_on(device),
     }
     if device.type == "cuda":
         desc["device_name"] = torch.cuda.get_device_name(device)

@@ -23,7 +23,7 @@ from dlrm.bench.inputs import GeneratedBatches, cycle_batches
 from dlrm.bench.runner import BenchConfig, _Stepper, autocast_context, model_shape
 from dlrm.bench.timing import synchronize
 from dlrm.features import Batch
-from dlrm.models.dlrm import DLRM
+from dlrm.models import DLRM
 
 PEERS = ("torchrec",)
 

@@ -11,8 +11,10 @@ Linear layer i -> o:
     bwd  FLOPs 2Bio + Bo [+ 2Bio]        bytes E(Bo + Bi + io) + W(io + o) [+ E Bi]
          (bracketed: the input gradient, skipped for the bottom MLP's first layer)
 Embedding lookup (fwd)   FLOPs D(N - BF)        bytes W N D + 8N + W B F D   (random rows)
-Embedding backward       FLOPs 0   one-hot: bytes 2 W B F D; multi-hot: W B F D + W N D + 8N
-Embedding update (SGD)   FLOPs 2ND              bytes 3 W N D + 8N            (random rows)
+Embedding backward with the fused SGD row update (the update runs inside the lookup's backward):
+                         FLOPs 2ND   bytes G + 3 W N D + 8N      (random rows), where G, the
+                         pooled gradients laid out per id, is one-hot 2 W B F D, multi-hot
+                         W B F D + W N D + 8N
 Dot interaction, n = F+1 vectors, P pairs:
     fwd  FLOPs 2Bn^2D                    bytes E(BnD + B(D+P))
     bwd  FLOPs 2Bn^2D (one bmm S T, S the symmetric pair gradients)
@@ -29,6 +31,8 @@ lookup and update). Its bound is the larger term; its achieved fraction = ideal 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dlrm.ops import num_pairs
 
 ID_BYTES = 8
 WEIGHT_BYTES = 4
@@ -59,11 +63,6 @@ def _mlp_costs(widths: list[int], batch: int, e: int, input_grad_first: bool
     return Cost(fwd_f, fwd_b, "stream"), Cost(bwd_f, bwd_b, "stream")
 
 
-def dot_pairs_count(num_features: int, self_interaction: bool = False) -> int:
-    n = num_features + 1
-    return n * (n + 1) // 2 if self_interaction else n * (n - 1) // 2
-
-
 def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedding_dim: int,
                     bag_sizes: list[int], batch_size: int, precision: str = "fp32",
                     interaction: str = "dot", interaction_self: bool = False,
@@ -81,11 +80,11 @@ def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedd
     top_fwd, top_bwd = _mlp_costs(top_mlp_with_input, b, e, input_grad_first=True)
     n = f + 1
     if interaction == "dot":
-        p = dot_pairs_count(f, interaction_self)
+        p = num_pairs(f, interaction_self)
         inter_fwd = Cost(2 * b * n * n * d, e * (b * n * d + b * (d + p)), "stream")
         inter_bwd = Cost(2 * b * n * n * d, e * (b * (d + p) + b * n * n + 2 * b * n * d),
                          "stream")
-    elif interaction == "dcnv2":
+    elif interaction == "cross":
         # Per low-rank layer x_{l+1} = x_0 * (U (V^T x_l) + b) + x_l, width k = n d, rank r:
         # two matmuls (2 B k r FLOPs each) and three element-wise ops (3 B k); backward twice
         # the matmuls (input and weight gradients) and ~5 B k element-wise. Weights read once.
@@ -113,10 +112,10 @@ def component_costs(bottom_mlp: list[int], top_mlp_with_input: list[int], embedd
         "loss_bwd": Cost(4 * b, 12 * b, "stream"),
         "top_mlp_bwd": top_bwd,
         "interaction_bwd": inter_bwd,
-        "embedding_bwd": Cost(0, emb_bwd_bytes, "stream"),
+        "embedding_bwd": Cost(2 * n_ids * d,
+                              emb_bwd_bytes + 3 * w * n_ids * d + ID_BYTES * n_ids, "gather"),
         "bottom_mlp_bwd": bottom_bwd,
         "dense_optimizer": Cost(2 * dense_params, 3 * w * dense_params, "stream"),
-        "embedding_update": Cost(2 * n_ids * d, 3 * w * n_ids * d + ID_BYTES * n_ids, "gather"),
     })
     return costs
 

@@ -29,18 +29,18 @@ from dlrm.allocator import tune_cpu_allocator
 from dlrm.bench import roofline
 from dlrm.bench.ceilings import machine_description, measure_ceilings
 from dlrm.bench.inputs import GeneratedBatches, cycle_batches
-from dlrm.bench.presets import get_preset
 from dlrm.bench.timing import ComponentTimer, median_min_max, synchronize
-from dlrm.config import DLRMConfig, parse_arch
+from dlrm.config import DLRMConfig, get_preset, parse_arch
 from dlrm.features import Batch
-from dlrm.models.dlrm import DLRM
+from dlrm.models import build_model, model_config_for
 from dlrm.training.optim import build_optimizer
 
 Progress = Callable[[dict[str, Any]], None]
 
+# The embedding rows are updated inside embedding_bwd (the lookup's fused row update).
 TRAIN_COMPONENTS = ("data", "to_device", "bottom_mlp_fwd", "embedding_fwd", "interaction_fwd",
                     "top_mlp_fwd", "loss_fwd", "loss_bwd", "top_mlp_bwd", "interaction_bwd",
-                    "embedding_bwd", "bottom_mlp_bwd", "dense_optimizer", "embedding_update")
+                    "embedding_bwd", "bottom_mlp_bwd", "dense_optimizer")
 INFER_COMPONENTS = ("data", "to_device", "bottom_mlp_fwd", "embedding_fwd", "interaction_fwd",
                     "top_mlp_fwd")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -51,7 +51,10 @@ class BenchConfig:
     """What to benchmark.
 
     Args:
-        preset: ``tiny``, ``kaggle``, ``terabyte``, ``mlperf`` or ``mlperf-dcnv2``.
+        preset: ``tiny``, ``kaggle``, ``terabyte``, ``mlperf`` or ``mlperf-dcnv2``
+            (``dlrm.config.PRESETS``, the same recipes as ``dlrm train``).
+        model: the model kind (``dlrm.models.model_kinds()``; None: the preset's). DLRM and
+            DLRM-DCNv2 get per-component timers and a roofline; other kinds their step time.
         table_rows_cap: cap on every table's rows, to fit memory (None: full sizes).
         embedding_dim, bottom_mlp, top_mlp, interaction: overrides of the preset ("512-256-64";
             the bottom MLP gets the dense width prepended and D appended when missing).
@@ -71,6 +74,7 @@ class BenchConfig:
     """
 
     preset: str = "kaggle"
+    model: str | None = None
     table_rows_cap: int | None = 1_000_000
     embedding_dim: int | None = None
     bottom_mlp: str | None = None
@@ -112,11 +116,10 @@ class BenchConfig:
 
 def model_shape(cfg: BenchConfig, num_dense: int = 13,
                 table_sizes: list[int] | None = None) -> tuple[DLRMConfig, list[int]]:
-    """The DLRMConfig and bag sizes that ``cfg`` describes (``table_sizes``: from data)."""
+    """The DLRM config and bag sizes that ``cfg`` describes (``table_sizes``: from data)."""
     p = get_preset(cfg.preset)
-    interaction = cfg.interaction or p.interaction
     sizes = list(table_sizes) if table_sizes is not None else list(p.table_sizes)
-    bags = list(p.bag_sizes) if len(p.bag_sizes) == len(sizes) else [1] * len(sizes)
+    bags = p.bags() if len(p.bags()) == len(sizes) else [1] * len(sizes)
     if cfg.num_tables is not None:
         if table_sizes is not None:
             raise ValueError("num_tables cannot change the tables of a data set")
@@ -134,28 +137,31 @@ def model_shape(cfg: BenchConfig, num_dense: int = 13,
         if bottom[0] != num_dense:
             bottom = [num_dense, *bottom]
     else:
-        bottom = [num_dense, *p.bottom_mlp[1:-1]]
+        bottom = [num_dense, *p.bottom_mlp[:-1]]
     if bottom[-1] != dim:
         bottom = [*bottom, dim]
     top = parse_arch(cfg.top_mlp) if cfg.top_mlp else list(p.top_mlp)
-    # DCN-v2 is built as a `cat` DLRM whose interaction is then swapped (``build_model``).
     config = DLRMConfig(table_sizes=sizes, embedding_dim=dim, bottom_mlp=bottom, top_mlp=top,
-                        interaction="cat" if interaction == "dcnv2" else interaction)
+                        interaction=cfg.interaction or p.interaction,
+                        cross_layers=p.cross_layers, low_rank=p.low_rank)
     return config, bags
 
 
-DCNV2_LAYERS, DCNV2_RANK = 3, 512  # MLPerf DLRM-DCNv2's cross network
+def bench_model_config(cfg: BenchConfig, num_dense: int = 13,
+                       table_sizes: list[int] | None = None
+                       ) -> tuple[str, dict[str, Any], DLRMConfig, list[int]]:
+    """(model kind, its config dict, the DLRM shape, bag sizes) that ``cfg`` describes.
 
-
-def build_model(config: DLRMConfig, interaction: str) -> DLRM:
-    """DLRM, or MLPerf's DLRM-DCNv2 for ``interaction == "dcnv2"`` (3 low-rank cross layers)."""
-    model = DLRM(config, check_inputs=False)
-    if interaction == "dcnv2":
-        from dlrm.models.cross import CrossInteraction
-
-        model.interaction = CrossInteraction(config.num_sparse, config.embedding_dim,
-                                             DCNV2_LAYERS, DCNV2_RANK)
-    return model
+    DLRM-family kinds take the shape as it is; other kinds (``dlrm.models.registry``) take
+    its tables, D and the preset's widths."""
+    shape, bags = model_shape(cfg, num_dense, table_sizes)
+    kind = cfg.model or get_preset(cfg.preset).model
+    if kind == "dlrm_dcnv2":
+        shape.interaction = "cross"
+    if kind in ("dlrm", "dlrm_dcnv2"):
+        return kind, shape.to_dict(), shape, bags
+    return kind, model_config_for(kind, cfg.preset, shape.table_sizes, num_dense,
+                                  {"embedding_dim": shape.embedding_dim}), shape, bags
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -169,7 +175,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 class _Stepper:
     """Fused and component steps of one model, optimizer and batch stream."""
 
-    def __init__(self, model: DLRM, batches: Iterator[Batch], device: torch.device,
+    def __init__(self, model: nn.Module, batches: Iterator[Batch], device: torch.device,
                  precision: str, mode: str, lr: float) -> None:
         self.model, self.batches, self.device = model, batches, device
         self.precision, self.train = precision, mode == "train"
@@ -243,11 +249,7 @@ class _Stepper:
         with t.section("bottom_mlp_bwd"):
             x.backward(x_leaf.grad)
         with t.section("dense_optimizer"):
-            if self.optimizer.dense is not None:
-                self.optimizer.dense.step()
-        with t.section("embedding_update"):
-            if self.optimizer.sparse is not None:
-                self.optimizer.sparse.step()
+            self.optimizer.step()  # the embedding rows were updated in embedding_bwd
         t.end_step()
 
 
@@ -286,15 +288,15 @@ def run_bench(cfg: BenchConfig, data: Any | None = None, progress: Progress | No
 def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Progress | None,
          ceilings: dict[str, float] | None, data_label: str | None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    interaction = cfg.interaction or get_preset(cfg.preset).interaction
     if data is not None:
-        config, bags = model_shape(cfg, data.num_dense, list(data.table_sizes))
+        kind, model_config, config, bags = bench_model_config(cfg, data.num_dense,
+                                                              list(data.table_sizes))
         batches: Iterator[Batch] = cycle_batches(data, cfg.batch_size)
         first = next(batches)
         bags = _observed_bag_sizes(first)
         batches = _chain(first, batches)
     else:
-        config, bags = model_shape(cfg)
+        kind, model_config, config, bags = bench_model_config(cfg)
         batches = GeneratedBatches(config.table_sizes, bags, config.num_dense, cfg.batch_size,
                                    cfg.ids, cfg.zipf, cfg.seed, device=device)
     previous_tf32 = None
@@ -302,9 +304,11 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         previous_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
     try:
-        with device:  # build (and initialize) the tables on the device: no host copy
-            model = build_model(config, interaction)
+        model = build_model(kind, model_config).to(device)
+        model.check_inputs = False
         model.train(cfg.mode == "train")
+        components_timed = all(hasattr(model, part) for part in (
+            "bottom_mlp", "embeddings", "interaction", "top_mlp"))
         stepper = _Stepper(model, batches, device, cfg.precision, cfg.mode, cfg.lr)
         total = cfg.warmup * 2 + cfg.trials * cfg.steps * 2
         done = 0
@@ -321,7 +325,8 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         for _ in range(cfg.warmup):
             stepper.fused()
             tick()
-            stepper.components(timer)
+            if components_timed:
+                stepper.components(timer)
             tick()
         timer.discard()
         fused_trials: list[float] = []
@@ -332,9 +337,11 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
                 tick()
             fused_trials.append(statistics.fmean(fused_ms))
             for _ in range(cfg.steps):
-                stepper.components(timer)
+                if components_timed:
+                    stepper.components(timer)
                 tick()
-            timer.end_trial()
+            if components_timed:
+                timer.end_trial()
         if progress:
             progress({"event": "end"})
         components = timer.summary()
@@ -346,31 +353,34 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
     step = median_min_max(fused_trials)
     dense_params = sum(p.numel() for p in model.parameters()
                        if not getattr(p, "sparse_rows", False))
-    top_in = model.top_mlp.widths
-    costs = roofline.component_costs(config.bottom_mlp, top_in, config.embedding_dim, bags,
-                                     cfg.batch_size, cfg.precision, interaction,
-                                     config.interaction_self, cfg.mode, dense_params,
-                                     cross_layers=DCNV2_LAYERS, cross_rank=DCNV2_RANK)
     ms = {name: c["ms"] for name, c in components.items()}
-    analysis = roofline.analyze(costs, ms, ceilings, cfg.precision) if ceilings else {}
+    analysis = {}
+    if components_timed and ceilings:
+        costs = roofline.component_costs(
+            config.bottom_mlp, model.top_mlp.widths, config.embedding_dim, bags,
+            cfg.batch_size, cfg.precision, config.interaction, config.interaction_self,
+            cfg.mode, dense_params, cross_layers=config.cross_layers,
+            cross_rank=config.low_rank or (config.num_sparse + 1) * config.embedding_dim)
+        analysis = roofline.analyze(costs, ms, ceilings, cfg.precision)
     for name, entry in components.items():
         entry.update(analysis.get(name, {}))
     component_sum = sum(ms.values())
     model_ms = component_sum - ms.get("data", 0.0) - ms.get("to_device", 0.0)
     result: dict[str, Any] = {
+        "model_kind": kind,
         "samples_per_s": cfg.batch_size / step["median"] * 1e3,
         "samples_per_s_min": cfg.batch_size / step["max"] * 1e3,
         "samples_per_s_max": cfg.batch_size / step["min"] * 1e3,
         "step_ms": step,
         "component_sum_ms": component_sum,
-        "component_samples_per_s": cfg.batch_size / component_sum * 1e3,
+        "component_samples_per_s": cfg.batch_size / component_sum * 1e3 if component_sum else 0.0,
         "model_samples_per_s": cfg.batch_size / model_ms * 1e3 if model_ms > 0 else 0.0,
         "components": components,
         "ceilings": ceilings or {},
         "config": asdict(cfg),
         "data": data_label or (f"generated:{cfg.ids}" + (f"(zipf={cfg.zipf})"
                                                          if cfg.ids == "planted" else "")),
-        "model": config.to_dict(),
+        "model": model_config,
         "bag_sizes": bags,
         "embedding_megabytes": sum(config.table_sizes) * config.embedding_dim * 4 / 2 ** 20,
         "machine": machine_description(device),

@@ -14,6 +14,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dlrm.config import PRESETS
+from dlrm.models import model_kinds
+
 
 class BenchProgress:
     """A tqdm bar per measurement (steps, with rate and ETA) from ``run_bench`` events."""
@@ -40,14 +43,17 @@ class BenchProgress:
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="kaggle",
-                   choices=["tiny", "kaggle", "terabyte", "mlperf", "mlperf-dcnv2"])
+    g.add_argument("--preset", default="kaggle", choices=list(PRESETS),
+                   help="recipe: tables, D, MLPs, bags (the same presets as `dlrm train`)")
+    g.add_argument("--model", default=None, choices=model_kinds(),
+                   help="model kind (default: the preset's); DLRM kinds get per-component "
+                        "timers and a roofline")
     g.add_argument("--table-rows-cap", type=int, default=1_000_000,
                    help="cap on every table's rows to fit memory (default 1000000; 0: none)")
     g.add_argument("--embedding-dim", type=int, default=None)
     g.add_argument("--bottom-mlp", default=None, help="e.g. 512-256-64 (D appended if missing)")
     g.add_argument("--top-mlp", default=None, help="e.g. 512-256-1")
-    g.add_argument("--interaction", choices=["dot", "cat", "dcnv2"], default=None)
+    g.add_argument("--interaction", choices=["dot", "cat", "cross"], default=None)
     g.add_argument("--num-tables", type=int, default=None, help="use N tables (preset's, cycled)")
     g.add_argument("--rows-per-table", type=int, default=None, help="every table this size")
     g.add_argument("--ids-per-bag", type=int, default=None,
@@ -91,7 +97,7 @@ def bench_config_from_args(args: argparse.Namespace):
     from dlrm.bench.runner import BenchConfig
 
     return BenchConfig(
-        preset=args.preset, table_rows_cap=args.table_rows_cap or None,
+        preset=args.preset, model=args.model, table_rows_cap=args.table_rows_cap or None,
         embedding_dim=args.embedding_dim, bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp,
         interaction=args.interaction, num_tables=args.num_tables,
         rows_per_table=args.rows_per_table, ids_per_bag=1 if args.one_hot else args.ids_per_bag,

@@ -9,8 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dlrm.cli.progress import TrainProgress
-from dlrm.cli.train import add_data_args, open_data_from_args
+from dlrm.cli.common import TrainProgress, add_data_args, open_data_from_args
+from dlrm.config import PRESETS
 
 
 class CompareProgress:
@@ -65,7 +65,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.paper:
         config = paper_config(**{k: v for k, v in common.items() if v is not None})
     else:
-        defaults = {"models": ["dlrm", "dcn", "dcnv2", "wdl", "deepfm", "lr"],
+        from dlrm.models import model_kinds
+
+        defaults = {"models": [k for k in model_kinds() if k != "dlrm_dcnv2"],
                     "preset": args.preset}
         config = CompareConfig(**{**defaults, **{k: v for k, v in common.items()
                                                  if v is not None}})
@@ -122,13 +124,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="train several models on the same data, budget and seeds; tabulate")
     add_data_args(p)
+    from dlrm.models import model_kinds
+
     p.add_argument("--models", default=None,
-                   help="comma-separated kinds: dlrm,dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr "
+                   help=f"comma-separated kinds: {','.join(model_kinds())} "
                    "(default: all but dlrm_dcnv2)")
     p.add_argument("--paper", action="store_true",
                    help="the DLRM paper's setting: DLRM vs DCN (6 cross layers, deep 512-256),"
                    " D=16, one epoch, once with SGD and once with Adagrad")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "kaggle", "terabyte", "mlperf"],
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS),
                    help="DLRM preset that sizes every model (D, deep widths)")
     p.add_argument("--embedding-dim", type=int, default=None, help="D for every model")
     p.add_argument("--budget", type=int, default=None,

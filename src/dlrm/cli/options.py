@@ -1,4 +1,4 @@
-"""`dlrm quantize` and `dlrm export` (issue 7: inference options)."""
+"""`dlrm quantize` and `dlrm export`: inference artifacts from a trained checkpoint."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from dlrm.memory import format_bytes
-    from dlrm.models.quantized import quantize_checkpoint
+    from dlrm.models.memory import format_bytes
+    from dlrm.training.checkpoint import quantize_checkpoint
 
     info = quantize_checkpoint(args.checkpoint, args.output, args.bits)
     print(f"wrote {args.output}: {info['bits']}-bit row-wise embeddings, "

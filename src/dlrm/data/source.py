@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
-from dlrm.features import Batch
+from dlrm.features import Batch, rank_slice
+
+__all__ = ["DataSource", "rank_slice"]
 
 
 @runtime_checkable
@@ -39,12 +41,3 @@ class DataSource(Protocol):
                 rank: int = 0, world_size: int = 1) -> Iterator[Batch]: ...
 
     def spec(self) -> dict[str, Any]: ...
-
-
-def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
-    """Rank ``rank``'s contiguous part of a global batch; the first ``B % W`` ranks get one more."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of size {world_size}")
-    base, extra = divmod(batch_size, world_size)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (1 if rank < extra else 0))

@@ -34,7 +34,7 @@ import torch
 from dlrm.config import CRITEO_KAGGLE_TABLE_SIZES
 from dlrm.data.source import rank_slice
 from dlrm.features import Batch, SparseFeatures
-from dlrm.training.metrics import log_loss_from_logits, roc_auc
+from dlrm.metrics import log_loss_from_logits, roc_auc
 
 BLOCK = 8192
 SPLITS = ("train", "val", "test")

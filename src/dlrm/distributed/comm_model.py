@@ -15,23 +15,28 @@ in designs that ship ids to the table owners (TorchRec's input dist), an extra
 ``B * F * L * (W-1)/W * 4`` bytes (int32 ids) per step. Here every rank reads the ids of the
 global batch itself, so no ids travel.
 
-All-reduce (MLP gradients + replicated tables as dense rows + 1 loss scalar): a buffer of
-``P_mlp + R * D + 1`` fp32 values; a ring all-reduce sends ``2 (W-1)/W`` times the buffer per rank.
+All-reduce (every replicated parameter's gradient — MLPs, interactions, cross networks,
+projections — and replicated tables as dense rows, in one buffer of ``P_dense + R * D`` fp32
+values, plus the 1-value loss before the backward): a ring all-reduce sends ``2 (W-1)/W``
+times the buffer per rank.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from dlrm.config import DLRMConfig
-from dlrm.data.source import rank_slice
+from dlrm.distributed.data_parallel import replicated_parameters
 from dlrm.distributed.planner import ShardingPlan
-from dlrm.models.interactions import CatInteraction, DotInteraction
+from dlrm.features import slice_length
+from dlrm.models import build_model
 
 
 def slice_sizes(global_batch: int, world_size: int) -> list[int]:
-    return [len(range(global_batch)[rank_slice(global_batch, r, world_size)])
-            for r in range(world_size)]
+    return [slice_length(global_batch, r, world_size) for r in range(world_size)]
 
 
 def all_to_all_bytes_per_rank(plan: ShardingPlan, global_batch: int,
@@ -50,14 +55,11 @@ def all_to_all_bytes_per_rank(plan: ShardingPlan, global_batch: int,
 
 
 def mlp_parameters(config: DLRMConfig) -> int:
-    """Weights + biases of the bottom and top MLPs."""
-    if config.interaction == "dot":
-        top_in = DotInteraction.output_width(config.num_sparse, config.embedding_dim,
-                                             config.interaction_self)
-    else:
-        top_in = CatInteraction.output_width(config.num_sparse, config.embedding_dim)
-    widths = [config.bottom_mlp, [top_in, *config.top_mlp]]
-    return sum(a * b + b for w in widths for a, b in zip(w[:-1], w[1:]))
+    """Every dense (non-embedding) parameter of a DLRM: its MLPs (and cross network), counted
+    on a build on the meta device."""
+    with torch.device("meta"):
+        model = build_model("dlrm", config.to_dict())
+    return sum(p.numel() for p in model.parameters() if not getattr(p, "sparse_rows", False))
 
 
 def mlp_flops_per_sample(config: DLRMConfig) -> float:
@@ -68,9 +70,10 @@ def mlp_flops_per_sample(config: DLRMConfig) -> float:
     return 2.0 * 3.0 * macs
 
 
-def all_reduce_buffer_bytes(config: DLRMConfig, plan: ShardingPlan) -> int:
-    replicated_rows = sum(config.table_sizes[t] for t in plan.replicated_tables)
-    return 4 * (mlp_parameters(config) + replicated_rows * config.embedding_dim + 1)
+def all_reduce_buffer_bytes(model: nn.Module) -> int:
+    """Bytes all-reduced in one step of a sharded model: every replicated parameter's gradient
+    (replicated tables whole) and the loss, in fp32."""
+    return 4 * (sum(p.numel() for p in replicated_parameters(model)) + 1)
 
 
 @dataclass

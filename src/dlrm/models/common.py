@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlrm.features import SparseFeatures
+from dlrm.features import SparseFeatures, slice_length
 
 
 class CTRModel(nn.Module):
@@ -21,6 +21,11 @@ class CTRModel(nn.Module):
         table_sizes: rows of each categorical feature's table (F tables).
         num_dense: dense features per sample.
         check_inputs: check every batch for NaN/inf dense values and out-of-range ids.
+
+    Once its tables are sharded over W processes (``dlrm.distributed.shard_model`` sets
+    ``batch_slice = (rank, W)``), the model takes the dense rows of this rank's slice of a
+    global batch of B samples and the sparse features of all B samples, and returns the
+    logits of its slice.
     """
 
     def __init__(self, table_sizes: list[int], num_dense: int, check_inputs: bool = True) -> None:
@@ -28,7 +33,14 @@ class CTRModel(nn.Module):
         self.table_sizes = [int(n) for n in table_sizes]
         self.num_dense = int(num_dense)
         self.check_inputs = check_inputs
+        self.batch_slice: tuple[int, int] | None = None
         self.register_buffer("_table_sizes", torch.tensor(self.table_sizes), persistent=False)
+
+    def local_batch(self, global_batch: int) -> int:
+        """How many dense rows this process takes for a sparse batch of ``global_batch``."""
+        if self.batch_slice is None:
+            return global_batch
+        return slice_length(global_batch, *self.batch_slice)
 
     def validate_inputs(self, dense: torch.Tensor, sparse: SparseFeatures) -> None:
         """Raise ``ValueError`` naming the bad input (shape, NaN, id out of range)."""
@@ -38,9 +50,27 @@ class CTRModel(nn.Module):
         if sparse.num_features != len(self.table_sizes):
             raise ValueError(f"got {sparse.num_features} sparse features; "
                              f"the model has {len(self.table_sizes)} tables")
-        if sparse.batch_size != dense.shape[0]:
-            raise ValueError(f"sparse batch size {sparse.batch_size} != dense batch size "
-                             f"{dense.shape[0]}")
+        if self.local_batch(sparse.batch_size) != dense.shape[0]:
+            where = "" if self.batch_slice is None else \
+                f" (rank {self.batch_slice[0]} of {self.batch_slice[1]}: its slice of the batch)"
+            raise ValueError(f"dense batch size {dense.shape[0]} != "
+                             f"{self.local_batch(sparse.batch_size)} expected for a sparse batch "
+                             f"of {sparse.batch_size}{where}")
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph: checks without a Python branch on tensor values, so
+            # the graph does not break (the message cannot name the sample).
+            torch._assert_async(torch.isfinite(dense).all(),
+                                "dense input has a NaN or infinite value")
+            ids, sizes = sparse.values, self._table_sizes
+            if sparse.one_hot:
+                limit = sizes[:, None].expand(sparse.num_features, sparse.batch_size)
+            else:
+                bounds = sparse.offsets[:: sparse.batch_size]
+                limit = torch.repeat_interleave(sizes, bounds[1:] - bounds[:-1],
+                                                output_size=ids.numel())
+            torch._assert_async(((ids >= 0) & (ids < limit.reshape(-1))).all(),
+                                "a sparse id is outside its table")
+            return
         if not bool(torch.isfinite(dense).all()):
             bad = (~torch.isfinite(dense)).nonzero()[0].tolist()
             raise ValueError(f"dense input has a NaN or infinite value at sample {bad[0]}, "

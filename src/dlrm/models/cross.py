@@ -7,8 +7,6 @@ import math
 import torch
 from torch import nn
 
-from dlrm.models.common import flat_input
-
 
 class CrossNet(nn.Module):
     """DCN cross network (Wang et al. 2017, "Deep & Cross Network for Ad Click Predictions",
@@ -86,22 +84,3 @@ class CrossNetV2(nn.Module):
             h = x if self.low_rank is None else self.down[l](x)  # (B, r) = V^T x
             x = x0 * up(h) + x  # (B, d)
         return x
-
-
-class CrossInteraction(nn.Module):
-    """DLRM-DCNv2's interaction: a (low-rank) DCN-v2 cross network over [x, e_1, ..., e_F].
-
-    Plugs into ``DLRM.interaction`` (same call as ``DotInteraction``), so a DLRM built with the
-    ``cat`` interaction becomes MLPerf's DLRM-DCNv2 when its interaction is replaced by this.
-
-    Call: ``forward(dense (B, D), pooled (B, F, D)) -> (B, (F+1) D)``.
-    """
-
-    def __init__(self, num_features: int, dim: int, num_layers: int = 3,
-                 low_rank: int | None = 512) -> None:
-        super().__init__()
-        self.cross = CrossNetV2((num_features + 1) * dim, num_layers, low_rank)
-
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        z0 = flat_input(dense, pooled)
-        return self.cross(z0)

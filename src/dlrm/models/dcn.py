@@ -1,6 +1,7 @@
-"""DCN (Wang et al. 2017), DCN-v2 (Wang et al. 2020) and MLPerf's DLRM-DCNv2.
+"""DCN (Wang et al. 2017) and DCN-v2 (Wang et al. 2020). (MLPerf's DLRM-DCNv2 is a DLRM
+with the ``cross`` interaction: ``dlrm.models.dlrm``.)
 
-All three read the same inputs as DLRM (dense (B, num_dense), F bags of ids) through the same
+Both read the same inputs as DLRM (dense (B, num_dense), F bags of ids) through the same
 ``FusedEmbeddingBag``, and return logits (B,).
 """
 
@@ -11,13 +12,13 @@ from typing import Any
 
 import torch
 
-from dlrm.config import parse_arch
+from dlrm.config import Preset, parse_arch
 from dlrm.features import SparseFeatures
 from dlrm.models.common import CTRModel, flat_input
 from dlrm.models.cross import CrossNet, CrossNetV2
-from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.mlp import MLP
-from dlrm.models.registry import register
+from dlrm.models.registry import ModelSpec, deep_widths, register
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DCNConfig:
         low_rank: DCN-v2 only: rank r of W_l = U_l V_l^T (None: full rank).
         structure: DCN-v2 only: ``parallel`` (cross and deep side by side, as DCN) or
             ``stacked`` (the deep network on top of the cross network).
+        embedding_init: how embedding rows start (``RowInit.parse``).
     """
 
     table_sizes: list[int]
@@ -42,6 +44,7 @@ class DCNConfig:
     deep_mlp: list[int] = field(default_factory=lambda: [512, 256])
     low_rank: int | None = None
     structure: str = "parallel"
+    embedding_init: str = "uniform"
 
     def __post_init__(self) -> None:
         self.table_sizes = [int(n) for n in self.table_sizes]
@@ -92,7 +95,8 @@ class DCN(CTRModel):
         super().__init__(config.table_sizes, config.num_dense, check_inputs)
         self.config = config
         d = config.input_width
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim,
+                                            init=RowInit.parse(config.embedding_init))
         self.cross = CrossNet(d, config.cross_layers)
         self.deep = MLP([d, *config.deep_mlp], final_activation=True)
         self.out = MLP([d + config.deep_mlp[-1], 1], final_activation=False)
@@ -128,7 +132,8 @@ class DCNv2(CTRModel):
         super().__init__(config.table_sizes, config.num_dense, check_inputs)
         self.config = config
         d = config.input_width
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim,
+                                            init=RowInit.parse(config.embedding_init))
         self.cross = CrossNetV2(d, config.cross_layers, config.low_rank)
         self.deep = MLP([d, *config.deep_mlp], final_activation=True)
         out_in = config.deep_mlp[-1] + (d if config.structure == "parallel" else 0)
@@ -143,86 +148,30 @@ class DCNv2(CTRModel):
         return self.out(both).squeeze(1)
 
 
-@dataclass
-class DLRMDCNv2Config:
-    """Shape of MLPerf's DLRM-DCNv2 (defaults: the MLPerf Training v3 recipe).
-
-    Args:
-        table_sizes: rows of each table (F tables).
-        embedding_dim: D (128 in MLPerf).
-        bottom_mlp: dense input width to D, e.g. ``[13, 512, 256, 128]``.
-        top_mlp: widths after the cross network, ending at 1.
-        cross_layers: low-rank cross layers over [x, e_1, ..., e_F] (3 in MLPerf).
-        low_rank: their rank r (512 in MLPerf).
-    """
-
-    table_sizes: list[int]
-    embedding_dim: int = 128
-    bottom_mlp: list[int] = field(default_factory=lambda: [13, 512, 256, 128])
-    top_mlp: list[int] = field(default_factory=lambda: [1024, 1024, 512, 256, 1])
-    cross_layers: int = 3
-    low_rank: int | None = 512
-
-    def __post_init__(self) -> None:
-        self.table_sizes = [int(n) for n in self.table_sizes]
-        self.bottom_mlp = parse_arch(self.bottom_mlp)
-        self.top_mlp = parse_arch(self.top_mlp)
-        if self.bottom_mlp[-1] != self.embedding_dim:
-            raise ValueError(f"bottom_mlp {self.bottom_mlp} must end at the embedding "
-                             f"dimension D={self.embedding_dim}")
-        if self.top_mlp[-1] != 1:
-            raise ValueError(f"top_mlp {self.top_mlp}: must end with width 1 (one logit)")
-
-    @property
-    def num_dense(self) -> int:
-        return self.bottom_mlp[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DLRMDCNv2Config:
-        return cls(**d)
+def _dcn_config_for(kind: str):
+    def config_for(preset: Preset, table_sizes: list[int], num_dense: int,
+                   over: dict[str, Any]) -> dict[str, Any]:
+        """The preset's D and deep widths; DCN 6 cross layers (the paper's Criteo setup),
+        DCN-v2 3, full rank, parallel."""
+        cfg = DCNConfig(table_sizes=table_sizes, num_dense=num_dense,
+                        embedding_dim=int(over.get("embedding_dim", preset.embedding_dim)),
+                        cross_layers=int(over.get("cross_layers", 6 if kind == "dcn" else 3)),
+                        deep_mlp=deep_widths(preset, over),
+                        embedding_init=over.get("embedding_init", "uniform"))
+        if kind == "dcnv2":
+            cfg.low_rank = over.get("low_rank")
+            cfg.structure = over.get("structure", "parallel")
+        return DCNConfig.from_dict(cfg.to_dict()).to_dict()
+    return config_for
 
 
-class DLRMDCNv2(CTRModel):
-    """MLPerf's DLRM-DCNv2: DLRM with its dot interaction replaced by a low-rank cross network.
-
-    Math:
-        x     = BottomMLP(dense)                      (B, D), ReLU after every layer
-        z_0   = [x, e_1, ..., e_F]                     (B, (F+1) D)
-        z_L   = CrossNetV2(z_0), low rank r            (B, (F+1) D)
-        logit = TopMLP(z_L)                            (B,)
-
-    Args:
-        config: a ``DLRMDCNv2Config``.
-
-    Call: ``forward(dense (B, num_dense), sparse with F features) -> logits (B,)``.
-
-    Example:
-        >>> cfg = DLRMDCNv2Config(table_sizes=[10, 20], embedding_dim=4, bottom_mlp=[3, 4],
-        ...                       top_mlp=[8, 1], cross_layers=2, low_rank=2)
-        >>> DLRMDCNv2(cfg)(torch.randn(5, 3), SparseFeatures.from_ids(
-        ...     torch.zeros(5, 2).long())).shape
-        torch.Size([5])
-    """
-
-    def __init__(self, config: DLRMDCNv2Config, check_inputs: bool = True) -> None:
-        super().__init__(config.table_sizes, config.num_dense, check_inputs)
-        self.config = config
-        width = (len(config.table_sizes) + 1) * config.embedding_dim
-        self.bottom_mlp = MLP(config.bottom_mlp, final_activation=True)
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
-        self.cross = CrossNetV2(width, config.cross_layers, config.low_rank)
-        self.top_mlp = MLP([width, *config.top_mlp], final_activation=False)
-
-    def forward(self, dense: torch.Tensor, sparse: SparseFeatures) -> torch.Tensor:
-        self.maybe_validate(dense, sparse)
-        x = self.bottom_mlp(dense)  # (B, D)
-        z0 = flat_input(x, self.embeddings(sparse))  # (B, (F+1) D)
-        return self.top_mlp(self.cross(z0)).squeeze(1)
-
-
-register("dcn", lambda cfg: DCN(DCNConfig.from_dict(cfg)))
-register("dcnv2", lambda cfg: DCNv2(DCNConfig.from_dict(cfg)))
-register("dlrm_dcnv2", lambda cfg: DLRMDCNv2(DLRMDCNv2Config.from_dict(cfg)))
+_DCN_OPTIONS = {"embedding_dim": "D of every table", "deep_mlp": "deep network widths",
+                "cross_layers": "cross layers", "embedding_init": "how embedding rows start"}
+register(ModelSpec("dcn", "Deep & Cross Network (Wang et al. 2017)",
+                   build=lambda cfg: DCN(DCNConfig.from_dict(cfg)),
+                   config_for=_dcn_config_for("dcn"), options=_DCN_OPTIONS))
+register(ModelSpec("dcnv2", "DCN-v2 (Wang et al. 2020): matrix cross layers, full or low rank",
+                   build=lambda cfg: DCNv2(DCNConfig.from_dict(cfg)),
+                   config_for=_dcn_config_for("dcnv2"),
+                   options={**_DCN_OPTIONS, "low_rank": "rank of W_l (none: full rank)",
+                            "structure": "parallel or stacked"}))

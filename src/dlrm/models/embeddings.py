@@ -3,105 +3,140 @@
 Math: for feature f and sample b with bag S_fb of ids, ``pooled[b, f] = sum_{i in S_fb} E_f[i]``.
 
 All F tables live in one ``(sum_f n_f, D)`` weight; table f starts at row ``table_offsets[f]``.
-A lookup adds the offsets to the local ids and gathers once (one native pass or
-``index_select`` for one-hot bags, ``embedding_bag`` otherwise), instead of a Python loop over
-F ``nn.EmbeddingBag`` modules.
+A lookup is one ``dlrm::embedding_bag`` operator call for all features (``dlrm.ops.embedding``),
+instead of a Python loop over F ``nn.EmbeddingBag`` modules. Only the looked-up rows are
+updated, and no dense (rows, D) gradient ever exists: once an optimizer is built
+(``dlrm.training.optim``), the lookup's backward applies its row update itself
+(``row_update``, FBGEMM's fused update); without one, the weight's gradient is a *sparse* COO
+tensor with one row per looked-up id.
 
-The backward pass hands autograd a *sparse* COO gradient ``(ids, rows)`` of the weight — one
-row of D values per looked-up id, duplicates left uncoalesced — so the optimizer can update
-only the touched rows (``dlrm.training.optim``). For one-hot bags producing it copies no
-floats when the consumer hands back a sample-major or feature-major pooled gradient (one copy
-otherwise); no (rows, D) dense gradient is ever allocated.
+Initialisation is defined per (seed, table, block of ``INIT_BLOCK_ROWS`` rows): every block
+draws from its own generator, so any row range of a table can be drawn alone and a table's
+values do not depend on how its rows are split over processes (``dlrm.distributed``). The seed
+is drawn from torch's global generator when the module is built, so ``torch.manual_seed(s)``
+before building a model fixes its embeddings as it fixes its other weights, in whatever order
+the tables are later materialised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from dlrm import kernels
 from dlrm.features import SparseFeatures
+from dlrm.ops import embedding_bag
+
+INIT_BLOCK_ROWS = 1 << 16
+INIT_KINDS = ("uniform", "normal", "constant")
 
 
-def global_ids(sparse: SparseFeatures, table_offsets: torch.Tensor) -> torch.Tensor:
-    """Local ids + each value's table offset -> rows of the fused weight, (N,).
+@dataclass(frozen=True)
+class RowInit:
+    """How embedding rows start.
 
-    One-hot bags come out sample-major (the id of sample b, feature f at b*F + f);
-    multi-hot values keep their feature-major order.
-    """
-    batch = sparse.batch_size
-    if sparse.one_hot:
-        ids = sparse.values.view(sparse.num_features, batch)
-        return (ids + table_offsets[:-1, None]).t().reshape(-1)
-    # Values of feature f are the contiguous run offsets[f*B] : offsets[(f+1)*B].
-    bounds = sparse.offsets[:: batch]
-    per_feature = bounds[1:] - bounds[:-1]
-    shift = torch.repeat_interleave(table_offsets[:-1], per_feature)
-    return sparse.values + shift
-
-
-class _FusedLookup(torch.autograd.Function):
-    """pooled (B, F, D) = bag-sum of weight rows; grad of weight is a sparse COO tensor.
-
-    One-hot bags are gathered sample-major (ids ordered (b, f)), so the (B, F, D) result is
-    contiguous and the interaction reads it without a transposing copy. Multi-hot bags run
-    feature-major through ``embedding_bag`` (values are grouped by feature, as
-    ``SparseFeatures`` stores them) and come back as a transposed (F, B, D) view. The backward
-    takes the pooled gradient in whatever layout the consumer produced: sample-major or
-    feature-major storage is used in place with the ids permuted to match (53k int64 instead
-    of 53k x D floats), any other layout is copied once.
+    Args:
+        kind: ``uniform``: U(-scale sqrt(1/n), scale sqrt(1/n)) for a table of n rows, the
+            reference DLRM's (scale 1); ``normal``: N(0, scale^2) (DeepCTR's default is
+            scale 1e-4); ``constant``: every value equals ``scale``.
+        scale: see ``kind``.
     """
 
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-                table_offsets: torch.Tensor, one_hot: bool, num_features: int
-                ) -> torch.Tensor:  # type: ignore[override]
-        dim = weight.shape[1]
-        ctx.one_hot = one_hot
-        ctx.weight_shape = weight.shape
-        if one_hot and kernels.supports_rows(weight, values):
-            # Global ids and rows in one native pass.
-            pooled, ids = kernels.lookup_one_hot(weight, values, table_offsets)
-        else:
-            ids = global_ids(SparseFeatures(values, offsets, num_features, one_hot),
-                             table_offsets)
-            if one_hot:  # ids are sample-major: row b*F + f
-                pooled = weight.index_select(0, ids)
-        ctx.save_for_backward(ids, offsets)
-        if one_hot:
-            return pooled.view(-1, num_features, dim)  # (B, F, D)
-        pooled = torch.nn.functional.embedding_bag(
-            ids, weight, offsets[:-1], mode="sum", include_last_offset=False)  # (F*B, D)
-        return pooled.view(num_features, -1, dim).transpose(0, 1)  # (B, F, D)
+    kind: str = "uniform"
+    scale: float = 1.0
 
-    @staticmethod
-    @once_differentiable  # a sparse gradient and a native lookup: differentiating twice must fail
-    def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
-        ids, offsets = ctx.saved_tensors
-        batch, num_features, dim = grad_pooled.shape
-        feature_major = grad_pooled.transpose(0, 1)  # (F, B, D)
-        if feature_major.is_contiguous() and not grad_pooled.is_contiguous():
-            bag_grads = feature_major.view(num_features * batch, dim)  # row f*B + b
-            sample_major = False
+    def __post_init__(self) -> None:
+        if self.kind not in INIT_KINDS:
+            raise ValueError(f"embedding init {self.kind!r}: expected one of {INIT_KINDS}")
+        if not math.isfinite(self.scale) or (self.kind != "constant" and self.scale <= 0):
+            raise ValueError(f"embedding init scale {self.scale}: must be a positive number")
+
+    @classmethod
+    def parse(cls, text: str) -> RowInit:
+        """``"uniform"``, ``"normal:1e-4"``, ``"constant:0"`` -> a ``RowInit``."""
+        kind, _, scale = text.partition(":")
+        try:
+            return cls(kind.strip(), float(scale) if scale else 1.0)
+        except ValueError as err:
+            raise ValueError(f"embedding init {text!r}: {err}") from err
+
+    def __str__(self) -> str:
+        return self.kind if (self.kind, self.scale) == ("uniform", 1.0) \
+            else f"{self.kind}:{self.scale:g}"
+
+
+def _block_seed(seed: int, table: int, block: int) -> int:
+    # An explicit mix (not hash()) so the values are the same on every Python version.
+    return (seed * 0x9E3779B1 + table * 0x85EBCA77 + block * 0xC2B2AE3D) % (1 << 63)
+
+
+def init_rows(init: RowInit, table_size: int, row_start: int, row_end: int, dim: int,
+              seed: int, table: int) -> torch.Tensor:
+    """Rows [row_start, row_end) of table ``table`` (of ``table_size`` rows) on the CPU, drawn
+    block by block with generators seeded by (seed, table, block): the same values whatever
+    the range asked for."""
+    out = torch.empty(row_end - row_start, dim)
+    if init.kind == "constant":
+        return out.fill_(init.scale)
+    if row_end <= row_start:
+        return out
+    bound = init.scale * math.sqrt(1.0 / table_size)
+    first, last = row_start // INIT_BLOCK_ROWS, (row_end - 1) // INIT_BLOCK_ROWS
+    for block in range(first, last + 1):
+        gen = torch.Generator().manual_seed(_block_seed(seed, table, block))
+        lo = block * INIT_BLOCK_ROWS
+        n = min(INIT_BLOCK_ROWS, table_size - lo)
+        rows = torch.empty(n, dim)
+        if init.kind == "uniform":
+            rows.uniform_(-bound, bound, generator=gen)
         else:
-            bag_grads = grad_pooled.contiguous().view(batch * num_features, dim)  # b*F + f
-            sample_major = True
-        if ctx.one_hot:  # ids are sample-major
-            row_ids = ids if sample_major else ids.view(batch, num_features).t().reshape(-1)
-            rows = bag_grads  # (N, D): one id per bag
-        else:  # ids and bags are feature-major: bag f*B + b holds ids offsets[f*B + b]:...
-            lengths = offsets[1:] - offsets[:-1]
-            bag_of_value = torch.repeat_interleave(
-                torch.arange(lengths.numel(), device=ids.device), lengths)
-            if sample_major:  # bag f*B + b sits at row b*F + f
-                bag_of_value = (bag_of_value % batch) * num_features + bag_of_value // batch
-            row_ids, rows = ids, bag_grads.index_select(0, bag_of_value)  # (N, D)
-        grad_weight = torch.sparse_coo_tensor(
-            row_ids.unsqueeze(0), rows, ctx.weight_shape, check_invariants=False)
-        return grad_weight, None, None, None, None, None
+            rows.normal_(0.0, init.scale, generator=gen)
+        a, b = max(row_start, lo), min(row_end, lo + n)
+        out[a - row_start: b - row_start] = rows[a - lo: b - lo]
+    return out
+
+
+@dataclass
+class RowUpdate:
+    """The row optimizer a ``FusedEmbeddingBag`` applies inside its backward, set by
+    ``dlrm.training.optim.build_optimizer``: SGD, or row-wise Adagrad with an ``accumulator``
+    (one float per row). ``lr`` is a 0-d tensor the optimizer changes in place."""
+
+    lr: torch.Tensor
+    accumulator: torch.Tensor | None = None
+    eps: float = 1e-8
+
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_tables() -> Iterator[None]:
+    """Build models whose embedding weights stay on the ``meta`` device (no memory, no values)
+    while everything else is built and initialised as usual; ``materialize_tables`` or
+    ``dlrm.distributed.shard_model`` gives them rows later, with the same values as an
+    immediate build."""
+    before = getattr(_deferred, "on", False)
+    _deferred.on = True
+    try:
+        yield
+    finally:
+        _deferred.on = before
+
+
+def materialize_tables(model: nn.Module, device: torch.device | str | None = None,
+                       draw: bool = True) -> nn.Module:
+    """Allocate every deferred ``FusedEmbeddingBag`` in ``model`` (in place) and draw its
+    initial rows (``draw=False``: leave them uninitialised, for tables about to be loaded)."""
+    for module in model.modules():
+        if isinstance(module, FusedEmbeddingBag) and module.weight.is_meta:
+            module.materialize(device, draw)
+    return model
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -110,10 +145,11 @@ class FusedEmbeddingBag(nn.Module):
     Args:
         table_sizes: rows n_f of each table.
         embedding_dim: D.
-        init: ``"uniform"`` draws table f's rows from U(-sqrt(1/n_f), sqrt(1/n_f)) as the
-            reference DLRM does.
+        init: how rows start (``RowInit``; default the reference's U(-sqrt(1/n), sqrt(1/n))).
+        seed: the tables' initialisation seed (default: drawn from torch's global generator).
 
-    Call: ``forward(sparse)`` with F features and batch B returns ``(B, F, D)``.
+    Call: ``forward(sparse)`` with F features and batch B returns ``(B, F, D)`` float32
+    (contiguous for one-hot bags, a transposed view of (F, B, D) storage for multi-hot ones).
 
     Example:
         >>> emb = FusedEmbeddingBag([10, 20], embedding_dim=4)
@@ -121,38 +157,75 @@ class FusedEmbeddingBag(nn.Module):
         torch.Size([2, 2, 4])
     """
 
-    def __init__(self, table_sizes: list[int], embedding_dim: int) -> None:
+    def __init__(self, table_sizes: list[int], embedding_dim: int,
+                 init: RowInit | None = None, seed: int | None = None) -> None:
         super().__init__()
         for k, n in enumerate(table_sizes):
             if n <= 0:
                 raise ValueError(f"table {k}: size {n}; every table needs at least one row")
         self.table_sizes = [int(n) for n in table_sizes]
         self.embedding_dim = int(embedding_dim)
+        self.init = init or RowInit()
+        self.seed = int(torch.randint(0, 1 << 62, (1,), device="cpu")) if seed is None \
+            else int(seed)
         offsets = [0]
         for n in self.table_sizes:
             offsets.append(offsets[-1] + n)
         self.register_buffer("table_offsets", torch.tensor(offsets, dtype=torch.int64),
                              persistent=False)
-        self.weight = nn.Parameter(torch.empty(offsets[-1], self.embedding_dim))
+        deferred = getattr(_deferred, "on", False)
+        self.weight = nn.Parameter(torch.empty(offsets[-1], self.embedding_dim,
+                                               device="meta" if deferred else None))
         self.weight.sparse_rows = True  # tells build_optimizer to use a sparse row update
-        self.reset_parameters()
+        self.row_update: RowUpdate | None = None  # the optimizer's, applied in the backward
+        if not deferred:
+            self.reset_parameters()
 
     @property
     def num_features(self) -> int:
         return len(self.table_sizes)
 
+    def feature_storage(self) -> list[list[tuple[int, int]]]:
+        """Per feature, the (rows, dim) of each table storing it (memory reports)."""
+        return [[(n, self.embedding_dim)] for n in self.table_sizes]
+
+    def extra_repr(self) -> str:
+        return f"tables={len(self.table_sizes)}, dim={self.embedding_dim}, init={self.init}"
+
+    def table_rows(self, table: int, row_start: int, row_end: int) -> torch.Tensor:
+        """Initial rows [row_start, row_end) of ``table`` (CPU), as ``reset_parameters`` draws."""
+        return init_rows(self.init, self.table_sizes[table], row_start, row_end,
+                         self.embedding_dim, self.seed, table)
+
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            for k, n in enumerate(self.table_sizes):
-                bound = math.sqrt(1.0 / n)
-                self.table(k).uniform_(-bound, bound)
+        if self.weight.is_meta:  # deferred, or a whole-model build on the meta device
+            return
+        for k, n in enumerate(self.table_sizes):
+            self.table(k).copy_(self.table_rows(k, 0, n))
+
+    def materialize(self, device: torch.device | str | None = None, draw: bool = True) -> None:
+        """Give a deferred weight its memory and (with ``draw``) its initial rows."""
+        weight = nn.Parameter(torch.empty(self.weight.shape, device=device))
+        weight.sparse_rows = True
+        self.weight = weight
+        self.table_offsets = self.table_offsets.to(weight.device)
+        if draw:
+            self.reset_parameters()
 
     def table(self, k: int) -> torch.Tensor:
         """Table k as a view (n_k, D) of the fused weight."""
-        start = int(self.table_offsets[k])
+        start = sum(self.table_sizes[:k])
         return self.weight[start: start + self.table_sizes[k]]
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)
-        return _FusedLookup.apply(self.weight, sparse.values, sparse.offsets, self.table_offsets,
-                                  sparse.one_hot, self.num_features)  # (B, F, D)
+        update = self.row_update
+        if update is None or not torch.is_grad_enabled():
+            pooled, _ids = embedding_bag(self.weight, sparse.values, sparse.offsets,
+                                         self.table_offsets, sparse.one_hot)
+        else:  # the backward updates the rows (the weight gets no .grad)
+            pooled, _ids = embedding_bag(self.weight, sparse.values, sparse.offsets,
+                                         self.table_offsets, sparse.one_hot, update.lr,
+                                         update.accumulator, update.eps)
+        return pooled  # (B, F, D)

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrm.config import parse_arch
+from dlrm.config import Preset, parse_arch
 from dlrm.features import SparseFeatures
 from dlrm.models.common import CTRModel, first_order, flat_input
-from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.mlp import MLP
-from dlrm.models.registry import register
+from dlrm.models.registry import ModelSpec, deep_widths, register
 
 
 @dataclass
@@ -30,12 +30,15 @@ class LinearDeepConfig:
         num_dense: dense features per sample.
         embedding_dim: D of the deep part's embeddings.
         deep_mlp: hidden widths of the deep network (ReLU after each; a logit layer follows).
+        embedding_init: how the deep part's embedding rows start (``RowInit.parse``); the
+            first-order weights always start at zero.
     """
 
     table_sizes: list[int]
     num_dense: int = 13
     embedding_dim: int = 16
     deep_mlp: list[int] = field(default_factory=lambda: [512, 256])
+    embedding_init: str = "uniform"
 
     def __post_init__(self) -> None:
         self.table_sizes = [int(n) for n in self.table_sizes]
@@ -53,9 +56,7 @@ class LinearDeepConfig:
 
 def _linear_parts(module: CTRModel, table_sizes: list[int], num_dense: int) -> None:
     """Adds ``wide`` (one zero-initialized weight per id) and ``dense_linear`` (a . d + b)."""
-    module.wide = FusedEmbeddingBag(table_sizes, 1)
-    with torch.no_grad():
-        module.wide.weight.zero_()
+    module.wide = FusedEmbeddingBag(table_sizes, 1, init=RowInit("constant", 0.0))
     module.dense_linear = nn.Linear(num_dense, 1)
     with torch.no_grad():
         module.dense_linear.weight.zero_()
@@ -115,7 +116,8 @@ class WideAndDeep(CTRModel):
         super().__init__(config.table_sizes, config.num_dense, check_inputs)
         self.config = config
         _linear_parts(self, config.table_sizes, config.num_dense)
-        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim)
+        self.embeddings = FusedEmbeddingBag(config.table_sizes, config.embedding_dim,
+                                            init=RowInit.parse(config.embedding_init))
         width = config.num_dense + len(config.table_sizes) * config.embedding_dim
         self.deep = MLP([width, *config.deep_mlp, 1], final_activation=False)
 
@@ -161,6 +163,23 @@ class DeepFM(WideAndDeep):
         return first + fm + deep
 
 
-register("lr", lambda cfg: LogisticRegression(LinearDeepConfig.from_dict(cfg)))
-register("wdl", lambda cfg: WideAndDeep(LinearDeepConfig.from_dict(cfg)))
-register("deepfm", lambda cfg: DeepFM(LinearDeepConfig.from_dict(cfg)))
+def _linear_config_for(preset: Preset, table_sizes: list[int], num_dense: int,
+                       over: dict[str, Any]) -> dict[str, Any]:
+    """The preset's D and deep widths (logistic regression uses neither)."""
+    return LinearDeepConfig(table_sizes=table_sizes, num_dense=num_dense,
+                            embedding_dim=int(over.get("embedding_dim", preset.embedding_dim)),
+                            deep_mlp=deep_widths(preset, over),
+                            embedding_init=over.get("embedding_init", "uniform")).to_dict()
+
+
+_DEEP_OPTIONS = {"embedding_dim": "D of the deep part's tables",
+                 "deep_mlp": "deep network widths", "embedding_init": "how embedding rows start"}
+register(ModelSpec("wdl", "Wide & Deep (Cheng et al. 2016)",
+                   build=lambda cfg: WideAndDeep(LinearDeepConfig.from_dict(cfg)),
+                   config_for=_linear_config_for, options=_DEEP_OPTIONS))
+register(ModelSpec("deepfm", "DeepFM (Guo et al. 2017)",
+                   build=lambda cfg: DeepFM(LinearDeepConfig.from_dict(cfg)),
+                   config_for=_linear_config_for, options=_DEEP_OPTIONS))
+register(ModelSpec("lr", "logistic regression on one-hot ids and dense values",
+                   build=lambda cfg: LogisticRegression(LinearDeepConfig.from_dict(cfg)),
+                   config_for=_linear_config_for))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dlrm.features import SparseFeatures
-from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.feature_groups import FeatureOrder, select_features
 
 
@@ -61,6 +61,7 @@ class MixedDimEmbeddingBag(nn.Module):
         table_sizes: rows n_f of each table.
         embedding_dim: D, the width of every output vector.
         dims: d_f of each table (e.g. from ``md_dimensions``), 1 <= d_f <= D.
+        init: how the tables' rows start (``RowInit``).
 
     Call: ``forward(sparse)`` with F features and batch B returns ``(B, F, D)``.
 
@@ -70,7 +71,8 @@ class MixedDimEmbeddingBag(nn.Module):
         torch.Size([1, 2, 8])
     """
 
-    def __init__(self, table_sizes: list[int], embedding_dim: int, dims: list[int]) -> None:
+    def __init__(self, table_sizes: list[int], embedding_dim: int, dims: list[int],
+                 init: RowInit | None = None) -> None:
         super().__init__()
         if len(dims) != len(table_sizes):
             raise ValueError(f"{len(dims)} dimensions for {len(table_sizes)} tables")
@@ -83,7 +85,7 @@ class MixedDimEmbeddingBag(nn.Module):
         distinct = sorted(set(self.dims), reverse=True)
         self.groups = [[f for f, d in enumerate(self.dims) if d == dim] for dim in distinct]
         self.tables = nn.ModuleList(
-            FusedEmbeddingBag([self.table_sizes[f] for f in group], dim)
+            FusedEmbeddingBag([self.table_sizes[f] for f in group], dim, init=init)
             for group, dim in zip(self.groups, distinct))
         projections = []
         for group, dim in zip(self.groups, distinct):
@@ -105,6 +107,10 @@ class MixedDimEmbeddingBag(nn.Module):
     @property
     def num_features(self) -> int:
         return len(self.table_sizes)
+
+    def feature_storage(self) -> list[list[tuple[int, int]]]:
+        """Per feature, the (rows, dim) of its table (memory reports; projections are dense)."""
+        return [[(n, d)] for n, d in zip(self.table_sizes, self.dims)]
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)

@@ -11,9 +11,9 @@ reference DLRM's ``QREmbeddingBag`` (pooling first, then combining):
 Every id keeps a distinct (quotient, remainder) pair, so no two ids share an embedding, with
 ceil(n/c) + c rows instead of n. Tables at or below the threshold stay full tables.
 
-Initialization: Q and R rows ~ U(-sqrt(1/rows), sqrt(1/rows)) like the fused tables, except
-``mult``, whose R starts at 1 so that each id starts from its quotient row. (The reference
-draws both from U(sqrt(1/n), 1).)
+Initialization: Q and R rows as the model's ``RowInit`` (default U(-sqrt(1/rows), sqrt(1/rows))
+like the fused tables), except ``mult``, whose R starts at 1 so that each id starts from its
+quotient row. (The reference draws both from U(sqrt(1/n), 1).)
 
 All tables are ``FusedEmbeddingBag`` weights, so the sparse row optimizers update them.
 """
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from dlrm.features import SparseFeatures
-from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.feature_groups import FeatureOrder, select_features
 
 QR_OPERATIONS = ("mult", "add", "concat")
@@ -50,6 +50,7 @@ class QREmbeddingBag(nn.Module):
         threshold: tables with n_f > threshold use quotient-remainder tables.
         collisions: c, rows of each remainder table.
         operation: ``mult``, ``add`` or ``concat``.
+        init: how the full and quotient tables' rows start (``RowInit``).
 
     Call: ``forward(sparse)`` with F features and batch B returns ``(B, F, D)``.
 
@@ -62,7 +63,8 @@ class QREmbeddingBag(nn.Module):
     """
 
     def __init__(self, table_sizes: list[int], embedding_dim: int, threshold: int,
-                 collisions: int = 4, operation: str = "mult") -> None:
+                 collisions: int = 4, operation: str = "mult", init: RowInit | None = None
+                 ) -> None:
         super().__init__()
         if operation not in QR_OPERATIONS:
             raise ValueError(f"qr operation {operation!r}: expected one of {QR_OPERATIONS}")
@@ -71,26 +73,33 @@ class QREmbeddingBag(nn.Module):
         self.table_sizes = [int(n) for n in table_sizes]
         self.embedding_dim = int(embedding_dim)
         self.collisions = int(collisions)
+        self.threshold = int(threshold)
         self.operation = operation
         self.small = [f for f, n in enumerate(self.table_sizes) if n <= threshold]
         self.large = [f for f, n in enumerate(self.table_sizes) if n > threshold]
         self.full = FusedEmbeddingBag([self.table_sizes[f] for f in self.small],
-                                      embedding_dim) if self.small else None
+                                      embedding_dim, init=init) if self.small else None
         self.quotient: FusedEmbeddingBag | None = None
         self.remainder: FusedEmbeddingBag | None = None
         if self.large:
             shapes = [qr_table_shapes(self.table_sizes[f], embedding_dim, collisions, operation)
                       for f in self.large]
-            self.quotient = FusedEmbeddingBag([s[0][0] for s in shapes], shapes[0][0][1])
-            self.remainder = FusedEmbeddingBag([s[1][0] for s in shapes], shapes[0][1][1])
-            if operation == "mult":
-                with torch.no_grad():
-                    self.remainder.weight.fill_(1.0)
+            self.quotient = FusedEmbeddingBag([s[0][0] for s in shapes], shapes[0][0][1],
+                                              init=init)
+            self.remainder = FusedEmbeddingBag(
+                [s[1][0] for s in shapes], shapes[0][1][1],
+                init=RowInit("constant", 1.0) if operation == "mult" else init)
         self.order = FeatureOrder([g for g in (self.small, self.large) if g])
 
     @property
     def num_features(self) -> int:
         return len(self.table_sizes)
+
+    def feature_storage(self) -> list[list[tuple[int, int]]]:
+        """Per feature, the (rows, dim) of each table storing it (memory reports)."""
+        return [[(n, self.embedding_dim)] if n <= self.threshold else
+                qr_table_shapes(n, self.embedding_dim, self.collisions, self.operation)
+                for n in self.table_sizes]
 
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)

@@ -13,8 +13,9 @@ A lookup gathers the rows of the batch's ids, dequantizes only those, and sum-po
 tables in one vectorized call (no loop over tables).
 
 ``quantize_model`` swaps every ``FusedEmbeddingBag`` inside a model (the plain tables, QR's
-and mixed-dimension's too) for a ``QuantizedEmbeddingBag``; ``QuantizedDLRM`` is registered as
-model kind ``dlrm-quantized`` so ``load_model`` and ``dlrm eval`` read its checkpoints.
+and mixed-dimension's too) for a ``QuantizedEmbeddingBag``; the result is registered as model
+kind ``dlrm-quantized`` so ``load_model`` and ``dlrm eval`` read its checkpoints
+(``dlrm.training.checkpoint.quantize_checkpoint`` writes them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.registry import ModelSpec, build_model, register
 
 QUANTIZED_BITS = (8, 4)
 
@@ -167,38 +169,13 @@ def embedding_bytes(model: nn.Module) -> int:
     return total
 
 
-def build_quantized_dlrm(config: dict[str, Any]) -> nn.Module:
+def build_quantized(config: dict[str, Any]) -> nn.Module:
     """Model kind ``dlrm-quantized``: ``{"base_kind": "dlrm", "base_config": {...},
     "bits": 8}`` -> the base model with empty quantized tables, ready for load_state_dict."""
-    from dlrm.models.registry import build_model
-
     model = build_model(config["base_kind"], config["base_config"])
     return quantize_model(model, int(config["bits"]), empty=True)
 
 
-def quantize_checkpoint(src: str, dst: str, bits: int = 8) -> dict[str, Any]:
-    """Write a ``dlrm-quantized`` checkpoint of the model in checkpoint ``src`` to ``dst``.
-
-    The new checkpoint keeps the source's train config and data spec (so ``dlrm eval`` finds
-    its data) and drops the optimizer state. Returns sizes: ``float_bytes``,
-    ``quantized_bytes`` (embedding tables only) and their ratio.
-    """
-    from dlrm.training import checkpoint as ckpt_io
-
-    model, ckpt = ckpt_io.load_model(src)
-    if ckpt["model_kind"] == "dlrm-quantized":
-        raise ValueError(f"{src} is already quantized ({ckpt['model_config']['bits']} bits)")
-    float_bytes = embedding_bytes(model)
-    if float_bytes == 0:
-        raise ValueError(f"{src}: model kind {ckpt['model_kind']!r} has no embedding tables "
-                         f"to quantize")
-    quantize_model(model, bits)
-    quantized_bytes = embedding_bytes(model)
-    config = {"base_kind": ckpt["model_kind"], "base_config": ckpt["model_config"], "bits": bits}
-    ckpt_io.save_atomic({
-        "format": ckpt_io.FORMAT, "model_kind": "dlrm-quantized", "model_config": config,
-        "model": model.state_dict(), "train_config": ckpt.get("train_config"),
-        "data_spec": ckpt.get("data_spec"), "step": ckpt.get("step"),
-        "quantized_from": str(src)}, dst)
-    return {"bits": bits, "float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
-            "ratio": float_bytes / quantized_bytes}
+register(ModelSpec("dlrm-quantized", "any model kind with row-wise int8/4-bit tables "
+                   "(made by `dlrm quantize`, inference only)", build=build_quantized,
+                   trainable=False))

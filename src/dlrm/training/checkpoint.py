@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm.models import build_model
+from dlrm.models.quantized import embedding_bytes, quantize_model
+
 FORMAT = "dlrm-checkpoint-v1"
 
 
@@ -54,13 +57,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
-def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
-    """A fresh model of ``kind`` from its config dict (see ``dlrm.models.registry``)."""
-    from dlrm.models.registry import build_model as _build
-
-    return _build(kind, config)
-
-
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
     """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
@@ -70,3 +66,29 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     model.to(map_location)
     model.eval()
     return model, ckpt
+
+
+def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int = 8) -> dict[str, Any]:
+    """Write a ``dlrm-quantized`` checkpoint of the model in checkpoint ``src`` to ``dst``.
+
+    The new checkpoint keeps the source's train config and data spec (so ``dlrm eval`` finds
+    its data) and drops the optimizer state. Returns sizes: ``float_bytes``,
+    ``quantized_bytes`` (embedding tables only) and their ratio.
+    """
+    model, ckpt = load_model(src)
+    if ckpt["model_kind"] == "dlrm-quantized":
+        raise ValueError(f"{src} is already quantized ({ckpt['model_config']['bits']} bits)")
+    float_bytes = embedding_bytes(model)
+    if float_bytes == 0:
+        raise ValueError(f"{src}: model kind {ckpt['model_kind']!r} has no embedding tables "
+                         f"to quantize")
+    quantize_model(model, bits)
+    quantized_bytes = embedding_bytes(model)
+    config = {"base_kind": ckpt["model_kind"], "base_config": ckpt["model_config"], "bits": bits}
+    save_atomic({
+        "format": FORMAT, "model_kind": "dlrm-quantized", "model_config": config,
+        "model": model.state_dict(), "train_config": ckpt.get("train_config"),
+        "data_spec": ckpt.get("data_spec"), "step": ckpt.get("step"),
+        "quantized_from": str(src)}, dst)
+    return {"bits": bits, "float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
+            "ratio": float_bytes / quantized_bytes}

@@ -27,13 +27,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from dlrm import kernels
+from dlrm import ops
 from dlrm.allocator import tune_cpu_allocator
-from dlrm.bench.timing import synchronized_clock
 from dlrm.data.source import DataSource
 from dlrm.features import Batch
+from dlrm.metrics import MetricAccumulator
+from dlrm.models import build_model
+from dlrm.models.memory import check_memory, parameter_memory
+from dlrm.timing import synchronized_clock
 from dlrm.training import checkpoint as ckpt_io
-from dlrm.training.metrics import MetricAccumulator
 from dlrm.training.optim import HybridOptimizer, build_optimizer
 from dlrm.training.schedule import build_schedule
 
@@ -261,7 +263,9 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     """Train a model in this process; returns the summary (also in ``run_dir/summary.json``).
 
     Args:
-        model_kind, model_config: what ``dlrm.models.registry.build_model`` builds.
+        model_kind, model_config: what ``dlrm.models.build_model`` builds (any registered
+            kind); the model's weights are drawn after ``torch.manual_seed(config.seed)``,
+            as ``dlrm.distributed.train_distributed`` draws them on every rank.
         data: the data source; its ``spec()`` goes into checkpoints for ``dlrm eval``.
         config: a ``TrainConfig``.
         run_dir: the run directory (created).
@@ -277,16 +281,13 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
 
-    if model_kind == "dlrm":  # issue 7: refuse what cannot fit, before allocating anything
-        from dlrm.config import DLRMConfig
-        from dlrm.memory import check_memory, parameter_memory
-
-        report = parameter_memory(DLRMConfig.from_dict(model_config), config.optimizer,
-                                  config.sparse_optimizer)
-        emit({"event": "memory", **report.summary()})
-        check_memory(report, device)
+    # Refuse what cannot fit, before allocating anything (any model kind: a meta build).
+    report = parameter_memory(model_kind, model_config, config.optimizer,
+                              config.sparse_optimizer)
+    emit({"event": "memory", **report.summary()})
+    check_memory(report, device)
     torch.manual_seed(config.seed)
-    model = ckpt_io.build_model(model_kind, model_config).to(device)
+    model = build_model(model_kind, model_config).to(device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.sparse_optimizer,
                                 config.sparse_lr, config.weight_decay)
     strategy = SingleProcessStrategy(model_kind, model_config, model, optimizer, data, config,
@@ -434,7 +435,7 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
         **{f"val_{k}": v for k, v in final_val.items()},
         "samples_per_s": (steps_this_session * batch_size / train_time) if train_time else None,
         "train_seconds": train_time, "final_train_loss": last_loss,
-        "native_kernels": kernels.active_on(config.device),
+        "native_kernels": ops.active_on(config.device),
         **strategy.summary_extra(steps_this_session), **(extra or {}),
     }
     if "test" in data.splits() and data.num_samples("test") > 0:

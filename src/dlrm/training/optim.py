@@ -1,13 +1,22 @@
 """One optimizer object for dense parameters (SGD, Adagrad, Adam) and sparse embedding rows.
 
-Embedding weights (parameters marked ``sparse_rows``) receive sparse COO gradients: one row per
-looked-up id, duplicates uncoalesced. Their update touches only those rows:
+Embedding weights (parameters marked ``sparse_rows``) are updated only on the rows a batch
+looked up:
 
-- ``sgd``: ``W[i] -= lr * sum of the gradient rows of id i``, duplicates accumulating: on CPU
-  one pass of the native kernel (``dlrm.kernels.sgd_rows_``), else one ``scatter_add_`` (~4x
-  faster than ``index_add_`` for this shape); both give the same bits.
+- ``sgd``: ``W[i] -= lr * sum of the gradient rows of id i``, duplicates accumulating, in batch
+  order (``dlrm::sgd_rows_``: on CPU one native pass, elsewhere one ``scatter_add_``; both give
+  the same bits);
 - ``rowwise_adagrad`` (as FBGEMM): one accumulator per row, ``a[i] += mean_d(g_i^2)``,
-  ``W[i] -= lr * g_i / (sqrt(a[i]) + eps)``, with g_i the summed gradient of id i.
+  ``W[i] -= lr * g_i / (sqrt(a[i]) + eps)``, with g_i the summed gradient of id i
+  (``dlrm::rowwise_adagrad_rows_``).
+
+``build_optimizer`` gives every ``FusedEmbeddingBag`` of the model its row update
+(``RowUpdate``: the lr tensor and the accumulator live here, shared), and the lookup's backward
+applies it in place of a gradient, as FBGEMM's table-batched embeddings fuse their optimizer:
+no sparse gradient tensor is made, and ``torch.compile`` can compile the whole step. Weights
+that still receive a sparse gradient — replicated tables of a distributed job, whose
+gradients are summed over ranks first, or a model that got its optimizer after the backward —
+are updated by ``step()`` with the same operators.
 
 Usage is a plain PyTorch loop: ``loss.backward(); opt.step(); opt.zero_grad()``.
 """
@@ -19,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrm import kernels
+from dlrm import ops
+from dlrm.models.embeddings import FusedEmbeddingBag, RowUpdate
 
 
 def _sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,28 +37,47 @@ def _sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return grad._indices()[0], grad._values()
 
 
-class SparseSGD:
-    """Plain SGD on the rows a batch touched; duplicates accumulate."""
+class _RowOptimizer:
+    """What the two row optimizers share: their parameters, an lr as a 0-d tensor (the
+    fused backward reads it at each step, so schedules change it in place), the modules they
+    update inside the backward."""
 
     def __init__(self, params: list[nn.Parameter], lr: float) -> None:
         self.params = params
-        self.lr = lr
+        self.lr_tensor = torch.tensor(float(lr), dtype=torch.float64)
+
+    @property
+    def lr(self) -> float:
+        return float(self.lr_tensor)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.lr_tensor.fill_(float(value))
+
+    def row_update(self, index: int) -> RowUpdate:
+        return RowUpdate(self.lr_tensor)
+
+    def attach(self, modules: list[FusedEmbeddingBag]) -> None:
+        """Have each module apply this optimizer inside its backward."""
+        by_param = {id(p): k for k, p in enumerate(self.params)}
+        for module in modules:
+            module.row_update = self.row_update(by_param[id(module.weight)])
+
+
+class SparseSGD(_RowOptimizer):
+    """Plain SGD on the rows a batch touched; duplicates accumulate."""
 
     @torch.no_grad()
     def step(self) -> None:
         for weight in self.params:
             grad = weight.grad
-            if grad is None:
+            if grad is None:  # no gradient: updated in the backward, or not used
                 continue
             if not grad.is_sparse:
                 weight.add_(grad, alpha=-self.lr)
                 continue
             ids, rows = _sparse_rows(grad)
-            if kernels.supports_rows(weight, ids, rows):  # same result, bit for bit
-                kernels.sgd_rows_(weight, ids, rows, self.lr)
-                continue
-            index = ids.unsqueeze(1).expand(-1, weight.shape[1])
-            weight.scatter_add_(0, index, rows.to(weight.dtype).mul(-self.lr))
+            ops.sgd_rows_(weight, ids, rows, self.lr_tensor)
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr}
@@ -57,31 +86,29 @@ class SparseSGD:
         self.lr = state["lr"]
 
 
-class RowWiseAdagrad:
+class RowWiseAdagrad(_RowOptimizer):
     """Row-wise Adagrad (one accumulator per embedding row), as FBGEMM's."""
 
     def __init__(self, params: list[nn.Parameter], lr: float, eps: float = 1e-8,
                  initial_accumulator_value: float = 0.0) -> None:
-        self.params = params
-        self.lr = lr
+        super().__init__(params, lr)
         self.eps = eps
         self.accumulators = [torch.full((p.shape[0],), initial_accumulator_value,
                                         dtype=torch.float32, device=p.device) for p in params]
+
+    def row_update(self, index: int) -> RowUpdate:
+        return RowUpdate(self.lr_tensor, self.accumulators[index], self.eps)
 
     @torch.no_grad()
     def step(self) -> None:
         for weight, acc in zip(self.params, self.accumulators):
             grad = weight.grad
-            if grad is None:
+            if grad is None:  # no gradient: updated in the backward, or not used
                 continue
             if not grad.is_sparse:
                 grad = grad.to_sparse()
-            grad = grad.coalesce()  # sums duplicate ids
-            ids, rows = grad.indices()[0], grad.values().float()
-            acc_rows = acc.index_select(0, ids) + rows.pow(2).mean(1)
-            acc.index_copy_(0, ids, acc_rows)
-            scale = self.lr / (acc_rows.sqrt() + self.eps)
-            weight.index_add_(0, ids, (rows * scale.unsqueeze(1)).to(weight.dtype), alpha=-1.0)
+            ids, rows = _sparse_rows(grad)
+            ops.rowwise_adagrad_rows_(weight, acc, ids, rows, self.lr_tensor, self.eps)
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "eps": self.eps, "accumulators": self.accumulators}
@@ -174,4 +201,9 @@ def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1,
     if sparse_params:
         sparse = SparseSGD(sparse_params, row_lr) if sparse_name == "sgd" \
             else RowWiseAdagrad(sparse_params, row_lr, eps=eps)
+        # Every table module updates its rows in its own backward, but replicated tables of
+        # a distributed job: their row gradients are summed over ranks before the step.
+        sparse.attach([m for m in model.modules() if isinstance(m, FusedEmbeddingBag)
+                       and id(m.weight) in sparse_ids
+                       and not getattr(m.weight, "replicated", False)])
     return HybridOptimizer(dense, sparse, sparse_params)

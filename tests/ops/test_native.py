@@ -1,17 +1,20 @@
-"""The native CPU kernels against float64 references and against the PyTorch fallback."""
+"""The native CPU kernels (``dlrm.ops.native``) against float64 references and against the
+PyTorch implementations of the operators, and how they are built, cached and refused."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from dlrm import kernels
 from dlrm.models.interactions import DotInteraction
+from dlrm.ops import native
 from dlrm.training.optim import SparseSGD
 
-needs_kernels = pytest.mark.skipif(not kernels.enabled(),
+needs_kernels = pytest.mark.skipif(not native.available(),
                                    reason="native kernels unavailable (no C++ compiler)")
 
 
@@ -51,7 +54,7 @@ def test_dot_kernel_float32_matches_float64_definition(features, dim, self_inter
     dense32 = dense.detach().float().requires_grad_()
     pooled32 = pooled.detach().float().requires_grad_()
     view32 = pooled32 if layout == "sample_major" else pooled32.transpose(0, 1)
-    with kernels.use_native(True):
+    with native.use_native(True):
         got = DotInteraction(features, self_interaction)(dense32, view32)
     assert got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * dim)
@@ -71,9 +74,9 @@ def test_dot_kernel_bfloat16_matches_the_pytorch_path(self_interaction):
     pooled = torch.randn(batch, features, dim)
     module = DotInteraction(features, self_interaction)
     outs, grads = [], []
-    for native in (True, False):
+    for on in (True, False):
         d, p = dense.clone().requires_grad_(), pooled.clone().requires_grad_()
-        with kernels.use_native(native):
+        with native.use_native(on):
             out = module(d, p)
             upstream = torch.linspace(-1, 1, out.numel()).view_as(out).bfloat16()
             out.backward(upstream)
@@ -103,12 +106,12 @@ def test_sgd_kernel_equals_scatter_add_bit_for_bit_with_duplicates(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for native in (True, False):
+        for on in (True, False):
             param = torch.nn.Parameter(weight.clone())
             param.sparse_rows = True
             param.grad = torch.sparse_coo_tensor(ids[None], rows, param.shape,
                                                  check_invariants=False)
-            with kernels.use_native(native):
+            with native.use_native(on):
                 SparseSGD([param], lr=0.05).step()
             grads.append(param.detach())
     finally:
@@ -127,20 +130,21 @@ def test_one_hot_lookup_equals_offsets_plus_index_select_and_names_a_bad_feature
     weight = torch.randn(358, 16)
     batch = 1000  # several threads' chunks
     values = torch.cat([torch.randint(0, n, (batch,)) for n in sizes])  # feature-major
-    rows, ids = kernels.lookup_one_hot(weight, values, table_offsets)
+    rows, ids = native.lookup_one_hot(weight, values, table_offsets)
     want_ids = (values.view(4, batch) + table_offsets[:-1, None]).t().reshape(-1)
     assert torch.equal(ids, want_ids)  # sample-major: b*F + f
     assert torch.equal(rows, weight.index_select(0, want_ids))
     values[2 * batch + 17] = 1  # feature 2 has a single row: id 1 is outside it
-    with pytest.raises(kernels.KernelError, match="feature 2 has an id outside its table of 1"):
-        kernels.lookup_one_hot(weight, values, table_offsets)
+    with pytest.raises(native.KernelError, match="feature 2 has an id outside its table of 1"):
+        native.lookup_one_hot(weight, values, table_offsets)
     values[2 * batch + 17] = 0
     values[5] = -1
-    with pytest.raises(kernels.KernelError, match="feature 0"):
-        kernels.lookup_one_hot(weight, values, table_offsets)
+    with pytest.raises(native.KernelError, match="feature 0"):
+        native.lookup_one_hot(weight, values, table_offsets)
     before = weight.clone()
-    with pytest.raises(kernels.KernelError, match="out of range"):
-        kernels.sgd_rows_(weight, torch.tensor([1, -1]), torch.ones(2, 16), 0.1)
+    with pytest.raises(native.KernelError, match="row id -1 is out of range for a weight of "
+                                                  "358 rows"):
+        native.sgd_rows_(weight, torch.tensor([1, -1]), torch.ones(2, 16), 0.1)
     assert torch.equal(weight, before)  # nothing written on refusal
 
 
@@ -154,7 +158,7 @@ def test_bias_act_kernel_matches_torch(dtype, relu):
     bias = torch.randn(70)
     want = out.float() + bias
     want = (want.relu() if relu else want).to(dtype)
-    got = kernels.bias_act_(out.clone(), bias, relu)
+    got = native.bias_act_(out.clone(), bias, relu)
     assert torch.equal(got.isnan(), want.isnan()) and got[3, 4].isnan()
     assert torch.equal(got.nan_to_num(), want.nan_to_num())  # float32 math, one rounding
 
@@ -168,7 +172,7 @@ def test_act_bias_backward_kernel_matches_threshold_backward_and_a_float64_sum(d
     act_out = torch.randn(1000, 70).relu_().to(dtype)
     act_out[5, 6] = float("nan")  # threshold_backward lets the gradient through NaN
     want = torch.ops.aten.threshold_backward(grad, act_out, 0) if relu else grad
-    masked, bias_grad = kernels.act_bias_backward(grad, act_out, relu, in_place=False)
+    masked, bias_grad = native.act_bias_backward(grad, act_out, relu, in_place=False)
     assert torch.equal(masked, want)
     assert masked.data_ptr() != grad.data_ptr() or not relu  # the caller's buffer is untouched
     assert bias_grad.dtype == dtype  # summed in float32, rounded once at the end
@@ -181,7 +185,7 @@ def test_act_bias_backward_kernel_matches_threshold_backward_and_a_float64_sum(d
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             own = grad.clone()
-            masked_in_place, sums_t = kernels.act_bias_backward(own, act_out, relu, in_place=True)
+            masked_in_place, sums_t = native.act_bias_backward(own, act_out, relu, in_place=True)
             assert masked_in_place.data_ptr() == own.data_ptr() and torch.equal(own, want)
             sums.append(sums_t)
     finally:
@@ -190,12 +194,12 @@ def test_act_bias_backward_kernel_matches_threshold_backward_and_a_float64_sum(d
 
 
 def test_without_a_compiler_everything_falls_back_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.setattr(kernels, "_load_failed", None)
-    monkeypatch.setattr(kernels, "_compiler", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="dlrm.kernels"):
-        assert kernels.enabled() is False
-        assert kernels.enabled() is False
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_load_failed", None)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="dlrm.ops.native"):
+        assert native.available() is False
+        assert native.available() is False
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "no C++ compiler" in messages[0]  # said once, not per call
     dense, pooled = torch.randn(4, 8), torch.randn(4, 3, 8)
@@ -205,28 +209,29 @@ def test_without_a_compiler_everything_falls_back_with_one_warning(monkeypatch, 
 
 
 def test_active_on_says_cpu_runs_use_them_and_cuda_runs_do_not():
-    assert kernels.active_on("cpu") is kernels.enabled()
-    assert kernels.active_on(torch.device("cuda", 0)) is False
-    with kernels.use_native(False):
-        assert kernels.active_on("cpu") is False
+    assert native.active_on("cpu") is native.available()
+    assert native.active_on(torch.device("cuda", 0)) is False
+    with native.use_native(False):
+        assert native.active_on("cpu") is False
 
 
 def test_environment_switch_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv("DLRM_NATIVE_KERNELS", "0")
-    assert kernels.enabled() is False
-    with kernels.use_native(True):  # the explicit switch wins over the environment
-        assert kernels.enabled() is (kernels.library() is not None)
+    assert native.available() is False
+    with native.use_native(True):  # the explicit switch wins over the environment
+        assert native.available() is (native.library() is not None)
 
 
 @needs_kernels
 def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("DLRM_CACHE_DIR", str(tmp_path))
-    compiler = kernels._compiler()
-    first = kernels._build(compiler)
+    compiler = native._compiler()
+    first = native.build(compiler)
     assert first.parent == tmp_path and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp files left
+    assert native.build(compiler) == first and first.stat().st_mtime_ns == stamp
+    # No temp files left: the library and the lock file that serialises builds.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build.lock", first.name]
 
 
 @needs_kernels
@@ -236,9 +241,9 @@ def test_a_build_without_openmp_gives_the_same_results(tmp_path, monkeypatch):
     import ctypes
 
     monkeypatch.setenv("DLRM_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "OPENMP", [])
-    lib = ctypes.CDLL(str(kernels._build(kernels._compiler())))
-    kernels._declare(lib)
+    monkeypatch.setattr(native, "OPENMP", [])
+    lib = ctypes.CDLL(str(native.build(native._compiler())))
+    native._declare(lib)
     torch.manual_seed(8)
     weight = torch.randn(5000, 16)
     ids = torch.randint(0, 5000, (20000,))
@@ -248,14 +253,14 @@ def test_a_build_without_openmp_gives_the_same_results(tmp_path, monkeypatch):
     grad, act_out = torch.randn(700, 70), torch.randn(700, 70).relu_()
     dense, pooled = torch.randn(700, 16), torch.randn(700, 26, 16)
     results = []
-    for library in (kernels.library(), lib):
-        monkeypatch.setattr(kernels, "_library", library)
+    for library in (native.library(), lib):
+        monkeypatch.setattr(native, "_library", library)
         updated = weight.clone()
-        kernels.sgd_rows_(updated, ids, rows, 0.05)  # 2 threads' lists, applied by one
-        results.append([updated, *kernels.lookup_one_hot(weight, values, table_offsets),
-                        *kernels.act_bias_backward(grad, act_out, True, in_place=False),
-                        kernels.bias_act_(grad.clone(), act_out[0], True),
-                        kernels.dot_forward(dense, pooled, False)])
+        native.sgd_rows_(updated, ids, rows, 0.05)  # 2 threads' lists, applied by one
+        results.append([updated, *native.lookup_one_hot(weight, values, table_offsets),
+                        *native.act_bias_backward(grad, act_out, True, in_place=False),
+                        native.bias_act_(grad.clone(), act_out[0], True),
+                        native.dot_forward(dense, pooled, False)])
     for threaded, single in zip(*results, strict=True):
         assert torch.equal(threaded, single)
 
@@ -265,17 +270,43 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temp_folder(tmp_path, monk
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("DLRM_CACHE_DIR", str(blocker / "dlrm"))
-    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
-    built = kernels._build(kernels._compiler())
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    built = native.build(native._compiler())
     assert built.parent.parent == tmp_path and built.exists()
 
 
 def test_any_build_failure_means_the_fallback_not_a_crash(monkeypatch, caplog):
     def broken_build(compiler):
         raise RuntimeError("could not determine home directory")
-    monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.setattr(kernels, "_load_failed", None)
-    monkeypatch.setattr(kernels, "_build", broken_build)
-    with caplog.at_level(logging.WARNING, logger="dlrm.kernels"):
-        assert kernels.enabled() is False
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_load_failed", None)
+    monkeypatch.setattr(native, "build", broken_build)
+    with caplog.at_level(logging.WARNING, logger="dlrm.ops.native"):
+        assert native.available() is False
     assert "RuntimeError: could not determine home directory" in caplog.records[0].getMessage()
+
+
+@needs_kernels
+def test_concurrent_processes_build_once_under_the_lock(tmp_path):
+    """torchrun ranks start together: three processes with an empty cache folder build the
+    library once (the others wait on the lock and load that build)."""
+    code = ("import time, sys; from dlrm.ops import native; t = time.time(); "
+            "path = native.build(native._compiler()); print(path, path.stat().st_mtime_ns)")
+    env = {"DLRM_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({tuple(o) for o in outputs}) == 1  # one path, one build (same mtime)
+    built = [p.name for p in tmp_path.iterdir() if p.suffix == ".so"]
+    assert len(built) == 1
+
+
+def test_a_failed_native_call_names_the_problem_without_asserts():
+    """Error codes become messages; nothing relies on `assert` (gone under python -O)."""
+    with pytest.raises(native.KernelError, match="a tensor has a dtype the kernel does not take"):
+        native._check(-2, "dot interaction forward", "B=1")
+    with pytest.raises(native.KernelError, match="a size is negative or zero \\(B=0\\)"):
+        native._check(-1, "dot interaction forward", "B=0")
+    source = (native.SOURCE.parent / "native.py").read_text()
+    assert "assert " not in source

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dlrm.training.metrics import MetricAccumulator, log_loss_from_logits, roc_auc
+from dlrm.metrics import MetricAccumulator, log_loss_from_logits, roc_auc
 
 
 def naive_auc(scores, labels):
