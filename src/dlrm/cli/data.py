@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from dlrm.data.criteo import BadLineError, parse_days, peak_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,64 @@ def _vocab_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class StageProgress:
+    """A bar over the stages of `dlrm preprocess table`."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.bar: tqdm | None = None
+        self.disable = disable
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=event["total"], unit="stage", file=sys.stderr,
+                            disable=self.disable, desc="preprocess")
+        self.bar.n = event["done"]
+        self.bar.set_postfix_str(event["stage"])
+        if event["done"] >= event["total"]:
+            self.bar.close()
+
+
+def cmd_preprocess_table(args: argparse.Namespace) -> int:
+    from dlrm.data.table import load_schema, preprocess_table
+
+    schema = load_schema(args.schema)
+    inputs: dict[str, str] = {"main": args.input}
+    for split in ("train", "val", "test"):
+        path = getattr(args, f"{split}_input")
+        if path:
+            inputs[split] = path
+    meta = preprocess_table(schema, inputs, args.out, strict=args.strict,
+                            progress=StageProgress(disable=args.quiet))
+    rows = ", ".join(f"{s} {n:,} ({meta['positives'][s] / max(n, 1):.1%} positive)"
+                     for s, n in meta["rows"].items())
+    print(f"wrote {args.out}: {rows}; {len(meta['table_sizes'])} categorical features, "
+          f"{meta['num_dense']} dense")
+    if meta["rows_skipped"]:
+        print(f"skipped {meta['rows_skipped']} bad rows, e.g.:")
+        for example in meta["skipped_examples"]:
+            print(f"  {example}")
+    return 0
+
+
+def add_table_preprocess_parser(preprocess_subparsers: argparse._SubParsersAction,
+                                name: str = "table") -> argparse.ArgumentParser:
+    """Add ``table`` to the subcommands of ``dlrm preprocess``."""
+    p = preprocess_subparsers.add_parser(
+        name, help="any CSV/TSV/parquet CTR table (or MovieLens-100K) described by a schema")
+    p.add_argument("--schema", required=True,
+                   help="schema JSON file, or a shipped one: avazu, movielens-100k, criteo-tsv")
+    p.add_argument("--input", required=True,
+                   help="data file (or MovieLens folder), split by the schema's fractions")
+    p.add_argument("--train-input", default=None, help="a file taken whole as the train split")
+    p.add_argument("--val-input", default=None, help="a file taken whole as the val split")
+    p.add_argument("--test-input", default=None, help="a file taken whole as the test split")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_preprocess_table)
+    return p
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``preprocess``, ``predict`` and ``synth`` to the ``dlrm`` command line."""
     pre = subparsers.add_parser("preprocess",
@@ -65,8 +125,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "format `dlrm train --data DIR` reads "
                                             "(docs/data-format.md).")
     kinds = pre.add_subparsers(dest="dataset", required=True)
-    from dlrm.cli.compare import add_table_preprocess_parser
-
     add_table_preprocess_parser(kinds, name="table")  # any CSV/TSV/Parquet through a schema
     kaggle = kinds.add_parser("criteo-kaggle", help="Kaggle train.txt (plain or .gz)")
     kaggle.add_argument("--input", required=True, type=Path, help="train.txt or train.txt.gz")
