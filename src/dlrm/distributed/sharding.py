@@ -40,7 +40,13 @@ from torch import nn
 
 from dlrm.distributed.planner import ShardingPlan, plan_tables
 from dlrm.features import SparseFeatures, slice_length
-from dlrm.models.embeddings import FusedEmbeddingBag, RowInit, deferred_tables, init_rows
+from dlrm.models.embeddings import (
+    FusedEmbeddingBag,
+    RowInit,
+    TableModule,
+    deferred_tables,
+    init_rows,
+)
 from dlrm.models.memory import MemoryReport, TableMemory, report_for_model
 from dlrm.timing import synchronized_clock
 
@@ -102,6 +108,18 @@ def restrict_rows(values: torch.Tensor, lengths: torch.Tensor, row_start: int, r
     return values[keep] - row_start, new_lengths
 
 
+def _all_to_all(send: torch.Tensor, out_splits: list[int], in_splits: list[int], rank: int,
+                group, stats: CommStats) -> torch.Tensor:
+    """``all_to_all_single`` of flat ``send`` (``in_splits`` values to each rank), counted in
+    ``stats`` (the bytes this rank sends to the others)."""
+    recv = send.new_empty(sum(out_splits))
+    tick = synchronized_clock(send.device)
+    dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
+    stats.all_to_all_seconds += synchronized_clock(send.device) - tick
+    stats.all_to_all_bytes_sent += (send.numel() - in_splits[rank]) * send.element_size()
+    return recv
+
+
 class _PooledAllToAll(torch.autograd.Function):
     """(B, S_r, D) shard lookups for the global batch -> (b_r, sum_p S_p, D) for r's slice."""
 
@@ -111,13 +129,9 @@ class _PooledAllToAll(torch.autograd.Function):
         dim = local.shape[2]
         my_shards, my_batch = shards_per_rank[rank], batch_splits[rank]
         send = local.contiguous().view(-1)  # batch-major: rank q's rows are contiguous
-        in_splits = [b * my_shards * dim for b in batch_splits]
         out_splits = [my_batch * s * dim for s in shards_per_rank]
-        recv = local.new_empty(sum(out_splits))
-        tick = synchronized_clock(local.device)
-        dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
-        stats.all_to_all_seconds += synchronized_clock(local.device) - tick
-        stats.all_to_all_bytes_sent += (send.numel() - in_splits[rank]) * send.element_size()
+        recv = _all_to_all(send, out_splits, [b * my_shards * dim for b in batch_splits], rank,
+                           group, stats)
         ctx.meta = (batch_splits, shards_per_rank, rank, group, stats, dim)
         pieces = [p.view(my_batch, s, dim) for p, s in zip(recv.split(out_splits),
                                                             shards_per_rank)]
@@ -128,13 +142,9 @@ class _PooledAllToAll(torch.autograd.Function):
         batch_splits, shards_per_rank, rank, group, stats, dim = ctx.meta
         my_shards = shards_per_rank[rank]
         send = torch.cat([g.contiguous().view(-1) for g in grad.split(shards_per_rank, dim=1)])
-        in_splits = [batch_splits[rank] * s * dim for s in shards_per_rank]
-        out_splits = [b * my_shards * dim for b in batch_splits]
-        recv = grad.new_empty(sum(out_splits))
-        tick = synchronized_clock(grad.device)
-        dist.all_to_all_single(recv, send, out_splits, in_splits, group=group)
-        stats.all_to_all_seconds += synchronized_clock(grad.device) - tick
-        stats.all_to_all_bytes_sent += (send.numel() - in_splits[rank]) * send.element_size()
+        recv = _all_to_all(send, [b * my_shards * dim for b in batch_splits],
+                           [batch_splits[rank] * s * dim for s in shards_per_rank], rank, group,
+                           stats)
         return recv.view(sum(batch_splits), my_shards, dim), None, None, None, None, None
 
 
@@ -148,7 +158,7 @@ def _fused_with_rows(table_sizes: list[int], dim: int, rows: torch.Tensor) -> Fu
     return fused
 
 
-class ShardedEmbeddingBag(nn.Module):
+class ShardedEmbeddingBag(TableModule):
     """F sum-pooled tables of dimension D placed on W ranks by a ``ShardingPlan``.
 
     Args:
@@ -224,14 +234,6 @@ class ShardedEmbeddingBag(nn.Module):
                 for k, t in enumerate(sharded.replicated_tables):
                     sharded.replicated.table(k).copy_(fused.table(t))
         return sharded
-
-    @property
-    def num_features(self) -> int:
-        return len(self.table_sizes)
-
-    def feature_storage(self) -> list[list[tuple[int, int]]]:
-        """Per feature, the (rows, dim) of its whole table (memory reports)."""
-        return [[(n, self.embedding_dim)] for n in self.table_sizes]
 
     def extra_repr(self) -> str:
         return (f"tables={self.num_features}, dim={self.embedding_dim}, rank={self.rank}/"

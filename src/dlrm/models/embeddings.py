@@ -139,7 +139,24 @@ def materialize_tables(model: nn.Module, device: torch.device | str | None = Non
     return model
 
 
-class FusedEmbeddingBag(nn.Module):
+class TableModule(nn.Module):
+    """What every module holding F sum-pooled tables answers: ``table_sizes`` (rows n_f),
+    ``embedding_dim`` (D of its pooled output), ``num_features`` (F), and for memory reports
+    ``feature_storage()``, per feature the (rows, dim) of each table storing it (one plain
+    table unless a subclass stores it otherwise)."""
+
+    table_sizes: list[int]
+    embedding_dim: int
+
+    @property
+    def num_features(self) -> int:
+        return len(self.table_sizes)
+
+    def feature_storage(self) -> list[list[tuple[int, int]]]:
+        return [[(n, self.embedding_dim)] for n in self.table_sizes]
+
+
+class FusedEmbeddingBag(TableModule):
     """F sum-pooled embedding tables of dimension D in one weight.
 
     Args:
@@ -180,14 +197,6 @@ class FusedEmbeddingBag(nn.Module):
         self.row_update: RowUpdate | None = None  # the optimizer's, applied in the backward
         if not deferred:
             self.reset_parameters()
-
-    @property
-    def num_features(self) -> int:
-        return len(self.table_sizes)
-
-    def feature_storage(self) -> list[list[tuple[int, int]]]:
-        """Per feature, the (rows, dim) of each table storing it (memory reports)."""
-        return [[(n, self.embedding_dim)] for n in self.table_sizes]
 
     def extra_repr(self) -> str:
         return f"tables={len(self.table_sizes)}, dim={self.embedding_dim}, init={self.init}"

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm.models.embeddings import TableModule
 from dlrm.models.registry import build_model
 
 FLOAT_BYTES = 4
@@ -125,11 +126,11 @@ def format_bytes(n: float) -> str:
 
 
 def embedding_containers(model: nn.Module) -> dict[str, nn.Module]:
-    """The outermost modules of ``model`` that map sparse features to pooled vectors
-    (``feature_storage()``), by name: ``{"embeddings": ..., "wide": ...}``."""
+    """The outermost table modules of ``model`` (``TableModule``: sparse features to pooled
+    vectors), by name: ``{"embeddings": ..., "wide": ...}``."""
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if hasattr(module, "feature_storage") and not any(
+        if isinstance(module, TableModule) and not any(
                 name.startswith(outer + ".") for outer in found):
             found[name] = module
     return found

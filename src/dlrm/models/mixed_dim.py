@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dlrm.features import SparseFeatures
-from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit, TableModule
 from dlrm.models.feature_groups import FeatureOrder, select_features
 
 
@@ -54,7 +54,7 @@ def md_dimensions(table_sizes: list[int], embedding_dim: int, alpha: float,
     return dims
 
 
-class MixedDimEmbeddingBag(nn.Module):
+class MixedDimEmbeddingBag(TableModule):
     """F sum-pooled tables of dimensions d_f, each projected to D.
 
     Args:
@@ -103,10 +103,6 @@ class MixedDimEmbeddingBag(nn.Module):
             self._projection_of_group.append(None if p is None else k)
             k += p is not None
         self.order = FeatureOrder(self.groups)
-
-    @property
-    def num_features(self) -> int:
-        return len(self.table_sizes)
 
     def feature_storage(self) -> list[list[tuple[int, int]]]:
         """Per feature, the (rows, dim) of its table (memory reports; projections are dense)."""

@@ -23,10 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from dlrm.features import SparseFeatures
-from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
+from dlrm.models.embeddings import FusedEmbeddingBag, RowInit, TableModule
 from dlrm.models.feature_groups import FeatureOrder, select_features
 
 QR_OPERATIONS = ("mult", "add", "concat")
@@ -41,7 +40,7 @@ def qr_table_shapes(num_rows: int, embedding_dim: int, collisions: int, operatio
             (min(collisions, num_rows), remainder_dim)]
 
 
-class QREmbeddingBag(nn.Module):
+class QREmbeddingBag(TableModule):
     """F sum-pooled tables, those above ``threshold`` rows stored as quotient-remainder pairs.
 
     Args:
@@ -90,10 +89,6 @@ class QREmbeddingBag(nn.Module):
                 [s[1][0] for s in shapes], shapes[0][1][1],
                 init=RowInit("constant", 1.0) if operation == "mult" else init)
         self.order = FeatureOrder([g for g in (self.small, self.large) if g])
-
-    @property
-    def num_features(self) -> int:
-        return len(self.table_sizes)
 
     def feature_storage(self) -> list[list[tuple[int, int]]]:
         """Per feature, the (rows, dim) of each table storing it (memory reports)."""
