@@ -1,4 +1,5 @@
-"""`dlrm bench` (one measurement) and `dlrm bench sweep --vary NAME=V1,V2`.
+"""`dlrm bench` (one measurement), `dlrm bench sweep --vary NAME=V1,V2`, `dlrm bench locality`
+(lookup time on a data set, its profile's data and i.i.d. ids).
 
 Data profiles are made and used by `dlrm synth profile DIR` / `dlrm synth --profile` (cli/data.py);
 `dlrm bench --profile profile.json` benchmarks on data drawn from one.
@@ -61,7 +62,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--profile", default=None,
                    help="benchmark on data drawn from a `dlrm synth profile` JSON")
     d.add_argument("--profile-rows", type=int, default=200_000,
-                   help="--profile: rows to generate (default 200000)")
+                   help="--profile: rows to generate (default 200000); `locality`: rows of "
+                        "each source")
+    d.add_argument("--locality", choices=["profile", "iid"], default="profile",
+                   help="--profile: ids ordered by the profiled lifetimes (the source's "
+                        "temporal locality, default) or in random order (iid)")
+    d.add_argument("--data", default=None,
+                   help="benchmark on a data set (a `dlrm preprocess` folder, or "
+                        "synthetic:planted): its train split, in order; `locality`: the source")
+    d.add_argument("--rounds", type=int, default=3,
+                   help="`locality`: round-robin rounds over the three sources (medians)")
     r = p.add_argument_group("run")
     r.add_argument("--mode", choices=["train", "infer"], default="train")
     r.add_argument("--batch-size", type=int, default=2048)
@@ -110,7 +120,8 @@ def _profile_data(args: argparse.Namespace, cfg):
         sizes = [min(n, cfg.table_rows_cap) for n in sizes]
     # The train split (80%) must hold at least one batch.
     rows = max(args.profile_rows, int(cfg.batch_size / 0.8) + 1)
-    return ProfileData(profile, rows, seed=cfg.seed, table_sizes=sizes)
+    return ProfileData(profile, rows, seed=cfg.seed, table_sizes=sizes,
+                       locality=args.locality)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -118,13 +129,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.action == "sweep":
         return cmd_sweep(args)
+    if args.action == "locality":
+        return cmd_locality(args)
     if args.vary:
         raise ValueError("--vary belongs to `dlrm bench sweep`")
     from dlrm.bench.runner import run_bench
 
     cfg = bench_config_from_args(args)
-    data = _profile_data(args, cfg) if args.profile else None
-    label = f"profile:{args.profile}" if args.profile else None
+    if args.profile and args.data:
+        raise ValueError("--profile and --data: give one data source")
+    data, label = None, None
+    if args.profile:
+        data, label = _profile_data(args, cfg), f"profile:{args.profile}"
+    elif args.data:
+        from dlrm.data import open_data
+
+        data, label = open_data(args.data), args.data
     result = run_bench(cfg, data=data, progress=BenchProgress(args.quiet), data_label=label)
     if args.peer:
         from dlrm.bench.peers import run_peer
@@ -153,14 +173,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_locality(args: argparse.Namespace) -> int:
+    """`dlrm bench locality --data SRC`: source vs profile-generated vs i.i.d. ids."""
+    from dlrm.bench.locality import compare_localities, format_localities
+    from dlrm.data import open_data
+
+    if not args.data:
+        raise ValueError("`dlrm bench locality` needs --data SRC (the data set to compare with)")
+    profile = None
+    if args.profile:
+        from dlrm.data.profile import load_profile
+
+        profile = load_profile(args.profile)
+    cfg = bench_config_from_args(args)
+    result = compare_localities(cfg, open_data(args.data), rows=args.profile_rows,
+                                profile=profile, rounds=args.rounds, seed=args.seed,
+                                progress=BenchProgress(args.quiet))
+    print(f"{cfg.preset} {cfg.mode}, B={cfg.batch_size}, {cfg.precision}, data {args.data}")
+    print(format_localities(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dlrm.bench.plots import sweep_chart
     from dlrm.bench.sweep import parse_vary, run_sweep, write_csv
 
     if not args.vary:
         raise ValueError("`dlrm bench sweep` needs --vary NAME=V1,V2,...")
-    if args.profile or args.peer:
-        raise ValueError("sweeps run on generated ids; --profile and --peer are for one run")
+    if args.profile or args.peer or args.data:
+        raise ValueError("sweeps run on generated ids; --profile, --data and --peer are for "
+                         "one run")
     name, values = parse_vary(args.vary)
     rows, results = run_sweep(bench_config_from_args(args), name, values,
                               progress=BenchProgress(args.quiet))
@@ -182,7 +228,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="throughput benchmark with per-component times and a roofline",
         description="`dlrm bench [options]` measures one configuration; "
-                    "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting.")
-    p.add_argument("action", nargs="?", choices=["run", "sweep"], default="run")
+                    "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting; "
+                    "`dlrm bench locality --data SRC` times the lookup on SRC, on data drawn "
+                    "from its profile and on i.i.d. ids.")
+    p.add_argument("action", nargs="?", choices=["run", "sweep", "locality"],
+                   default="run")
     add_bench_args(p)
     p.set_defaults(func=cmd_bench)
