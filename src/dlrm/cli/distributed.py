@@ -10,10 +10,13 @@ single-process path runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
+
+from dlrm.cli.progress import fan_out, open_observers
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -92,13 +95,19 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
     saved = json.loads((Path(args.resume) / "config.json").read_text()) if args.resume else None
     device = saved["train"]["device"] if saved else args.device
     with distributed_session(timeout_s=args.dist_timeout, device=device,
-                             threads=args.threads) as session:
+                             threads=args.threads) as session, contextlib.ExitStack() as stack:
+        def progress(config, data, resume=False):  # issue 17: rank 0 also feeds observers
+            observers = open_observers(args, stack, "dlrm", config, data, resume) \
+                if session.rank == 0 else []
+            return fan_out(_rank0_progress(session.rank, args.quiet), *observers)
+
         if saved:
             data = open_data(saved["data"])
+            config = TrainConfig(**saved["train"])
             summary = train_distributed(
-                saved["model_config"], data, TrainConfig(**saved["train"]), args.resume,
+                saved["model_config"], data, config, args.resume,
                 placement=saved["placement"], resume=True, watchdog=session.watchdog,
-                progress=_rank0_progress(session.rank, args.quiet),
+                progress=progress(config, data, resume=True),
                 extra={"command": " ".join(sys.argv)})
             if session.rank == 0:
                 print_summary(summary)
@@ -116,7 +125,7 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"dlrm-{stamp[0]}"
         summary = train_distributed(
             model_config, data, config, run_dir, placement=args.placement,
-            watchdog=session.watchdog, progress=_rank0_progress(session.rank, args.quiet),
+            watchdog=session.watchdog, progress=progress(config, data),
             extra={"command": " ".join(sys.argv)})
         if session.rank == 0:
             print_summary(summary)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from dlrm.cli.progress import TrainProgress
+from dlrm.cli.progress import TrainProgress, add_observer_args, fan_out, open_observers
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,9 @@ def open_data_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and args.mlperf_log:  # issue 17; checked before any process is launched
+        raise ValueError("--mlperf-log: an MLPerf log covers one uninterrupted run; it cannot "
+                         "continue a resumed one")
     # --- distributed (issue 6): under torchrun, or --nproc N, train hybrid-parallel ---
     from dlrm.cli.distributed import maybe_train_distributed
 
@@ -109,9 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
     print_memory_report(kind, model_config, config, args.memory_report)  # issue 7
-    summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
-                    progress=TrainProgress(disable=args.quiet),
-                    extra={"command": " ".join(sys.argv)})
+    with contextlib.ExitStack() as stack:  # issue 17: --mlperf-log, --tensorboard
+        observers = open_observers(args, stack, kind, config, data, resume=bool(args.resume))
+        summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
+                        progress=fan_out(TrainProgress(disable=args.quiet), *observers),
+                        extra={"command": " ".join(sys.argv)})
     print_summary(summary)
     return 0
 
@@ -255,6 +261,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--memory-report", action="store_true",
                    help="print parameter memory per table before training (total always)")
     # --- end issue 7 ---
+    add_observer_args(p)  # issue 17: --mlperf-log, --tensorboard
     from dlrm.cli.distributed import add_distributed_args  # issue 6: --nproc, --placement
 
     add_distributed_args(p)
