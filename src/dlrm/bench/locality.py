@@ -29,39 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from dlrm.bench.inputs import TRAIN_ONLY, head_rows
 from dlrm.bench.runner import BenchConfig, run_bench
-from dlrm.data.arrays import ArrayDataSource
 from dlrm.data.profile import ProfileData, fit_profile
 
 Progress = Callable[[dict[str, Any]], None]
-TRAIN_ONLY = (("train", 1.0),)
-
-
-def head_rows(data: Any, split: str, rows: int, batch_size: int = 8192) -> ArrayDataSource:
-    """The first ``rows`` rows of ``data``'s ``split``, in order, in memory (one split,
-    ``train``), one- or multi-hot."""
-    dense, labels, lengths = [], [], []
-    values: list[list[np.ndarray]] = [[] for _ in data.table_sizes]
-    seen = 0
-    for batch in data.batches(split, batch_size):
-        take = min(len(batch), rows - seen)
-        sp = batch.sparse
-        offsets, flat = sp.offsets.numpy(), sp.values.numpy()
-        lens = np.diff(offsets).reshape(sp.num_features, sp.batch_size)[:, :take]
-        for f in range(sp.num_features):
-            start = offsets[f * sp.batch_size]
-            values[f].append(flat[start:start + int(lens[f].sum())])
-        lengths.append(lens.T)
-        dense.append(batch.dense[:take].numpy())
-        labels.append(batch.labels[:take].numpy())
-        seen += take
-        if seen >= rows:
-            break
-    if seen == 0:
-        raise ValueError(f"split {split!r} has no rows")
-    return ArrayDataSource(np.concatenate(dense), [np.concatenate(v) for v in values],
-                           np.concatenate(labels), data.table_sizes, np.concatenate(lengths),
-                           split_fractions=TRAIN_ONLY)
 
 
 def locality_stats(profile: dict[str, Any]) -> dict[str, float]:

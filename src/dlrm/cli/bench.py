@@ -1,5 +1,6 @@
 """`dlrm bench` (one measurement), `dlrm bench sweep --vary NAME=V1,V2`, `dlrm bench locality`
-(lookup time on a data set, its profile's data and i.i.d. ids).
+(lookup time on a data set, its profile's data and i.i.d. ids) and `dlrm bench loadgen`
+(MLPerf Inference's LoadGen driving a trained model).
 
 Data profiles are made and used by `dlrm synth profile DIR` / `dlrm synth --profile` (cli/data.py);
 `dlrm bench --profile profile.json` benchmarks on data drawn from one.
@@ -90,11 +91,32 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="also time TorchRec's DLRM on the same config and batches")
     o = p.add_argument_group("output")
     o.add_argument("--json", default=None, help="write the full result here")
-    o.add_argument("--out", default=None, help="folder for PNG charts (and sweep CSV)")
+    o.add_argument("--out", default=None, help="folder for PNG charts (and sweep CSV); "
+                   "loadgen: LoadGen's log folder (new; default loadgen-<scenario>)")
     o.add_argument("--vary", default=None,
                    help="sweep: NAME=V1,V2,... with NAME one of batch_size, embedding_dim, "
                         "num_tables, rows_per_table, ids_per_bag, zipf, threads")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    lg = p.add_argument_group("loadgen (`dlrm bench loadgen`; docs/benchmarks.md)")
+    lg.add_argument("--checkpoint", default=None, help="the model to serve (a last.pt)")
+    lg.add_argument("--scenario", choices=["Offline", "Server"], default="Offline")
+    lg.add_argument("--target-qps", type=float, default=None,
+                    help="Offline: expected QPS; Server: arrival rate (default: measured "
+                         "first; Server half of it)")
+    lg.add_argument("--latency-bound-ms", type=float, default=60.0,
+                    help="Server: latency bound (default 60, MLPerf DLRM-v2)")
+    lg.add_argument("--latency-percentile", type=float, default=0.99,
+                    help="Server: the percentile that must meet the bound (default 0.99)")
+    lg.add_argument("--min-duration-ms", type=int, default=60_000,
+                    help="LoadGen's minimum duration (default 60000; MLPerf runs: 600000)")
+    lg.add_argument("--min-query-count", type=int, default=1)
+    lg.add_argument("--samples", type=int, default=100_000,
+                    help="rows in the query sample library (default 100000)")
+    lg.add_argument("--split", default="val", help="the split the samples come from")
+    lg.add_argument("--batch-wait-ms", type=float, default=0.0,
+                    help="wait this long for a batch to fill when the queue runs dry")
+    lg.add_argument("--accuracy", action="store_true",
+                    help="LoadGen's AccuracyOnly mode: every sample once; AUC from its log")
 
 
 def bench_config_from_args(args: argparse.Namespace):
@@ -131,6 +153,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.action == "locality":
         return cmd_locality(args)
+    if args.action == "loadgen":
+        return cmd_loadgen(args)
     if args.vary:
         raise ValueError("--vary belongs to `dlrm bench sweep`")
     from dlrm.bench.runner import run_bench
@@ -170,6 +194,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
             roofline_chart(result, out / "roofline.png")
         breakdown_chart([result], [f"{cfg.preset} B={cfg.batch_size}"], out / "breakdown.png")
         print(f"wrote {out / 'roofline.png'} and {out / 'breakdown.png'}")
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    """`dlrm bench loadgen --checkpoint C --scenario Offline|Server`."""
+    from dlrm.bench.loadgen import LoadGenConfig, run_loadgen
+
+    if not args.checkpoint:
+        raise ValueError("`dlrm bench loadgen` needs --checkpoint (a `dlrm train` last.pt)")
+    if args.profile and args.data:
+        raise ValueError("--profile and --data: give one data source")
+    cfg = LoadGenConfig(
+        scenario=args.scenario, batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+        target_qps=args.target_qps, latency_bound_ms=args.latency_bound_ms,
+        latency_percentile=args.latency_percentile, min_duration_ms=args.min_duration_ms,
+        min_query_count=args.min_query_count, samples=args.samples, split=args.split,
+        accuracy=args.accuracy, precision=args.precision, device=args.device,
+        threads=args.threads, seed=args.seed)
+    data, label = None, None
+    if args.data:
+        from dlrm.data import open_data
+
+        data, label = open_data(args.data), args.data
+    elif args.profile:
+        from dlrm.data.profile import ProfileData, load_profile
+
+        profile = load_profile(args.profile)
+
+        def data(model_config: dict) -> ProfileData:  # the model's tables, one split
+            return ProfileData(profile, args.samples, seed=args.seed,
+                               table_sizes=model_config["table_sizes"],
+                               split_fractions=((args.split, 1.0),), locality=args.locality)
+
+        label = f"profile:{args.profile} ({args.locality})"
+    out = args.out or f"loadgen-{args.scenario.lower()}"
+    result = run_loadgen(args.checkpoint, cfg, out, data=data, data_label=label)
+    print(result["line"])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -230,8 +295,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="`dlrm bench [options]` measures one configuration; "
                     "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting; "
                     "`dlrm bench locality --data SRC` times the lookup on SRC, on data drawn "
-                    "from its profile and on i.i.d. ids.")
-    p.add_argument("action", nargs="?", choices=["run", "sweep", "locality"],
+                    "from its profile and on i.i.d. ids; `dlrm bench loadgen --checkpoint C "
+                    "--scenario Offline|Server` runs MLPerf Inference's LoadGen on a model.")
+    p.add_argument("action", nargs="?", choices=["run", "sweep", "locality", "loadgen"],
                    default="run")
     add_bench_args(p)
     p.set_defaults(func=cmd_bench)

@@ -448,6 +448,10 @@ class ProfileData(ArrayDataSource):
         self.locality = locality
         rng = np.random.default_rng(seed)
         sizes = table_sizes or [f["table_size"] for f in features]
+        if len(sizes) != len(features):
+            raise ValueError(f"the profile has {len(features)} categorical features but "
+                             f"{len(sizes)} table sizes were given (a model made for other "
+                             f"data?)")
         levels = profile["dense_quantile_levels"]
         dense = np.empty((rows, profile["num_dense"]), dtype=np.float32)
         for j, spec in enumerate(profile["dense"]):
