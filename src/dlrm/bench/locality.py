@@ -60,7 +60,8 @@ def locality_stats(profile: dict[str, Any]) -> dict[str, float]:
 
 def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
                        profile: dict[str, Any] | None = None, rounds: int = 3,
-                       seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+                       seed: int = 0, progress: Progress | None = None,
+                       extra_sources: dict[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg`` on ``source``, its profile's data and i.i.d. ids; see the module doc.
 
     Args:
@@ -70,6 +71,8 @@ def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
         profile: the profile to generate from (default: ``fit_profile`` of those rows).
         rounds: round-robin rounds; the figures are medians over them.
         progress: ``run_bench`` events, with ``source`` and ``round`` added.
+        extra_sources: more sources for the same rounds, name -> ``DataSource``, or None for
+            fresh uniform ids every batch (``dlrm bench --ids random``).
 
     Returns ``{"rows", "rounds", "sources": {name: {"locality": locality_stats(...),
     "lookup_ms", "update_ms", "samples_per_s", "runs": [run_bench results]}}}``.
@@ -87,10 +90,11 @@ def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
         "iid": ProfileData(profile, rows, seed=seed, table_sizes=sizes,
                            split_fractions=TRAIN_ONLY, locality="iid"),
     }
+    sources.update(extra_sources or {})
     out: dict[str, Any] = {"rows": rows, "rounds": rounds, "sources": {}}
     for name, data in sources.items():
-        out["sources"][name] = {"locality": locality_stats(fit_profile(data, "train")),
-                                "runs": []}
+        stats = locality_stats(fit_profile(data, "train")) if data is not None else None
+        out["sources"][name] = {"locality": stats, "runs": []}
     ceilings = None
     for round_index in range(rounds):
         for name, data in sources.items():
@@ -119,9 +123,13 @@ def format_localities(result: dict[str, Any]) -> str:
              f"{'data':<9}{'lookup ms':>11}{'update ms':>11}{'samples/s':>11}"
              f"{'distinct ids':>14}{'median SD':>11}{'p90 SD':>9}{'LRU-1k hits':>13}"]
     for name, e in result["sources"].items():
+        row = (f"{name:<9}{e['lookup_ms']:>11.3f}{e['update_ms']:>11.3f}"
+               f"{e['samples_per_s']:>11,.0f}")
         loc = e["locality"]
-        lines.append(f"{name:<9}{e['lookup_ms']:>11.3f}{e['update_ms']:>11.3f}"
-                     f"{e['samples_per_s']:>11,.0f}{loc['distinct_ids']:>14,.0f}"
-                     f"{loc['stack_median']:>11.1f}{loc['stack_p90']:>9.1f}"
-                     f"{loc['lru_1024_hit_rate']:>12.1%}")
+        if loc is None:  # fresh generated ids: no fixed rows to profile
+            row += f"{'-':>14}{'-':>11}{'-':>9}{'-':>13}"
+        else:
+            row += (f"{loc['distinct_ids']:>14,.0f}{loc['stack_median']:>11.1f}"
+                    f"{loc['stack_p90']:>9.1f}{loc['lru_1024_hit_rate']:>12.1%}")
+        lines.append(row)
     return "\n".join(lines)

@@ -96,9 +96,9 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
     device = saved["train"]["device"] if saved else args.device
     with distributed_session(timeout_s=args.dist_timeout, device=device,
                              threads=args.threads) as session, contextlib.ExitStack() as stack:
-        def progress(config, data, resume=False):  # issue 17: rank 0 also feeds observers
+        def progress(config: TrainConfig, data, resume: bool = False):  # issue 17: observers
             observers = open_observers(args, stack, "dlrm", config, data, resume) \
-                if session.rank == 0 else []
+                if session.rank == 0 else []  # rank 0 writes the log / events
             return fan_out(_rank0_progress(session.rank, args.quiet), *observers)
 
         if saved:
