@@ -323,3 +323,19 @@ def test_cli_bench_locality_side_by_side(tmp_path, capsys):
     assert len({s["locality"]["distinct_ids"] for s in sources.values()}) == 1
     for s in sources.values():
         assert s["lookup_ms"] > 0 and 0 < s["locality"]["lru_1024_hit_rate"] < 1
+        assert 0 < s["locality"]["distinct_rows_per_batch"] <= 256 * 26
+
+
+def test_distinct_rows_per_batch_against_naive():
+    from dlrm.bench.locality import distinct_rows_per_batch
+
+    rng = np.random.default_rng(5)
+    n, batch = 60, 8
+    lengths = rng.integers(1, 4, (n, 3))
+    ids = [rng.integers(0, 12, lengths[:, f].sum()) for f in range(3)]
+    data = ArrayDataSource(np.zeros((n, 1)), ids, np.zeros(n), [12] * 3, lengths,
+                           split_fractions=(("train", 1.0),))
+    starts = [np.r_[0, np.cumsum(lengths[:, f])] for f in range(3)]
+    naive = [sum(len(set(ids[f][starts[f][b * batch]:starts[f][(b + 1) * batch]].tolist()))
+                 for f in range(3)) for b in range(n // batch)]
+    assert distinct_rows_per_batch(data, batch) == pytest.approx(np.mean(naive))

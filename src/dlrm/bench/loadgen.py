@@ -75,9 +75,9 @@ class LoadGenConfig:
         batch_wait_ms: how long the worker waits for more samples when fewer than a batch are
             queued (0: run what is there; the backlog batches itself under load).
         target_qps: Offline: LoadGen's expected QPS, which sizes its single query (None:
-            twice the rate measured here on a second of full batches first, so that the
-            query outlasts ``min_duration_ms``). Server: the arrival rate (None: half the
-            measured rate).
+            twice the rate measured first on the serving thread, a second of full batches
+            after a second of warm-up, so that the query outlasts ``min_duration_ms``).
+            Server: the arrival rate (None: half the measured rate).
         latency_bound_ms, latency_percentile: Server: the bound that percentile of the
             sample latencies must meet for a VALID run (MLPerf Inference DLRM-v2: 60 ms at
             the 99th percentile).
@@ -128,14 +128,21 @@ class LoadGenConfig:
 class _SystemUnderTest:
     """Queues LoadGen's samples; a worker thread scores them in batches (see the module doc)."""
 
-    def __init__(self, lg: Any, model: torch.nn.Module, rows: Any, cfg: LoadGenConfig) -> None:
+    def __init__(self, lg: Any, model: torch.nn.Module, rows: Any, cfg: LoadGenConfig,
+                 calibrate_s: float = 0.0) -> None:
         self.lg, self.model, self.rows, self.cfg = lg, model, rows, cfg
         self.inbox: queue.Queue[list[Any] | None] = queue.Queue()
         self.batches = 0
         self.batched_samples = 0
         self.error: BaseException | None = None
+        self.measured_rate = 0.0
+        self.calibrate_s = calibrate_s
+        self.ready = threading.Event()
         self.worker = threading.Thread(target=self._work, name="dlrm-loadgen-sut", daemon=True)
         self.worker.start()
+        self.ready.wait()
+        if self.error is not None:
+            raise RuntimeError(f"the model failed on a batch: {self.error}") from self.error
 
     def issue_queries(self, samples: list[Any]) -> None:  # LoadGen's thread: return at once
         self.inbox.put(list(samples))
@@ -152,6 +159,20 @@ class _SystemUnderTest:
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def _work(self) -> None:
+        # The rate is measured on the serving thread itself: torch's intra-op threading, and
+        # so the speed, differs between the main thread and others (measured here under load:
+        # 4x between the main thread with 2 intra-op threads and this one).
+        try:
+            if self.calibrate_s > 0:
+                count = self.rows.num_samples("train")
+                self.measured_rate = measure_rate(self, count, min(self.cfg.batch_size, count),
+                                                  self.calibrate_s)
+        except BaseException as err:  # noqa: BLE001 - re-raised by __init__
+            self.error = err
+        finally:
+            self.ready.set()
+        if self.error is not None:
+            return
         pending: list[Any] = []
         wait = self.cfg.batch_wait_ms / 1e3
         while True:
@@ -192,14 +213,14 @@ class _SystemUnderTest:
 
 def measure_rate(sut: _SystemUnderTest, samples: int, batch_size: int,
                  seconds: float = 1.0) -> float:
-    """Samples/s of full batches scored back to back (after one warm-up batch): what sizes
-    Offline's query and Server's default arrival rate."""
-    indices = np.arange(batch_size) % samples
-    sut.score(indices)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or done == 0:
-        sut.score(indices)
-        done += batch_size
+    """Samples/s of full batches of random library rows scored back to back, after as long a
+    warm-up: what sizes Offline's query and Server's default arrival rate."""
+    rng = np.random.default_rng(0)
+    for _phase in ("warm-up", "measure"):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or done == 0:
+            sut.score(rng.integers(0, samples, batch_size))
+            done += batch_size
     return done / (time.perf_counter() - start)
 
 
@@ -279,9 +300,10 @@ def run_loadgen(checkpoint: str | Path, cfg: LoadGenConfig, out_dir: str | Path,
             data = data(ckpt["model_config"])
         rows = head_rows(data, cfg.split, cfg.samples)
         count = rows.num_samples("train")
-        sut = _SystemUnderTest(lg, model, rows, cfg)
+        sut = _SystemUnderTest(lg, model, rows, cfg,
+                               calibrate_s=1.0 if cfg.target_qps is None else 0.0)
         try:
-            measured = measure_rate(sut, count, min(cfg.batch_size, count))
+            measured = sut.measured_rate or None
             settings = lg.TestSettings()
             settings.scenario = getattr(lg.TestScenario, cfg.scenario)
             settings.mode = lg.TestMode.AccuracyOnly if cfg.accuracy \

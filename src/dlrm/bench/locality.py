@@ -12,7 +12,8 @@ popularity. ``compare_localities`` benchmarks the same model on
 
 in round-robin rounds (load on a shared machine drifts; this spreads it over all sources
 alike) and reports medians of the lookup (``embedding_fwd``), the row update and the step,
-beside each source's stack-distance statistics (``dlrm.data.profile``).
+beside each source's locality: the distinct rows a batch touches (what its lookup fetches)
+and the stack-distance statistics (``dlrm.data.profile``).
 
 Example:
     >>> result = compare_localities(BenchConfig(preset="kaggle"), open_data("data/kaggle"),
@@ -58,6 +59,19 @@ def locality_stats(profile: dict[str, Any]) -> dict[str, float]:
             "lru_1024_hit_rate": float(np.mean([hit_rate(s) for s in stacks]))}
 
 
+def distinct_rows_per_batch(data: Any, batch_size: int) -> float:
+    """Mean over the full batches of the train split (in order, as the benchmark reads them)
+    of the distinct table rows a batch touches, summed over the features: the rows its lookup
+    must fetch."""
+    counts = []
+    for batch in data.batches("train", batch_size, drop_last=True):
+        sp = batch.sparse
+        per_feature = np.split(sp.values.numpy(), sp.offsets.numpy()[
+            np.arange(1, sp.num_features) * sp.batch_size])
+        counts.append(sum(np.unique(v).size for v in per_feature))
+    return float(np.mean(counts)) if counts else float("nan")
+
+
 def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
                        profile: dict[str, Any] | None = None, rounds: int = 3,
                        seed: int = 0, progress: Progress | None = None,
@@ -93,7 +107,10 @@ def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
     sources.update(extra_sources or {})
     out: dict[str, Any] = {"rows": rows, "rounds": rounds, "sources": {}}
     for name, data in sources.items():
-        stats = locality_stats(fit_profile(data, "train")) if data is not None else None
+        stats = None
+        if data is not None:
+            stats = locality_stats(fit_profile(data, "train"))
+            stats["distinct_rows_per_batch"] = distinct_rows_per_batch(data, cfg.batch_size)
         out["sources"][name] = {"locality": stats, "runs": []}
     ceilings = None
     for round_index in range(rounds):
@@ -108,8 +125,9 @@ def compare_localities(cfg: BenchConfig, source: Any, rows: int = 200_000,
             out["sources"][name]["runs"].append(result)
     for entry in out["sources"].values():
         runs = entry["runs"]
-        entry["lookup_ms"] = statistics.median(r["components"]["embedding_fwd"]["ms"]
-                                               for r in runs)
+        lookups = [r["components"]["embedding_fwd"]["ms"] for r in runs]
+        entry["lookup_ms"] = statistics.median(lookups)
+        entry["lookup_ms_range"] = [min(lookups), max(lookups)]
         entry["update_ms"] = statistics.median(
             r["components"].get("embedding_update", {}).get("ms", float("nan")) for r in runs)
         entry["samples_per_s"] = statistics.median(r["samples_per_s"] for r in runs)
@@ -120,16 +138,19 @@ def format_localities(result: dict[str, Any]) -> str:
     """The side-by-side table ``dlrm bench locality`` prints."""
     lines = [f"{result['rows']:,} rows per source, medians of {result['rounds']} round-robin "
              f"rounds; stack distances are means over the features",
-             f"{'data':<9}{'lookup ms':>11}{'update ms':>11}{'samples/s':>11}"
-             f"{'distinct ids':>14}{'median SD':>11}{'p90 SD':>9}{'LRU-1k hits':>13}"]
+             f"{'data':<9}{'lookup ms (range)':>20}{'update ms':>11}{'samples/s':>11}"
+             f"{'rows/batch':>12}{'distinct ids':>14}{'median SD':>11}{'p90 SD':>9}"
+             f"{'LRU-1k hits':>13}"]
     for name, e in result["sources"].items():
-        row = (f"{name:<9}{e['lookup_ms']:>11.3f}{e['update_ms']:>11.3f}"
+        lo, hi = e["lookup_ms_range"]
+        row = (f"{name:<9}{e['lookup_ms']:>8.3f} ({lo:.2f}-{hi:.2f}){e['update_ms']:>11.3f}"
                f"{e['samples_per_s']:>11,.0f}")
         loc = e["locality"]
         if loc is None:  # fresh generated ids: no fixed rows to profile
-            row += f"{'-':>14}{'-':>11}{'-':>9}{'-':>13}"
+            row += f"{'-':>12}{'-':>14}{'-':>11}{'-':>9}{'-':>13}"
         else:
-            row += (f"{loc['distinct_ids']:>14,.0f}{loc['stack_median']:>11.1f}"
-                    f"{loc['stack_p90']:>9.1f}{loc['lru_1024_hit_rate']:>12.1%}")
+            row += (f"{loc['distinct_rows_per_batch']:>12,.0f}{loc['distinct_ids']:>14,.0f}"
+                    f"{loc['stack_median']:>11.1f}{loc['stack_p90']:>9.1f}"
+                    f"{loc['lru_1024_hit_rate']:>12.1%}")
         lines.append(row)
     return "\n".join(lines)
