@@ -281,8 +281,9 @@ def test_iid_locality_is_todays_behaviour(criteo_head):
 
 def test_locality_survives_other_row_counts(criteo_head):
     """Twice the rows: every id is drawn twice as often (the count spectrum scaled exactly)
-    and takes the lifetime of its count's bucket at the profiled scale; a format-1 profile
-    (no locality statistics) generates only with locality "iid"."""
+    and takes the lifetime of its count's bucket at the profiled scale. A format-1 profile
+    (no locality statistics) refuses locality "profile" and by default draws what "iid"
+    draws from a new profile."""
     _, profile = criteo_head
     big = fit_profile(ProfileData(profile, 2 * profile["rows"], seed=1,
                                   split_fractions=(("train", 1.0),)), "train")
@@ -295,8 +296,11 @@ def test_locality_survives_other_row_counts(criteo_head):
     for f in old["features"]:
         del f["stack_distance"], f["lifetimes"]
     with pytest.raises(ValueError, match="no locality statistics.*iid"):
-        ProfileData(old, 100)
-    assert ProfileData(old, 100, locality="iid").num_samples("train") == 80
+        ProfileData(old, 100, locality="profile")
+    kw = dict(seed=2, split_fractions=(("train", 1.0),))
+    default = ProfileData(old, 100, **kw)  # no statistics: random order, as before
+    assert all(torch.equal(a, b) for a, b in zip(
+        default.values, ProfileData(profile, 100, locality="iid", **kw).values))
 
 
 def test_cli_bench_locality_side_by_side(tmp_path, capsys):

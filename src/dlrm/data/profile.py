@@ -22,7 +22,8 @@ profile's scaled to ``rows``, each bag size from the bag-size distribution, each
 by inverse CDF through the quantiles, labels by the click rate. The order of the ids is set by
 ``locality``:
 
-- ``"profile"`` (default): temporal locality as the source's. Real ids are not spread evenly
+- ``"profile"`` (default; for a format-1 profile, made before locality was profiled, the
+  default is ``"iid"``): temporal locality as the source's. Real ids are not spread evenly
   over a log: each is in use for a while (its lifetime, first to last access, as a share of
   the log) and absent otherwise. The profile keeps the lifetime quantiles of the ids of each
   count (log2 count buckets); an id drawn c times gets a lifetime from its bucket, a random
@@ -44,12 +45,15 @@ judge generated data by (and as the cache's hit-rate curve).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dlrm.data.arrays import DEFAULT_SPLITS, ArrayDataSource
+
+log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "dlrm-data-profile/2"
 # Format 1 (before locality was profiled) still loads; it generates with locality "iid" only.
@@ -424,6 +428,8 @@ class ProfileData(ArrayDataSource):
         locality: ``"profile"`` (ids ordered by the profiled lifetimes: the source's temporal
             locality) or ``"iid"`` (ids in random order). Both draw the same dense values,
             labels, bag sizes and multiset of ids for a seed; only the ids' order differs.
+            None: ``"profile"``, or ``"iid"`` for a profile made before locality was
+            profiled (format 1), which is logged.
 
     Example:
         >>> data = ProfileData("profile.json", rows=100_000, locality="iid")  # doctest: +SKIP
@@ -432,14 +438,20 @@ class ProfileData(ArrayDataSource):
     def __init__(self, profile: dict[str, Any] | str | Path, rows: int, seed: int = 0,
                  table_sizes: list[int] | None = None,
                  split_fractions: tuple[tuple[str, float], ...] = DEFAULT_SPLITS,
-                 locality: str = "profile") -> None:
+                 locality: str | None = None) -> None:
         if not isinstance(profile, dict):
             profile = load_profile(profile)
         if rows <= 0:
             raise ValueError(f"rows = {rows}: must be positive")
+        features = profile["features"]
+        if locality is None:
+            locality = "profile" if all("lifetimes" in f for f in features) else "iid"
+            if locality == "iid":
+                log.info("profile format %r has no locality statistics: ids in random order "
+                         "(re-run `dlrm synth profile` for the source's locality)",
+                         profile.get("format"))
         if locality not in LOCALITIES:
             raise ValueError(f"locality {locality!r}: expected one of {LOCALITIES}")
-        features = profile["features"]
         if locality == "profile" and any("lifetimes" not in f for f in features):
             raise ValueError("this profile has no locality statistics (format "
                              f"{profile.get('format')!r}, made before they were profiled): "
