@@ -232,8 +232,8 @@ def within(generated, source, rel=0.10):
 def test_profile_locality_reproduces_real_stack_distances(criteo_head):
     """The issue's criterion: data generated from the profile of the real Criteo head rows,
     in file order, at the same row count, has each feature's stack-distance quantiles within
-    10% of the source's, and exactly its popularity spectrum. (Seeds 0-9 measured: 2 of
-    1,560 quantiles missed by up to 12%; this test uses seed 0.)"""
+    10% of the source's, and exactly its popularity spectrum. (Seeds 0-9: 2 of 1,560
+    quantiles miss, by up to 14%, `benchmarks/profile_locality.py`; this test uses seed 0.)"""
     real, profile = criteo_head
     rows = profile["rows"]
     generated = ProfileData(profile, rows, seed=0, split_fractions=(("train", 1.0),))
