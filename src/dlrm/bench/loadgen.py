@@ -213,13 +213,16 @@ class _SystemUnderTest:
 
 def measure_rate(sut: _SystemUnderTest, samples: int, batch_size: int,
                  seconds: float = 1.0) -> float:
-    """Samples/s of full batches of random library rows scored back to back, after as long a
-    warm-up: what sizes Offline's query and Server's default arrival rate."""
+    """Samples/s of full batches of random library rows scored back to back, with a response
+    object per sample as in serving (for a small model those cost as much as the model),
+    after as long a warm-up: what sizes Offline's query and Server's default arrival rate."""
     rng = np.random.default_rng(0)
+    respond = sut.lg.QuerySampleResponse
     for _phase in ("warm-up", "measure"):
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or done == 0:
-            sut.score(rng.integers(0, samples, batch_size))
+            base = sut.score(rng.integers(0, samples, batch_size)).ctypes.data
+            [respond(i, base + 4 * i, 4) for i in range(batch_size)]
             done += batch_size
     return done / (time.perf_counter() - start)
 
@@ -300,8 +303,9 @@ def run_loadgen(checkpoint: str | Path, cfg: LoadGenConfig, out_dir: str | Path,
             data = data(ckpt["model_config"])
         rows = head_rows(data, cfg.split, cfg.samples)
         count = rows.num_samples("train")
-        sut = _SystemUnderTest(lg, model, rows, cfg,
-                               calibrate_s=1.0 if cfg.target_qps is None else 0.0)
+        # accuracy mode answers every sample once, whatever the rate: nothing to size
+        calibrate = cfg.target_qps is None and not cfg.accuracy
+        sut = _SystemUnderTest(lg, model, rows, cfg, calibrate_s=1.0 if calibrate else 0.0)
         try:
             measured = sut.measured_rate or None
             settings = lg.TestSettings()
@@ -317,10 +321,10 @@ def run_loadgen(checkpoint: str | Path, cfg: LoadGenConfig, out_dir: str | Path,
                 # LoadGen sizes its one query as expected QPS x min duration: an estimate
                 # under the real rate ends the run early (INVALID), one over it only makes
                 # the run longer, and the rate of a shared machine drifts: aim 2x high.
-                target = cfg.target_qps or 2 * measured
+                target = cfg.target_qps or (2 * measured if measured else 1.0)
                 settings.offline_expected_qps = target
             else:
-                target = cfg.target_qps or measured / 2
+                target = cfg.target_qps or (measured / 2 if measured else 1.0)
                 settings.server_target_qps = target
                 settings.server_target_latency_ns = int(cfg.latency_bound_ms * 1e6)
                 settings.server_target_latency_percentile = cfg.latency_percentile
