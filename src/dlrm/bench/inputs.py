@@ -1,4 +1,5 @@
-"""Benchmark batches: uniform (``random``) or power-law (``planted``) ids, one- or multi-hot.
+"""Benchmark inputs: generated batches with uniform (``random``) or power-law (``planted``) ids,
+one- or multi-hot; a data set's batches cycled; the first rows of a data set held in memory.
 
 Skewed ids hit caches differently from uniform ones, so the generator matters for embedding
 throughput. ``planted`` draws ranks from a bounded power law of exponent ``zipf`` (as
@@ -10,12 +11,16 @@ rows are spread over the table as in hashed real data rather than packed at its 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import torch
 
+from dlrm.data.arrays import ArrayDataSource
 from dlrm.features import Batch, SparseFeatures
 
 SCATTER_PRIME = 2654435761  # prime > any table size here, so r -> r*p mod n is a bijection
+TRAIN_ONLY = (("train", 1.0),)
 
 
 def power_law_ranks(u: torch.Tensor, sizes: torch.Tensor, exponent: float) -> torch.Tensor:
@@ -103,3 +108,30 @@ def cycle_batches(data, batch_size: int, split: str = "train") -> Iterator[Batch
     while True:
         yield from data.batches(split, batch_size, epoch=epoch, drop_last=True)
         epoch += 1
+
+
+def head_rows(data: Any, split: str, rows: int, batch_size: int = 8192) -> ArrayDataSource:
+    """The first ``rows`` rows of ``data``'s ``split``, in order, in memory (one split,
+    ``train``), one- or multi-hot."""
+    dense, labels, lengths = [], [], []
+    values: list[list[np.ndarray]] = [[] for _ in data.table_sizes]
+    seen = 0
+    for batch in data.batches(split, batch_size):
+        take = min(len(batch), rows - seen)
+        sp = batch.sparse
+        offsets, flat = sp.offsets.numpy(), sp.values.numpy()
+        lens = np.diff(offsets).reshape(sp.num_features, sp.batch_size)[:, :take]
+        for f in range(sp.num_features):
+            start = offsets[f * sp.batch_size]
+            values[f].append(flat[start:start + int(lens[f].sum())])
+        lengths.append(lens.T)
+        dense.append(batch.dense[:take].numpy())
+        labels.append(batch.labels[:take].numpy())
+        seen += take
+        if seen >= rows:
+            break
+    if seen == 0:
+        raise ValueError(f"split {split!r} has no rows")
+    return ArrayDataSource(np.concatenate(dense), [np.concatenate(v) for v in values],
+                           np.concatenate(labels), data.table_sizes, np.concatenate(lengths),
+                           split_fractions=TRAIN_ONLY)

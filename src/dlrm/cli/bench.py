@@ -1,4 +1,6 @@
-"""`dlrm bench` (one measurement) and `dlrm bench sweep --vary NAME=V1,V2`.
+"""`dlrm bench` (one measurement), `dlrm bench sweep --vary NAME=V1,V2`, `dlrm bench locality`
+(lookup time on a data set, its profile's data and i.i.d. ids) and `dlrm bench loadgen`
+(MLPerf Inference's LoadGen driving a trained model).
 
 Data profiles are made and used by `dlrm synth profile DIR` / `dlrm synth --profile` (cli/data.py);
 `dlrm bench --profile profile.json` benchmarks on data drawn from one.
@@ -67,7 +69,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--profile", default=None,
                    help="benchmark on data drawn from a `dlrm synth profile` JSON")
     d.add_argument("--profile-rows", type=int, default=200_000,
-                   help="--profile: rows to generate (default 200000)")
+                   help="--profile: rows to generate (default 200000); `locality`: rows of "
+                        "each source")
+    d.add_argument("--locality", choices=["profile", "iid"], default="profile",
+                   help="--profile: ids ordered by the profiled lifetimes (the source's "
+                        "temporal locality, default) or in random order (iid)")
+    d.add_argument("--data", default=None,
+                   help="benchmark on a data set (a `dlrm preprocess` folder, or "
+                        "synthetic:planted): its train split, in order; `locality`: the source")
+    d.add_argument("--rounds", type=int, default=3,
+                   help="`locality`: round-robin rounds over the three sources (medians)")
     r = p.add_argument_group("run")
     r.add_argument("--mode", choices=["train", "infer"], default="train")
     r.add_argument("--batch-size", type=int, default=2048)
@@ -86,11 +97,32 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="also time TorchRec's DLRM on the same config and batches")
     o = p.add_argument_group("output")
     o.add_argument("--json", default=None, help="write the full result here")
-    o.add_argument("--out", default=None, help="folder for PNG charts (and sweep CSV)")
+    o.add_argument("--out", default=None, help="folder for PNG charts (and sweep CSV); "
+                   "loadgen: LoadGen's log folder (new; default loadgen-<scenario>)")
     o.add_argument("--vary", default=None,
                    help="sweep: NAME=V1,V2,... with NAME one of batch_size, embedding_dim, "
                         "num_tables, rows_per_table, ids_per_bag, zipf, threads")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    lg = p.add_argument_group("loadgen (`dlrm bench loadgen`; docs/benchmarks.md)")
+    lg.add_argument("--checkpoint", default=None, help="the model to serve (a last.pt)")
+    lg.add_argument("--scenario", choices=["Offline", "Server"], default="Offline")
+    lg.add_argument("--target-qps", type=float, default=None,
+                    help="Offline: expected QPS; Server: arrival rate (default: measured "
+                         "first; Server half of it)")
+    lg.add_argument("--latency-bound-ms", type=float, default=60.0,
+                    help="Server: latency bound (default 60, MLPerf DLRM-v2)")
+    lg.add_argument("--latency-percentile", type=float, default=0.99,
+                    help="Server: the percentile that must meet the bound (default 0.99)")
+    lg.add_argument("--min-duration-ms", type=int, default=60_000,
+                    help="LoadGen's minimum duration (default 60000; MLPerf runs: 600000)")
+    lg.add_argument("--min-query-count", type=int, default=1)
+    lg.add_argument("--samples", type=int, default=100_000,
+                    help="rows in the query sample library (default 100000)")
+    lg.add_argument("--split", default="val", help="the split the samples come from")
+    lg.add_argument("--batch-wait-ms", type=float, default=0.0,
+                    help="wait this long for a batch to fill when the queue runs dry")
+    lg.add_argument("--accuracy", action="store_true",
+                    help="LoadGen's AccuracyOnly mode: every sample once; AUC from its log")
 
 
 def bench_config_from_args(args: argparse.Namespace):
@@ -116,7 +148,8 @@ def _profile_data(args: argparse.Namespace, cfg):
         sizes = [min(n, cfg.table_rows_cap) for n in sizes]
     # The train split (80%) must hold at least one batch.
     rows = max(args.profile_rows, int(cfg.batch_size / 0.8) + 1)
-    return ProfileData(profile, rows, seed=cfg.seed, table_sizes=sizes)
+    return ProfileData(profile, rows, seed=cfg.seed, table_sizes=sizes,
+                       locality=args.locality)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -124,13 +157,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.action == "sweep":
         return cmd_sweep(args)
+    if args.action == "locality":
+        return cmd_locality(args)
+    if args.action == "loadgen":
+        return cmd_loadgen(args)
     if args.vary:
         raise ValueError("--vary belongs to `dlrm bench sweep`")
     from dlrm.bench.runner import run_bench
 
     cfg = bench_config_from_args(args)
-    data = _profile_data(args, cfg) if args.profile else None
-    label = f"profile:{args.profile}" if args.profile else None
+    if args.profile and args.data:
+        raise ValueError("--profile and --data: give one data source")
+    data, label = None, None
+    if args.profile:
+        data, label = _profile_data(args, cfg), f"profile:{args.profile}"
+    elif args.data:
+        from dlrm.data import open_data
+
+        data, label = open_data(args.data), args.data
     result = run_bench(cfg, data=data, progress=BenchProgress(args.quiet), data_label=label)
     if args.peer:
         from dlrm.bench.peers import run_peer
@@ -159,14 +203,81 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    """`dlrm bench loadgen --checkpoint C --scenario Offline|Server`."""
+    from dlrm.bench.loadgen import LoadGenConfig, run_loadgen
+
+    if not args.checkpoint:
+        raise ValueError("`dlrm bench loadgen` needs --checkpoint (a `dlrm train` last.pt)")
+    if args.profile and args.data:
+        raise ValueError("--profile and --data: give one data source")
+    cfg = LoadGenConfig(
+        scenario=args.scenario, batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+        target_qps=args.target_qps, latency_bound_ms=args.latency_bound_ms,
+        latency_percentile=args.latency_percentile, min_duration_ms=args.min_duration_ms,
+        min_query_count=args.min_query_count, samples=args.samples, split=args.split,
+        accuracy=args.accuracy, precision=args.precision, device=args.device,
+        threads=args.threads, seed=args.seed)
+    data, label = None, None
+    if args.data:
+        from dlrm.data import open_data
+
+        data, label = open_data(args.data), args.data
+    elif args.profile:
+        from dlrm.data.profile import ProfileData, load_profile
+
+        profile = load_profile(args.profile)
+
+        def data(model_config: dict) -> ProfileData:  # the model's tables, one split
+            return ProfileData(profile, args.samples, seed=args.seed,
+                               table_sizes=model_config["table_sizes"],
+                               split_fractions=((args.split, 1.0),), locality=args.locality)
+
+        label = f"profile:{args.profile} ({args.locality})"
+    out = args.out or f"loadgen-{args.scenario.lower()}"
+    result = run_loadgen(args.checkpoint, cfg, out, data=data, data_label=label)
+    print(result["line"])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_locality(args: argparse.Namespace) -> int:
+    """`dlrm bench locality --data SRC`: source vs profile-generated vs i.i.d. ids."""
+    from dlrm.bench.locality import compare_localities, format_localities
+    from dlrm.data import open_data
+
+    if not args.data:
+        raise ValueError("`dlrm bench locality` needs --data SRC (the data set to compare with)")
+    profile = None
+    if args.profile:
+        from dlrm.data.profile import load_profile
+
+        profile = load_profile(args.profile)
+    cfg = bench_config_from_args(args)
+    result = compare_localities(cfg, open_data(args.data), rows=args.profile_rows,
+                                profile=profile, rounds=args.rounds, seed=args.seed,
+                                progress=BenchProgress(args.quiet))
+    print(f"{cfg.preset} {cfg.mode}, B={cfg.batch_size}, {cfg.precision}, data {args.data}")
+    print(format_localities(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dlrm.bench.plots import sweep_chart
     from dlrm.bench.sweep import parse_vary, run_sweep, write_csv
 
     if not args.vary:
         raise ValueError("`dlrm bench sweep` needs --vary NAME=V1,V2,...")
-    if args.profile or args.peer:
-        raise ValueError("sweeps run on generated ids; --profile and --peer are for one run")
+    if args.profile or args.peer or args.data:
+        raise ValueError("sweeps run on generated ids; --profile, --data and --peer are for "
+                         "one run")
     name, values = parse_vary(args.vary)
     rows, results = run_sweep(bench_config_from_args(args), name, values,
                               progress=BenchProgress(args.quiet))
@@ -188,7 +299,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="throughput benchmark with per-component times and a roofline",
         description="`dlrm bench [options]` measures one configuration; "
-                    "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting.")
-    p.add_argument("action", nargs="?", choices=["run", "sweep"], default="run")
+                    "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting; "
+                    "`dlrm bench locality --data SRC` times the lookup on SRC, on data drawn "
+                    "from its profile and on i.i.d. ids; `dlrm bench loadgen --checkpoint C "
+                    "--scenario Offline|Server` runs MLPerf Inference's LoadGen on a model.")
+    p.add_argument("action", nargs="?", choices=["run", "sweep", "locality", "loadgen"],
+                   default="run")
     add_bench_args(p)
     p.set_defaults(func=cmd_bench)

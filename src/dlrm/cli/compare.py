@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from dlrm.cli.common import TrainProgress, add_data_args, open_data_from_args
+from dlrm.cli.common import (
+    TrainProgress,
+    add_data_args,
+    add_observer_args,
+    fan_out,
+    open_data_from_args,
+    open_observers,
+)
 from dlrm.config import PRESETS
 
 
@@ -53,7 +61,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                  if v is not None}})
     args.preset = config.preset  # the synthetic tables follow the preset
     data = open_data_from_args(args)
-    results = compare(data, config, args.out, progress=CompareProgress(disable=args.quiet))
+    with contextlib.ExitStack() as stack:  # --tensorboard: one folder per run
+        observers = open_observers(args, stack, "", None, data)
+        results = compare(data, config, args.out,
+                          progress=fan_out(CompareProgress(disable=args.quiet), *observers))
     print(Path(args.out, "results.md").read_text(), end="")
     print(f"wrote {args.out}/results.md, {args.out}/auc_curve.png, {args.out}/results.json")
     return 0 if results["rows"] else 1
@@ -88,5 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_observer_args(p, mlperf=False)
     p.set_defaults(func=cmd_compare)
 

@@ -11,6 +11,7 @@ either way, with the same weights for the same seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -20,8 +21,11 @@ from dlrm.cli.common import (
     TrainProgress,
     add_data_args,
     add_model_args,
+    add_observer_args,
+    fan_out,
     model_config_from_args,
     open_data_from_args,
+    open_observers,
     print_summary,
     train_config_from_args,
 )
@@ -30,6 +34,9 @@ from dlrm.cli.common import (
 def cmd_train(args: argparse.Namespace) -> int:
     from dlrm.distributed.launch import in_torchrun, launch_local
 
+    if args.resume and args.mlperf_log:  # checked before any process is launched
+        raise ValueError("--mlperf-log: an MLPerf log covers one uninterrupted run; it cannot "
+                         "continue a resumed one")
     if in_torchrun():
         return _train_under_torchrun(args)
     if args.nproc is not None and args.nproc > 1:
@@ -55,9 +62,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
     print_memory_report(kind, model_config, config, args.memory_report)
-    summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
-                    progress=TrainProgress(disable=args.quiet),
-                    extra={"command": " ".join(sys.argv)})
+    with contextlib.ExitStack() as stack:  # --mlperf-log, --tensorboard
+        observers = open_observers(args, stack, kind, config, data, resume=bool(args.resume))
+        summary = train(kind, model_config, data, config, run_dir, resume=bool(args.resume),
+                        progress=fan_out(TrainProgress(disable=args.quiet), *observers),
+                        extra={"command": " ".join(sys.argv)})
     print_summary(summary)
     return 0
 
@@ -105,14 +114,20 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
     saved = json.loads((Path(args.resume) / "config.json").read_text()) if args.resume else None
     device = saved["train"]["device"] if saved else args.device
     with distributed_session(timeout_s=args.dist_timeout, device=device,
-                             threads=args.threads) as session:
-        progress = _rank0_progress(session.rank, args.quiet)
+                             threads=args.threads) as session, contextlib.ExitStack() as stack:
+
+        def progress(kind: str, config: TrainConfig, data, resume: bool = False):
+            observers = open_observers(args, stack, kind, config, data, resume) \
+                if session.rank == 0 else []  # rank 0 writes the log and the events
+            return fan_out(_rank0_progress(session.rank, args.quiet), *observers)
+
         if saved:
             data = open_data(saved["data"])
+            kind, config = saved.get("model_kind", "dlrm"), TrainConfig(**saved["train"])
             summary = train_distributed(
-                saved.get("model_kind", "dlrm"), saved["model_config"], data,
-                TrainConfig(**saved["train"]), args.resume, placement=saved["placement"],
-                resume=True, watchdog=session.watchdog, progress=progress,
+                kind, saved["model_config"], data, config, args.resume,
+                placement=saved["placement"], resume=True, watchdog=session.watchdog,
+                progress=progress(kind, config, data, resume=True),
                 extra={"command": " ".join(sys.argv)})
         else:
             data = open_data_from_args(args)
@@ -125,7 +140,7 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
             summary = train_distributed(
                 kind, model_config, data, config, run_dir, placement=args.placement,
                 init_checkpoint=args.init_checkpoint, watchdog=session.watchdog,
-                progress=progress, extra={"command": " ".join(sys.argv)})
+                progress=progress(kind, config, data), extra={"command": " ".join(sys.argv)})
         if session.rank == 0:
             print_summary(summary)
             print(f"{session.world_size} ranks: all-to-all {summary['all_to_all_seconds']:.2f} s,"
@@ -220,6 +235,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--init-checkpoint", default=None, metavar="PATH",
                    help="distributed: start from this checkpoint's weights (a sharded folder "
                         "or a single-process .pt of the same model)")
+    add_observer_args(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")

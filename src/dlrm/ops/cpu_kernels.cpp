@@ -1,7 +1,7 @@
 // CPU kernels for the parts of a DLRM step that are not matrix multiplies.
 //
 // Plain C ABI (called through ctypes with raw data pointers), no PyTorch headers: it compiles
-// in ~2 s with any C++17 compiler, and dlrm/kernels/__init__.py falls back to the
+// in ~2 s with any C++17 compiler, and dlrm/ops/native.py falls back to the
 // PyTorch implementation when no compiler is found. Every function returns 0 on success and a
 // negative code on bad input, and never writes outside the buffers it was given.
 //

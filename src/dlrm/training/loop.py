@@ -319,7 +319,11 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
         run_dir: the run directory; ``strategy.writes_files`` decides who writes in it.
         resume: continue from the strategy's ``"last"`` checkpoint.
         run_record: what ``config.json`` holds for a new run (``extra`` is added).
-        progress: called with event dicts: ``start``, ``step``, ``eval``, ``end``.
+        progress: called with event dicts: ``start`` (``step``, ``total_steps``,
+            ``batch_size``, ``steps_per_epoch``), ``step`` (``step``, windowed ``loss``,
+            ``samples``, ``lr``, ``epoch``, ``samples_seen``), ``eval_start`` and ``eval``
+            (``step``, ``samples_seen``; ``eval`` adds the metrics), ``end`` (the summary).
+            Observers such as the MLPerf log and TensorBoard consume them.
         extra: JSON-able facts added to config.json and the summary.
     """
     run_dir = Path(run_dir)
@@ -353,6 +357,8 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
     device = strategy.device
 
     def run_eval() -> dict[str, float]:
+        emit({"event": "eval_start", "step": state["step"],
+              "samples_seen": state["samples_seen"]})
         metrics = strategy.evaluate("val")
         record = {"event": "eval", "split": "val", "step": state["step"],
                   "samples_seen": state["samples_seen"], **metrics}
@@ -369,7 +375,7 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
         return metrics
 
     emit({"event": "start", "step": state["step"], "total_steps": total_steps,
-          "batch_size": batch_size})
+          "batch_size": batch_size, "steps_per_epoch": steps_per_epoch})
     strategy.model.train()
     train_time = 0.0
     steps_this_session = 0
@@ -381,11 +387,12 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
                                epoch=epoch, shuffle=True, seed=config.seed, drop_last=True)
         tick = synchronized_clock(device)
         for batch in batches:
+            lr = config.lr
             if schedule is not None:  # lr is a pure function of the step: exact on resume
                 step_now, sparse_lr = state["step"], config.sparse_lr
+                lr = schedule.lr(step_now, config.lr)
                 strategy.optimizer.set_lr(
-                    schedule.lr(step_now, config.lr),
-                    None if sparse_lr is None else schedule.lr(step_now, sparse_lr))
+                    lr, None if sparse_lr is None else schedule.lr(step_now, sparse_lr))
             loss = strategy.train_step(batch, state["step"] + 1)
             state["step"] += 1
             state["batch_in_epoch"] += 1
@@ -395,7 +402,8 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
             last_loss = loss
             steps_this_session += 1
             emit({"event": "step", "step": state["step"], "loss": state["window_loss"]
-                  / state["window_steps"], "samples": len(batch)})
+                  / state["window_steps"], "samples": len(batch), "lr": lr, "epoch": epoch,
+                  "samples_seen": state["samples_seen"]})
             step = state["step"]
             if step % config.log_every == 0 or step == total_steps:
                 run_log.write({"event": "train", "step": step, "epoch": epoch,
