@@ -105,6 +105,7 @@ def test_cli_strict_error_names_the_line(tmp_path, capsys):
     assert _cli("preprocess", "criteo-kaggle", "--input", str(path), "--out",
                 str(tmp_path / "o"), "--strict", "--no-progress") == 2
     assert "t.txt:2: 1 fields, expected 40" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_synth_tsv_looks_like_criteo(tmp_path):

@@ -1,13 +1,10 @@
-"""`dlrm compare`, and the `table` subcommand that cli/data.py adds to `dlrm preprocess`."""
+"""`dlrm compare`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from dlrm.cli.progress import TrainProgress
 from dlrm.cli.train import add_data_args, open_data_from_args
@@ -29,23 +26,6 @@ class CompareProgress:
                     f"[{event['run_index'] + 1}/{event['runs']}] {event['run']}")
         elif self.current is not None:
             self.current(event)
-
-
-class StageProgress:
-    """A bar over the stages of `dlrm preprocess table`."""
-
-    def __init__(self, disable: bool = False) -> None:
-        self.bar: tqdm | None = None
-        self.disable = disable
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=event["total"], unit="stage", file=sys.stderr,
-                            disable=self.disable, desc="preprocess")
-        self.bar.n = event["done"]
-        self.bar.set_postfix_str(event["stage"])
-        if event["done"] >= event["total"]:
-            self.bar.close()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -75,47 +55,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(Path(args.out, "results.md").read_text(), end="")
     print(f"wrote {args.out}/results.md, {args.out}/auc_curve.png, {args.out}/results.json")
     return 0 if results["rows"] else 1
-
-
-def cmd_preprocess_table(args: argparse.Namespace) -> int:
-    from dlrm.data.table import load_schema, preprocess_table
-
-    schema = load_schema(args.schema)
-    inputs: dict[str, str] = {"main": args.input}
-    for split in ("train", "val", "test"):
-        path = getattr(args, f"{split}_input")
-        if path:
-            inputs[split] = path
-    meta = preprocess_table(schema, inputs, args.out, strict=args.strict,
-                            progress=StageProgress(disable=args.quiet))
-    rows = ", ".join(f"{s} {n:,} ({meta['positives'][s] / max(n, 1):.1%} positive)"
-                     for s, n in meta["rows"].items())
-    print(f"wrote {args.out}: {rows}; {len(meta['table_sizes'])} categorical features, "
-          f"{meta['num_dense']} dense")
-    if meta["rows_skipped"]:
-        print(f"skipped {meta['rows_skipped']} bad rows, e.g.:")
-        for example in meta["skipped_examples"]:
-            print(f"  {example}")
-    return 0
-
-
-def add_table_preprocess_parser(preprocess_subparsers: argparse._SubParsersAction,
-                                name: str = "table") -> argparse.ArgumentParser:
-    """Add ``table`` to the subcommands of ``dlrm preprocess``."""
-    p = preprocess_subparsers.add_parser(
-        name, help="any CSV/TSV/parquet CTR table (or MovieLens-100K) described by a schema")
-    p.add_argument("--schema", required=True,
-                   help="schema JSON file, or a shipped one: avazu, movielens-100k, criteo-tsv")
-    p.add_argument("--input", required=True,
-                   help="data file (or MovieLens folder), split by the schema's fractions")
-    p.add_argument("--train-input", default=None, help="a file taken whole as the train split")
-    p.add_argument("--val-input", default=None, help="a file taken whole as the val split")
-    p.add_argument("--test-input", default=None, help="a file taken whole as the test split")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_preprocess_table)
-    return p
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,951 @@
+"""The one preprocessing pipeline: read -> parse by schema -> vocabulary -> write -> publish.
+
+``preprocess(schema, inputs, out, options)`` is the whole run; ``dlrm preprocess
+criteo-kaggle|criteo-terabyte|table`` all call it with a shipped or given schema.
+
+1. **Stage** each input file into a part (``parts/<name>/``) of the private build folder:
+   blocks are read in order and parsed in a thread pool (``options.workers``), good rows are
+   appended to ``labels.npy``, ``dense.npy`` and, per categorical feature, either its hash ids
+   (``ids/<name>.npy``) or its raw values (``raw/``) for the vocabulary. ``stage.json``,
+   written last, records the input (name, size, mtime), the settings and the counts; a rerun
+   reuses a part only after checking every file against it.
+2. **Split** into train / val / test: row ranges of parts (reference, days, file order) or
+   rows copied into new parts (random, column order, ``shuffle``). A data set without
+   validation rows is refused here, before a model ever sees it.
+3. **Vocabulary**, one feature per task: count the vocabulary rows, sort the kept values,
+   map every row (``dlrm.data.pipeline.vocabulary``).
+4. **Publish**: ``metadata.json`` is written and the build folder replaces the target with
+   one rename (``dlrm.data.pipeline.io.BuildFolder``).
+
+Rows read = rows written + rows skipped for every input; a mismatch is an internal error, not
+a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dlrm.data.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    NpyAppender,
+    npy_file_size,
+    open_array,
+    write_metadata,
+)
+from dlrm.data.pipeline.io import (
+    DEFAULT_CHUNK_BYTES,
+    BlockReader,
+    BuildFolder,
+    check_input,
+    input_fingerprint,
+)
+from dlrm.data.pipeline.metadata import (
+    BadLineError,
+    DataError,
+    Progress,
+    ProgressFn,
+    SkipLog,
+    no_progress,
+    os_error,
+    peak_rss_bytes,
+    tool_version,
+    utc_now,
+)
+from dlrm.data.pipeline.parse import HexValues, ParsedBlock, RowParser
+from dlrm.data.pipeline.schema import SPLITS, Schema
+from dlrm.data.pipeline.vocabulary import (
+    MISSING_ID,
+    Vocabulary,
+    apply_lut,
+    check_vocab_options,
+    code_column,
+    hash_ids,
+    kept_values,
+    merge_counts,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+ROWS_PER_CHUNK = 1 << 20
+
+
+@dataclass
+class Options:
+    """How to run (the schema says what the data is).
+
+    Args:
+        hash_buckets / min_count: vocabulary mode (default exact; the schema's own setting
+            when neither is given).
+        split: overrides the schema's split, e.g. ``{"order": "random", "seed": 0,
+            "fractions": {...}}``.
+        shuffle: store the training split in a seeded random order.
+        strict: stop at the first bad line (``file:line: reason``) instead of skipping it.
+        workers: parsing threads; chunk_bytes: bytes of text per parsing task.
+        overwrite: replace a non-empty ``out`` once the new data set is complete.
+    """
+
+    hash_buckets: int | None = None
+    min_count: int | None = None
+    split: dict[str, Any] | None = None
+    seed: int = 0
+    shuffle: bool = False
+    strict: bool = False
+    workers: int = 2
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    overwrite: bool = False
+
+    def check(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise DataError(f"--workers {self.workers}: need an integer >= 1")
+        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1024:
+            raise DataError(f"--chunk-mb: the chunk must be at least 1 KiB (got "
+                            f"{self.chunk_bytes} bytes)")
+        check_vocab_options(self.hash_buckets, self.min_count)
+
+
+# --------------------------------------------------------------------------- parts on disk
+@dataclass
+class Part:
+    """One staged input: where its arrays are and what went into it."""
+
+    name: str
+    folder: Path
+    input: dict[str, Any]
+    rows_read: int = 0
+    rows_written: int = 0
+    positives: int = 0
+    skips: SkipLog = field(default_factory=SkipLog)
+    truncated_gzip: bool = False
+    seconds: float = 0.0
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"part": self.name, "name": self.input["name"], "size": self.input["size"],
+                "rows_read": self.rows_read, "rows_written": self.rows_written,
+                "positives": self.positives, "truncated_gzip": self.truncated_gzip,
+                "seconds": round(self.seconds, 3), "reused": self.reused,
+                **self.skips.to_dict()}
+
+
+def _expected_files(schema: Schema, mode: str, rows: int) -> list[tuple[str, Any, tuple]]:
+    """(file, dtype, shape) of a finished stage's .npy files (for verification)."""
+    width = max(len(schema.dense), 1)
+    files: list[tuple[str, Any, tuple]] = [("labels.npy", np.uint8, (rows,)),
+                                           ("dense.npy", np.float32, (rows, width))]
+    if schema.split.get("order") == "column":
+        files.append(("key.npy", np.float64, (rows,)))
+    for spec in schema.categorical:
+        if mode == "hash" and not spec.multi_hot:
+            files.append((f"ids/{spec.name}.npy", np.int32, (rows,)))
+        elif mode == "hash":
+            files.append((f"ids/{spec.name}.lengths.npy", np.int32, (rows,)))
+        elif spec.kind == "hex32":
+            files += [(f"raw/{spec.name}.npy", np.uint32, (rows,)),
+                      (f"raw/{spec.name}.empty.npy", np.bool_, (rows,))]
+    return files
+
+
+def _verified_stage(folder: Path, schema: Schema, mode: str, fingerprint: dict[str, Any],
+                    settings: dict[str, Any]) -> Part | None:
+    """The part recorded in ``folder/stage.json`` if every check passes, else None."""
+    try:
+        record = json.loads((folder / STAGE_FILE).read_text())
+        if record.get("input") != fingerprint or record.get("settings") != settings:
+            return None
+        part = Part(str(record["part"]), folder, fingerprint, int(record["rows_read"]),
+                    int(record["rows_written"]), int(record["positives"]),
+                    SkipLog.from_dict(record), bool(record["truncated_gzip"]),
+                    float(record["seconds"]), reused=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not (0 <= part.rows_written <= part.rows_read
+            and part.rows_read == part.rows_written + part.skips.count
+            and 0 <= part.positives <= part.rows_written):
+        return None
+    for name, dtype, shape in _expected_files(schema, mode, part.rows_written):
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != npy_file_size(dtype, shape):
+            return None
+    for spec in schema.categorical:
+        if mode == "hash" and spec.multi_hot:
+            lengths = open_array(folder / f"ids/{spec.name}.lengths.npy")
+            values = folder / f"ids/{spec.name}.values.npy"
+            if not values.is_file() or values.stat().st_size != npy_file_size(
+                    np.int32, (int(np.asarray(lengths, dtype=np.int64).sum()),)):
+                return None
+        elif mode != "hash" and spec.kind == "string":
+            try:
+                with pa.memory_map(str(folder / f"raw/{spec.name}.arrow")) as source:
+                    if pa.ipc.open_file(source).read_all().num_rows != part.rows_written:
+                        return None
+            except (OSError, pa.ArrowInvalid):
+                return None
+    return part
+
+
+class _PartWriter:
+    """Appends parsed blocks to a part's files."""
+
+    def __init__(self, folder: Path, schema: Schema, mode: str, hash_buckets: int | None
+                 ) -> None:
+        self.schema, self.mode, self.buckets = schema, mode, hash_buckets
+        (folder / "ids").mkdir(parents=True, exist_ok=True)
+        (folder / "raw").mkdir(exist_ok=True)
+        width = max(len(schema.dense), 1)
+        self.labels = NpyAppender(folder / "labels.npy", np.uint8)
+        self.dense = NpyAppender(folder / "dense.npy", np.float32, (width,))
+        self.key = (NpyAppender(folder / "key.npy", np.float64)
+                    if schema.split.get("order") == "column" else None)
+        self.outs: list[Any] = []
+        for spec in schema.categorical:
+            if mode == "hash" and not spec.multi_hot:
+                self.outs.append(NpyAppender(folder / f"ids/{spec.name}.npy", np.int32))
+            elif mode == "hash":
+                self.outs.append((NpyAppender(folder / f"ids/{spec.name}.values.npy", np.int32),
+                                  NpyAppender(folder / f"ids/{spec.name}.lengths.npy",
+                                              np.int32)))
+            elif spec.kind == "hex32":
+                self.outs.append((NpyAppender(folder / f"raw/{spec.name}.npy", np.uint32),
+                                  NpyAppender(folder / f"raw/{spec.name}.empty.npy", np.bool_)))
+            else:
+                self.outs.append(_ArrowAppender(folder / f"raw/{spec.name}.arrow"))
+
+    def encode(self, parsed: ParsedBlock) -> None:
+        """Hash mode: ids computed in the worker thread (the writer only appends)."""
+        if self.mode != "hash":
+            return
+        encoded = []
+        for spec, column in zip(self.schema.categorical, parsed.categorical, strict=True):
+            if spec.multi_hot:
+                flat = pc.list_flatten(column)
+                lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+                encoded.append((hash_ids(flat, self.buckets), lengths))
+            else:
+                encoded.append(hash_ids(column, self.buckets))
+        parsed.encoded = encoded
+
+    def append(self, parsed: ParsedBlock) -> None:
+        if parsed.labels is not None:
+            self.labels.append(parsed.labels)
+        else:
+            self.labels.append(np.zeros(parsed.rows, np.uint8))
+        self.dense.append(parsed.dense)
+        if self.key is not None:
+            self.key.append(parsed.sort_key)
+        columns = parsed.encoded if self.mode == "hash" else parsed.categorical
+        for out, column in zip(self.outs, columns, strict=True):
+            if isinstance(out, _ArrowAppender):
+                out.append(column)
+            elif isinstance(out, tuple) and isinstance(column, HexValues):
+                out[0].append(column.values)
+                out[1].append(column.empty)
+            elif isinstance(out, tuple):
+                out[0].append(column[0])
+                out[1].append(column[1])
+            else:
+                out.append(column)
+
+    def close(self) -> None:
+        for out in [self.labels, self.dense, self.key, *self.outs]:
+            for o in (out if isinstance(out, tuple) else (out,)):
+                if o is not None:
+                    o.close()
+
+
+class _ArrowAppender:
+    """Raw string values of one feature as an Arrow IPC file, a record batch per block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.type: pa.DataType | None = None
+
+    def append(self, column: pa.Array) -> None:
+        if self.writer is None:
+            self.type = column.type
+            self.writer = pa.ipc.new_file(str(self.path), pa.schema([("value", column.type)]))
+        self.writer.write_batch(pa.record_batch([column.cast(self.type)], names=["value"]))
+
+    def close(self) -> None:
+        if self.writer is None:  # no rows: an empty file of the right shape
+            self.writer = pa.ipc.new_file(str(self.path), pa.schema([("value", pa.string())]))
+        self.writer.close()
+        self.writer = None
+
+
+# --------------------------------------------------------------------------- staging
+def _settings(schema: Schema, options: Options, mode: str) -> dict[str, Any]:
+    return {"schema": schema.to_dict(), "strict": options.strict, "vocab_mode": mode,
+            "hash_buckets": options.hash_buckets, "format_version": FORMAT_VERSION}
+
+
+def _in_order(future: Any, lines_before: int) -> ParsedBlock:
+    """A worker's block with line numbers made absolute (lines of earlier blocks added)."""
+    try:
+        parsed = future.result()
+    except BadLineError as err:
+        raise BadLineError(err.source, err.line + lines_before, err.reason) from None
+    parsed.line_numbers = parsed.line_numbers + lines_before
+    parsed.skips.shift_lines(lines_before)
+    return parsed
+
+
+def _read_header(path: Path, delimiter: str, latin1: bool) -> tuple[list[str], int]:
+    """Column names from the first line of a text file, and that line's length in bytes."""
+    reader = BlockReader(path, 1 << 16)
+    for block, _ in reader:
+        raw = bytes(block)
+        line = raw.split(b"\n", 1)[0]
+        text = line.rstrip(b"\r").decode("latin-1" if latin1 else "utf-8", errors="replace")
+        names = [n.strip().strip('"') for n in text.split(delimiter)]
+        return names, len(line) + 1
+    raise DataError(f"{path}: the file is empty (expected a header line)")
+
+
+def stage_part(name: str, path: Path, folder: Path, schema: Schema, options: Options,
+               mode: str, settings: dict[str, Any], progress: ProgressFn, bytes_before: int,
+               bytes_total: int) -> Part:
+    """Parse one input file into ``folder`` (or reuse a verified earlier stage of it)."""
+    fingerprint = input_fingerprint(path)
+    reused = _verified_stage(folder, schema, mode, fingerprint, settings)
+    if reused is not None:
+        progress(Progress(f"read {path.name}", bytes_before + fingerprint["size"], bytes_total,
+                          message=f"{path.name}: reusing its finished stage from an "
+                                  "interrupted run"))
+        return reused
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    part = Part(name, folder, fingerprint)
+    writer = _PartWriter(folder, schema, mode, options.hash_buckets)
+    try:
+        if schema.reader == "text" and path.suffix != ".parquet":
+            _stage_text(part, path, schema, options, writer, progress, bytes_before, bytes_total)
+        else:
+            _stage_table(part, path, schema, options, writer)
+            progress(Progress(f"read {path.name}", bytes_before + fingerprint["size"],
+                              bytes_total))
+    finally:
+        writer.close()
+    if part.rows_read != part.rows_written + part.skips.count:
+        raise AssertionError(f"{path}: {part.rows_read} rows read but {part.rows_written} "
+                             f"written and {part.skips.count} skipped")
+    part.seconds = time.perf_counter() - start
+    record = {"input": fingerprint, "settings": settings, **part.to_dict()}
+    tmp = folder / (STAGE_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, folder / STAGE_FILE)
+    return part
+
+
+def _stage_text(part: Part, path: Path, schema: Schema, options: Options, writer: _PartWriter,
+                progress: ProgressFn, bytes_before: int, bytes_total: int) -> None:
+    latin1 = schema.encoding.lower().replace("-", "") == "latin1"
+    delimiter = schema.delimiter or ("," if path.suffix.lower() in (".csv",) else "\t"
+                                     if path.suffix.lower() in (".tsv", ".txt") or
+                                     not schema.header else ",")
+    names, skip_bytes = (None, 0)
+    lines_before = 0
+    if schema.header:
+        names, skip_bytes = _read_header(path, delimiter, latin1)
+        lines_before = 1
+    try:
+        parser = RowParser(schema, names)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
+    source = str(path)
+    reader = BlockReader(path, options.chunk_bytes)
+
+    def work(block: Any) -> ParsedBlock:
+        if latin1:
+            block = bytes(block).decode("latin-1").encode("utf-8")
+        parsed = parser.parse_text(block, source, options.strict, delimiter)
+        writer.encode(parsed)
+        return parsed
+
+    def consume(future: Any, done: int) -> None:
+        nonlocal lines_before
+        parsed = _in_order(future, lines_before)
+        lines_before += parsed.lines_read
+        part.rows_read += parsed.lines_read
+        part.rows_written += parsed.rows
+        if parsed.labels is not None:
+            part.positives += int(parsed.labels.sum())
+        part.skips.merge(parsed.skips)
+        writer.append(parsed)
+        progress(Progress(f"read {path.name}", bytes_before + done, bytes_total))
+
+    first = True
+    with ThreadPoolExecutor(options.workers) as pool:
+        pending: deque = deque()
+        try:
+            for block, done in reader:
+                if first and skip_bytes:
+                    block = block[skip_bytes:]
+                first = False
+                pending.append((pool.submit(work, block), done))
+                while len(pending) > 2 * options.workers:
+                    consume(*pending.popleft())
+            while pending:
+                consume(*pending.popleft())
+        finally:
+            for future, _ in pending:
+                future.cancel()
+    if reader.truncated:
+        if options.strict:
+            raise BadLineError(source, lines_before + 1, "gzip stream is truncated (the file "
+                               "ends before the end-of-stream marker)")
+        log.warning("%s: gzip stream is truncated; rows up to line %d kept", source,
+                    lines_before)
+        part.truncated_gzip = True
+        if reader.partial_tail:
+            part.skips.add(source, [lines_before + 1], "truncated gzip stream",
+                           ["incomplete last line of a truncated gzip stream"])
+            part.rows_read += 1
+    if schema.header:
+        part.rows_read = max(part.rows_read, 0)
+
+
+def _stage_table(part: Part, path: Path, schema: Schema, options: Options,
+                 writer: _PartWriter) -> None:
+    """Parquet files and MovieLens folders: Arrow tables in slices of 64k rows."""
+    if schema.reader == "movielens-100k":
+        from dlrm.data.pipeline.readers import read_movielens
+
+        table, lines = read_movielens(path)
+        source = str(path / "u.data")
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        lines = np.arange(1, table.num_rows + 1)
+        source = str(path)
+    parser = RowParser(schema, table.column_names)
+    step = 1 << 16
+    for lo in range(0, max(table.num_rows, 1), step):
+        piece = table.slice(lo, step)
+        if piece.num_rows == 0:
+            break
+        parsed = parser.parse_table(piece, lines[lo:lo + step], source, options.strict)
+        writer.encode(parsed)
+        part.rows_read += piece.num_rows
+        part.rows_written += parsed.rows
+        if parsed.labels is not None:
+            part.positives += int(parsed.labels.sum())
+        part.skips.merge(parsed.skips)
+        writer.append(parsed)
+
+
+# --------------------------------------------------------------------------- splits
+Ranges = dict[str, list[dict[str, Any]]]
+
+
+def reference_split_sizes(rows: int, days: int = 7) -> dict[str, int]:
+    """The reference Kaggle split: ``days`` consecutive parts (the first ``rows % days`` one
+    row longer), all but the last for training; the last halved into test (first half, rounded
+    up) and validation."""
+    base, extra = divmod(rows, days)
+    sizes = [base + (1 if j < extra else 0) for j in range(days)]
+    last = sizes[-1]
+    return {"train": sum(sizes[:-1]), "test": (last + 1) // 2, "val": last // 2}
+
+
+def uniform_hash(row_index: np.ndarray, seed: int) -> np.ndarray:
+    """A deterministic uniform [0, 1) number per row index (splitmix64 of seed and index), so
+    a random split needs no permutation in memory and is reproducible."""
+    u64 = np.uint64
+    with np.errstate(over="ignore"):
+        z = row_index.astype(u64) + u64(seed & 0xFFFFFFFFFFFFFFFF) * u64(
+            0x9E3779B97F4A7C15) + u64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
+        z = z ^ (z >> u64(31))
+    return (z >> u64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def check_split_plan(split: dict[str, Any], part_names: list[str]) -> None:
+    """Refuse, before any work, a split that can give no validation rows (item: a data set
+    is usable or refused at preprocessing time)."""
+    order = split.get("order", "random")
+    if "val" in part_names:
+        return
+    if order == "reference":
+        if int(split.get("days", 7)) < 2:
+            raise DataError(f"split reference with days={split.get('days')}: needs >= 2 days")
+        return
+    if order == "days":
+        test_day = f"day_{split.get('test_day', 23)}"
+        if test_day not in part_names:
+            raise DataError(f"the test day {test_day} is not among the days given "
+                            f"({', '.join(part_names)}): the data set would have no "
+                            "validation split; include it in --days or choose --test-day")
+        return
+    fractions = split.get("fractions", {})
+    if float(fractions.get("val", 0)) <= 0:
+        raise DataError(f"split {fractions}: no validation fraction, so the data set would "
+                        "have no validation split; give val a share (e.g. train 0.8, val 0.1, "
+                        "test 0.1) or a --val-input file")
+    if "main" in part_names and sum(float(v) for v in fractions.values()) <= 0:
+        raise DataError(f"split fractions {fractions} give no rows to any split")
+
+
+@dataclass
+class SplitPlan:
+    """Row ranges of parts per split, or rows to copy into new parts."""
+
+    ranges: Ranges
+    copies: dict[str, tuple[str, np.ndarray]]  # split -> (source part, row indices in order)
+    vocab_rows: dict[str, Any]  # part -> slice / bool mask / index array / None (all)
+
+
+def plan_splits(schema: Schema, split: dict[str, Any], parts: dict[str, Part]) -> SplitPlan:
+    order = split.get("order", "random")
+    ranges: Ranges = {}
+    copies: dict[str, tuple[str, np.ndarray]] = {}
+    whole = [s for s in SPLITS if s in parts]
+    for s in whole:
+        ranges[s] = [{"part": s, "start": 0, "stop": parts[s].rows_written}]
+    if order == "reference":
+        main = "all" if "all" in parts else "main"
+        n = parts[main].rows_written
+        sizes = reference_split_sizes(n, int(split.get("days", 7)))
+        bounds = np.cumsum([0, sizes["train"], sizes["test"], sizes["val"]])
+        for j, s in enumerate(("train", "test", "val")):
+            ranges[s] = [{"part": main, "start": int(bounds[j]), "stop": int(bounds[j + 1])}]
+    elif order == "days":
+        test = f"day_{split.get('test_day', 23)}"
+        for name, part in parts.items():
+            n = part.rows_written
+            if name == test:
+                half = (n + 1) // 2
+                ranges.setdefault("test", []).append({"part": name, "start": 0, "stop": half})
+                ranges.setdefault("val", []).append({"part": name, "start": half, "stop": n})
+            else:
+                ranges.setdefault("train", []).append({"part": name, "start": 0, "stop": n})
+        ranges = {s: ranges[s] for s in ("train", "test", "val") if s in ranges}
+    elif "main" in parts:
+        n = parts["main"].rows_written
+        fractions = split.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1})
+        names = [s for s in SPLITS if s not in parts and float(fractions.get(s, 0)) > 0]
+        weights = np.array([float(fractions[s]) for s in names])
+        if order == "random":
+            u = uniform_hash(np.arange(n), int(split.get("seed", 0)))
+            which = np.searchsorted(np.cumsum(weights / weights.sum())[:-1], u, side="right")
+            for j, s in enumerate(names):
+                copies[s] = ("main", np.flatnonzero(which == j))
+        else:
+            if order == "column":
+                key = np.asarray(open_array(parts["main"].folder / "key.npy"))
+                perm = np.argsort(key, kind="stable")
+            bounds = np.round(np.cumsum([0.0, *(weights / weights.sum())]) * n).astype(np.int64)
+            for j, s in enumerate(names):
+                if order == "column":
+                    copies[s] = ("main", perm[bounds[j]:bounds[j + 1]])
+                else:
+                    ranges[s] = [{"part": "main", "start": int(bounds[j]),
+                                  "stop": int(bounds[j + 1])}]
+    vocab_from = schema.vocabulary.get("from", "train")
+    vocab_rows: dict[str, Any] = {}
+    if vocab_from == "all":
+        vocab_rows = {name: None for name in parts}
+    else:
+        for r in ranges.get("train", []):
+            vocab_rows[r["part"]] = slice(r["start"], r["stop"])
+        if "train" in copies:
+            src, rows = copies["train"]
+            vocab_rows[src] = rows
+    return SplitPlan(ranges, copies, vocab_rows)
+
+
+# --------------------------------------------------------------------------- vocabulary
+def _raw_column(part: Part, spec: Any) -> pa.Array | pa.ChunkedArray:
+    if spec.kind == "hex32":
+        values = np.load(part.folder / f"raw/{spec.name}.npy")
+        empty = np.load(part.folder / f"raw/{spec.name}.empty.npy")
+        return pa.array(values, mask=empty)
+    with pa.memory_map(str(part.folder / f"raw/{spec.name}.arrow")) as source:
+        table = pa.ipc.open_file(source).read_all()
+    column = table.column("value")
+    return column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+
+
+def _select(codes: np.ndarray, rows: Any, offsets: np.ndarray | None) -> np.ndarray:
+    """Codes of the vocabulary rows (``offsets``: a multi-hot feature's row offsets)."""
+    if rows is None:
+        return codes
+    if offsets is None:
+        return codes[rows]
+    if isinstance(rows, slice):
+        return codes[offsets[rows.start]:offsets[rows.stop]]
+    lengths = np.diff(offsets)[rows]
+    starts = offsets[:-1][rows]
+    index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    return codes[index]
+
+
+def build_feature(k: int, schema: Schema, parts: dict[str, Part], plan: SplitPlan,
+                  mode: str, min_count: int) -> tuple[pa.Array, int]:
+    """Count, choose and write ids for feature ``k`` in every part; returns (kept values,
+    how many were counted)."""
+    spec = schema.categorical[k]
+    coded: list[tuple[Part, pa.Array, np.ndarray, np.ndarray | None]] = []
+    pieces = []
+    for part in parts.values():
+        column = _raw_column(part, spec)
+        offsets = None
+        if spec.multi_hot:
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+            np.cumsum(np.nan_to_num(lengths).astype(np.int64), out=offsets[1:])
+            column = pc.list_flatten(column)
+        dictionary, codes = code_column(column)
+        del column
+        if part.name in plan.vocab_rows:
+            chosen = _select(codes, plan.vocab_rows[part.name], offsets)
+            counts = np.bincount(chosen[chosen >= 0], minlength=len(dictionary))
+            pieces.append((dictionary, counts.astype(np.int64)))
+        if len(parts) > 1:  # keep memory to one part's codes: park the others on disk
+            np.save(part.folder / f"raw/{spec.name}.codes.npy", codes)
+            codes = None
+        coded.append((part, dictionary, codes, offsets))
+    if pieces:
+        values, counts = merge_counts(pieces)
+    else:
+        values, counts = pa.array([], pieces[0][0].type if pieces else pa.string()), \
+            np.zeros(0, np.int64)
+    kept = kept_values(values, counts, min_count if mode == "min-count" else 1)
+    vocab = Vocabulary(mode, [spec.name], [spec.kind], None, min_count, [kept])
+    for part, dictionary, codes, offsets in coded:
+        if codes is None:
+            codes = np.load(part.folder / f"raw/{spec.name}.codes.npy")
+        ids = apply_lut(codes, vocab.lut(0, dictionary))
+        if spec.multi_hot:
+            np.save(part.folder / f"ids/{spec.name}.values.npy", ids)
+            np.save(part.folder / f"ids/{spec.name}.offsets.npy", offsets)
+        else:
+            with NpyAppender(part.folder / f"ids/{spec.name}.npy", np.int32) as out:
+                out.append(ids)
+    return kept, len(values)
+
+
+def _finish_hash_bags(parts: dict[str, Part], schema: Schema) -> None:
+    for part in parts.values():
+        for spec in schema.categorical:
+            if spec.multi_hot:
+                lengths = np.load(part.folder / f"ids/{spec.name}.lengths.npy")
+                offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                np.save(part.folder / f"ids/{spec.name}.offsets.npy", offsets)
+                (part.folder / f"ids/{spec.name}.lengths.npy").unlink()
+
+
+# --------------------------------------------------------------------------- rows, copies
+def _part_arrays(folder: Path, schema: Schema) -> dict[str, Any]:
+    arrays: dict[str, Any] = {"labels": open_array(folder / "labels.npy"),
+                              "dense": open_array(folder / "dense.npy")}
+    for spec in schema.categorical:
+        if spec.multi_hot:
+            arrays[spec.name] = (open_array(folder / f"ids/{spec.name}.values.npy"),
+                                 open_array(folder / f"ids/{spec.name}.offsets.npy"))
+        else:
+            arrays[spec.name] = open_array(folder / f"ids/{spec.name}.npy")
+    return arrays
+
+
+def copy_rows(src: Path, dst: Path, rows: np.ndarray, schema: Schema) -> int:
+    """Write rows ``rows`` (in that order) of part ``src`` as part ``dst``; reads are sorted
+    within each chunk of 1M rows so they stream."""
+    arrays = _part_arrays(src, schema)
+    (dst / "ids").mkdir(parents=True, exist_ok=True)
+    width = arrays["dense"].shape[1]
+    outs: dict[str, Any] = {"labels": NpyAppender(dst / "labels.npy", np.uint8),
+                            "dense": NpyAppender(dst / "dense.npy", np.float32, (width,))}
+    bags: dict[str, list[np.ndarray]] = {}
+    for spec in schema.categorical:
+        if spec.multi_hot:
+            outs[spec.name] = NpyAppender(dst / f"ids/{spec.name}.values.npy", np.int32)
+            bags[spec.name] = []
+        else:
+            outs[spec.name] = NpyAppender(dst / f"ids/{spec.name}.npy", np.int32)
+    for lo in range(0, rows.size, ROWS_PER_CHUNK):
+        wanted = rows[lo:lo + ROWS_PER_CHUNK]
+        order = np.argsort(wanted, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        sorted_rows = wanted[order]
+        for name, arr in arrays.items():
+            if isinstance(arr, tuple):
+                values, offsets = arr
+                starts, stops = offsets[wanted], offsets[wanted + 1]
+                lengths = (stops - starts).astype(np.int64)
+                index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+                    lengths.sum())
+                outs[name].append(np.asarray(values[np.sort(index)])[np.argsort(np.argsort(
+                    index, kind="stable"), kind="stable")] if index.size else
+                    np.zeros(0, np.int32))
+                bags[name].append(lengths)
+            else:
+                outs[name].append(np.asarray(arr[sorted_rows])[inverse])
+    for name, lengths in bags.items():
+        all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(all_lengths.size + 1, dtype=np.int64)
+        np.cumsum(all_lengths, out=offsets[1:])
+        np.save(dst / f"ids/{name}.offsets.npy", offsets)
+    for out in outs.values():
+        out.close()
+    return int(rows.size)
+
+
+# --------------------------------------------------------------------------- dense
+def standardize(parts: dict[str, Part], ranges: Ranges, schema: Schema) -> dict[str, Any]:
+    """(x - mean) / std per ``standardize`` column with the training rows' mean and std
+    (empty cells, stored as NaN, become the mean: 0 after the transform)."""
+    columns = [k for k, d in enumerate(schema.dense) if d.transform == "standardize"]
+    if not columns:
+        return {}
+    total = np.zeros(len(columns))
+    square = np.zeros(len(columns))
+    count = np.zeros(len(columns))
+    for r in ranges.get("train", []):
+        dense = open_array(parts[r["part"]].folder / "dense.npy")
+        for lo in range(r["start"], r["stop"], ROWS_PER_CHUNK):
+            x = np.asarray(dense[lo:min(lo + ROWS_PER_CHUNK, r["stop"]), columns],
+                           dtype=np.float64)
+            ok = ~np.isnan(x)
+            total += np.where(ok, x, 0).sum(0)
+            count += ok.sum(0)
+    mean = total / np.maximum(count, 1)
+    for r in ranges.get("train", []):  # second pass: a stable variance
+        dense = open_array(parts[r["part"]].folder / "dense.npy")
+        for lo in range(r["start"], r["stop"], ROWS_PER_CHUNK):
+            x = np.asarray(dense[lo:min(lo + ROWS_PER_CHUNK, r["stop"]), columns],
+                           dtype=np.float64)
+            square += np.where(np.isnan(x), 0, (x - mean) ** 2).sum(0)
+    std = np.sqrt(square / np.maximum(count, 1))
+    std = np.where(std > 0, std, 1.0)
+    for part in parts.values():
+        dense = np.load(part.folder / "dense.npy", mmap_mode="r+")
+        for lo in range(0, dense.shape[0], ROWS_PER_CHUNK):
+            x = np.asarray(dense[lo:lo + ROWS_PER_CHUNK, columns], dtype=np.float64)
+            x = np.where(np.isnan(x), mean, x)
+            dense[lo:lo + ROWS_PER_CHUNK, columns] = ((x - mean) / std).astype(np.float32)
+        dense.flush()
+        del dense
+    return {schema.dense[k].column: {"mean": float(mean[j]), "std": float(std[j])}
+            for j, k in enumerate(columns)}
+
+
+def _positives(parts: dict[str, Part], ranges: list[dict[str, Any]]) -> int:
+    total = 0
+    for r in ranges:
+        labels = open_array(parts[r["part"]].folder / "labels.npy")
+        for lo in range(r["start"], r["stop"], 1 << 24):
+            total += int(np.asarray(labels[lo:min(lo + (1 << 24), r["stop"])],
+                                    dtype=np.int64).sum())
+    return total
+
+
+# --------------------------------------------------------------------------- the run
+def preprocess(schema: Schema, inputs: list[tuple[str, str | Path]], out: str | Path,
+               options: Options | None = None, progress: ProgressFn | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Preprocess ``inputs`` (``[(part name, file)]``: ``main`` is split by the schema's
+    fractions, ``train``/``val``/``test`` are taken whole, ``day_N`` are Terabyte days,
+    ``all`` is Kaggle's one file) into the data set folder ``out``.
+
+    Returns the metadata (also ``out/metadata.json``), with ``seconds`` and
+    ``peak_rss_bytes``. Raises ``DataError`` (one line) for anything it refuses.
+    """
+    start = time.perf_counter()
+    options = options or Options()
+    progress = progress or no_progress
+    options.check()
+    mode = check_vocab_options(options.hash_buckets, options.min_count)
+    vocab_spec = schema.vocabulary
+    if options.hash_buckets is None and options.min_count is None:
+        if vocab_spec.get("hash_buckets"):
+            options.hash_buckets = int(vocab_spec["hash_buckets"])
+        elif vocab_spec.get("min_count") and int(vocab_spec["min_count"]) > 1:
+            options.min_count = int(vocab_spec["min_count"])
+        mode = check_vocab_options(options.hash_buckets, options.min_count)
+    split = dict(options.split or schema.split)
+    if options.split is not None and "seed" not in options.split:
+        split["seed"] = options.seed
+    names = [name for name, _ in inputs]
+    if len(set(names)) != len(names):
+        raise DataError(f"inputs {names}: each part name once")
+    paths: list[tuple[str, Path]] = []
+    for name, path in inputs:
+        path = Path(path)
+        if schema.reader == "movielens-100k":
+            if not path.is_dir():
+                raise DataError(f"input {path}: expected a MovieLens-100K folder (u.data, "
+                                "u.user, u.item, u.genre)")
+        else:
+            check_input(path)
+        paths.append((name, path))
+    check_split_plan(split, names)
+    if split.get("order") in ("column",) and "main" not in names:
+        raise DataError("split order column needs a main input to sort")
+    settings = _settings(schema, options, mode)
+    build_settings = {**settings, "inputs": {n: {**input_fingerprint(p), "path": str(p)}
+                                              if p.is_file() else str(p) for n, p in paths},
+                      "split": split, "min_count": options.min_count, "shuffle": options.shuffle}
+    with BuildFolder(out, build_settings, options.overwrite) as build:
+        if build.note:
+            log.info("%s", build.note)
+            progress(Progress("prepare", 0, 0, message=build.note))
+        try:
+            meta = _run(schema, paths, build.path, options, mode, split, settings, progress)
+        except OSError as err:
+            raise os_error(err, f"write the data set in {build.path}") from None
+        meta.update(extra or {})
+        meta["resumed"] = build.resumed
+        meta["seconds"] = round(time.perf_counter() - start, 3)
+        meta["peak_rss_bytes"] = peak_rss_bytes()
+        write_metadata(build.path, meta)
+        build.publish()
+    return meta
+
+
+def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Options,
+         mode: str, split: dict[str, Any], settings: dict[str, Any], progress: ProgressFn
+         ) -> dict[str, Any]:
+    sizes = [(p.stat().st_size if p.is_file() else 0) for _, p in paths]
+    total_bytes = sum(sizes)
+    parts: dict[str, Part] = {}
+    done = 0
+    for (name, path), size in zip(paths, sizes, strict=True):
+        parts[name] = stage_part(name, path, root / "parts" / name, schema, options, mode,
+                                 settings, progress, done, total_bytes)
+        if parts[name].rows_read == 0:
+            log.warning("%s: empty input (0 lines)", path)
+        done += size
+    rows_written = sum(p.rows_written for p in parts.values())
+    if rows_written == 0:
+        first = paths[0][1]
+        read = sum(p.rows_read for p in parts.values())
+        why = " - the input is empty" if read == 0 else ""
+        raise DataError(f"{first if len(paths) == 1 else root.name}: no rows to preprocess "
+                        f"({read} lines read, {read} skipped){why}")
+    plan = plan_splits(schema, split, parts)
+
+    table_sizes: list[int]
+    kept: list[pa.Array] = []
+    counted: list[int] = []
+    if mode == "hash":
+        _finish_hash_bags(parts, schema)
+        vocab = Vocabulary(mode, [c.name for c in schema.categorical],
+                           [c.kind for c in schema.categorical], options.hash_buckets)
+    else:
+        n_features = len(schema.categorical)
+        progress(Progress("vocabulary", 0, n_features, "features"))
+        with ThreadPoolExecutor(options.workers) as pool:
+            futures = [pool.submit(build_feature, k, schema, parts, plan, mode,
+                                   options.min_count or 1) for k in range(n_features)]
+            for k, future in enumerate(futures):
+                values, distinct = future.result()
+                kept.append(values)
+                counted.append(distinct)
+                progress(Progress("vocabulary", k + 1, n_features, "features"))
+        vocab = Vocabulary(mode, [c.name for c in schema.categorical],
+                           [c.kind for c in schema.categorical], None, options.min_count, kept)
+    for part in parts.values():
+        shutil.rmtree(part.folder / "raw", ignore_errors=True)
+    table_sizes = vocab.table_sizes()
+    vocab.save(root / "vocab")
+
+    ranges = dict(plan.ranges)
+    copies = dict(plan.copies)
+    if options.shuffle and "train" in ranges:
+        rng = np.random.default_rng(int(split.get("seed", 0)))
+        train = ranges.pop("train")
+        if len(train) != 1:
+            raise DataError("--shuffle needs a training split in one part (Kaggle); for "
+                            "Terabyte shuffle while loading (dlrm train shuffles batches)")
+        r = train[0]
+        copies["train"] = (r["part"], r["start"] + rng.permutation(r["stop"] - r["start"]))
+    elif options.shuffle and "train" in copies:
+        src, rows = copies["train"]
+        copies["train"] = (src, rows[np.random.default_rng(int(split.get("seed", 0)))
+                                     .permutation(rows.size)])
+    total_copy = sum(rows.size for _, rows in copies.values())
+    copied = 0
+    for s, (src, rows) in copies.items():
+        name = f"{s}_shuffled" if options.shuffle and s == "train" else s
+        copy_rows(parts[src].folder, root / "parts" / name, rows, schema)
+        ranges[s] = [{"part": name, "start": 0, "stop": int(rows.size)}]
+        copied += rows.size
+        progress(Progress("write splits", copied, total_copy, "rows"))
+    used = {r["part"] for rs in ranges.values() for r in rs}
+    all_parts = dict(parts)
+    for extra in used - set(parts):
+        all_parts[extra] = Part(extra, root / "parts" / extra, {})
+    dense_stats = standardize(all_parts, ranges, schema)
+    for name in set(parts) - used:
+        shutil.rmtree(parts[name].folder)
+    for part in parts.values():
+        if part.folder.exists():
+            (part.folder / "key.npy").unlink(missing_ok=True)
+    ranges = {s: ranges[s] for s in ("train", "val", "test") if s in ranges}
+    rows = {s: sum(r["stop"] - r["start"] for r in rs) for s, rs in ranges.items()}
+    if rows.get("val", 0) == 0:
+        raise DataError(f"the split gives no validation rows ({rows}); a data set needs a "
+                        "validation split to measure a model: use more rows or another split")
+    skips = SkipLog()
+    for part in parts.values():
+        skips.merge(part.skips)
+    dense_names = [d.column for d in schema.dense] or ["constant_one"]
+    features = [{"name": c.name, "column": c.column, "kind": c.kind, "multi_hot": c.multi_hot,
+                 "table_size": table_sizes[k]} for k, c in enumerate(schema.categorical)]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tool": "dlrm",
+        "tool_version": tool_version(),
+        "created": utc_now(),
+        "dataset": schema.name,
+        "schema": schema.to_dict(),
+        "num_dense": len(dense_names),
+        "dense_names": dense_names,
+        "num_sparse": len(features),
+        "sparse_names": [f["name"] for f in features],
+        "features": features,
+        "table_sizes": table_sizes,
+        **vocab.to_dict(),
+        "vocabulary_from": schema.vocabulary.get("from", "train"),
+        "id_layout": {"missing": MISSING_ID, "first_value": vocab.first_value_id,
+                      "unseen": vocab.unseen_id},
+        "dense_transforms": {d.column: d.transform for d in schema.dense},
+        "dense_stats": dense_stats,
+        "split": split,
+        "seed": int(split.get("seed", 0)),
+        "shuffle": options.shuffle,
+        "rows": rows,
+        "positives": {s: _positives(all_parts, rs) for s, rs in ranges.items()},
+        "rows_read": sum(p.rows_read for p in parts.values()),
+        "rows_written": sum(p.rows_written for p in parts.values()),
+        **skips.to_dict(),
+        "inputs": [p.to_dict() for p in parts.values()],
+        "reused_parts": [p.name for p in parts.values() if p.reused],
+        "splits": ranges,
+    }
