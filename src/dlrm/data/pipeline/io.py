@@ -249,6 +249,9 @@ class BuildFolder:
 
     def _check_target(self) -> None:
         t = self.target
+        existing = next((p for p in t.parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise DataError(f"--out {t}: {existing} is a file, not a folder")
         if not t.exists() and not t.is_symlink():
             return
         if not t.is_dir():

@@ -568,6 +568,7 @@ class RowParser:
         if strict and events:
             line, reason = min(events)
             raise BadLineError(source, line, reason)
+        skips.examples.sort(key=lambda e: e["line"])
         if bad.any():
             keep = ~bad
             keep_arrow = pa.array(keep)
@@ -583,4 +584,5 @@ class RowParser:
 def _show(value: bytes) -> str:
     """A cell for a message: its text (invalid bytes escaped), cut at 40 characters."""
     text = value.decode("utf-8", errors="backslashreplace")
-    return repr(text if len(text) <= 40 else text[:40] + "...")
+    text = text if len(text) <= 40 else text[:40] + "..."
+    return "'" + text.replace("\t", "\\t").replace("\r", "\\r") + "'"
