@@ -38,7 +38,8 @@ class ProgressBar:
         if self.bar is None or event.stage.split()[0] != self.stage:
             self.close()
             self.stage = event.stage.split()[0]
-            self.bar = tqdm(total=event.total, unit=event.unit, unit_scale=True,
+            self.bar = tqdm(total=event.total, unit=event.unit,
+                            unit_scale=event.unit in ("B", "rows"),
                             unit_divisor=1024 if event.unit == "B" else 1000,
                             desc=event.stage, file=sys.stderr, dynamic_ncols=True)
         self.bar.total = event.total
