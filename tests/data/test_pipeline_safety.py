@@ -230,3 +230,37 @@ def test_predict_and_loader_read_a_format_1_folder(tmp_path):
     assert a.dense.tolist() == b.dense.tolist()
     rows = open_data(str(old)).encode_raw_file(require(KAGGLE_HEAD))
     np.testing.assert_array_equal(rows.ids, ids)
+
+
+def test_table_rerun_killed_keeps_the_old_data_set_whole(tmp_path):
+    """The issue's case: `dlrm preprocess table` re-run into an existing folder and killed
+    must not leave the old metadata.json beside new arrays."""
+    rng = np.random.default_rng(0)
+    n = 400_000
+    lines = [f"{y},{x},c{c}" for y, x, c in zip(rng.integers(0, 2, n), rng.integers(0, 99, n),
+                                                rng.integers(0, 5000, n))]
+    big = tmp_path / "big.csv"
+    big.write_text("y,x,c\n" + "\n".join(lines) + "\n")
+    small = tmp_path / "small.csv"
+    small.write_text("y,x,c\n" + "\n".join(lines[:2000]) + "\n")
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({
+        "name": "t", "delimiter": ",", "header": True, "label": {"column": "y"},
+        "dense": [{"column": "x"}], "categorical": [{"column": "c"}],
+        "split": {"order": "random", "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}}))
+    out = tmp_path / "out"
+    assert main(["preprocess", "table", "--schema", str(schema), "--input", str(small),
+                 "--out", str(out), "--no-progress"]) == 0
+    old = _snapshot(out)
+    proc = _dlrm("preprocess", "table", "--schema", str(schema), "--input", str(big), "--out",
+                 str(out), "--overwrite", "--no-progress", "--chunk-mb", "1")
+    build = tmp_path / ".out.dlrm-build" / "parts" / "main" / "labels.npy"
+    deadline = time.time() + 120
+    while not build.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _snapshot(out) == old
+    data = open_data(str(out))
+    assert sum(data.num_samples(s) for s in data.splits()) == 2000

@@ -436,6 +436,7 @@ class ParsedBlock:
     sort_key: np.ndarray | None  # (n,) float64 for split order "column"
     skips: SkipLog
     encoded: Any = None  # filled by a stage worker (ids in hash mode)
+    cpu_seconds: float = 0.0  # the worker's CPU time on this block
 
     @property
     def rows(self) -> int:

@@ -76,6 +76,7 @@ from dlrm.data.pipeline.vocabulary import (
     hash_ids,
     kept_values,
     merge_counts,
+    sorted_order,
 )
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,17 @@ class Part:
     truncated_gzip: bool = False
     seconds: float = 0.0
     reused: bool = False
+    # Where the staging time went: waiting for the reader (main thread), parsing (CPU
+    # seconds of the worker threads, which run in parallel), appending to files.
+    timings: dict[str, float] = field(default_factory=lambda: {
+        "read_wait_s": 0.0, "parse_cpu_s": 0.0, "write_s": 0.0})
 
     def to_dict(self) -> dict[str, Any]:
         return {"part": self.name, "name": self.input["name"], "size": self.input["size"],
                 "rows_read": self.rows_read, "rows_written": self.rows_written,
                 "positives": self.positives, "truncated_gzip": self.truncated_gzip,
                 "seconds": round(self.seconds, 3), "reused": self.reused,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 **self.skips.to_dict()}
 
 
@@ -357,9 +363,8 @@ def stage_part(name: str, path: Path, folder: Path, schema: Schema, options: Opt
 def _stage_text(part: Part, path: Path, schema: Schema, options: Options, writer: _PartWriter,
                 progress: ProgressFn, bytes_before: int, bytes_total: int) -> None:
     latin1 = schema.encoding.lower().replace("-", "") == "latin1"
-    delimiter = schema.delimiter or ("," if path.suffix.lower() in (".csv",) else "\t"
-                                     if path.suffix.lower() in (".tsv", ".txt") or
-                                     not schema.header else ",")
+    suffixes = [x.lower() for x in path.suffixes]
+    delimiter = schema.delimiter or ("\t" if {".tsv", ".txt"} & set(suffixes) else ",")
     names, skip_bytes = (None, 0)
     lines_before = 0
     if schema.header:
@@ -373,10 +378,12 @@ def _stage_text(part: Part, path: Path, schema: Schema, options: Options, writer
     reader = BlockReader(path, options.chunk_bytes)
 
     def work(block: Any) -> ParsedBlock:
+        cpu = time.thread_time()
         if latin1:
             block = bytes(block).decode("latin-1").encode("utf-8")
         parsed = parser.parse_text(block, source, options.strict, delimiter)
         writer.encode(parsed)
+        parsed.cpu_seconds = time.thread_time() - cpu
         return parsed
 
     def consume(future: Any, done: int) -> None:
@@ -388,14 +395,24 @@ def _stage_text(part: Part, path: Path, schema: Schema, options: Options, writer
         if parsed.labels is not None:
             part.positives += int(parsed.labels.sum())
         part.skips.merge(parsed.skips)
+        part.timings["parse_cpu_s"] += parsed.cpu_seconds
+        tick = time.perf_counter()
         writer.append(parsed)
+        part.timings["write_s"] += time.perf_counter() - tick
         progress(Progress(f"read {path.name}", bytes_before + done, bytes_total))
 
     first = True
     with ThreadPoolExecutor(options.workers) as pool:
         pending: deque = deque()
+        blocks = iter(reader)
         try:
-            for block, done in reader:
+            while True:
+                tick = time.perf_counter()
+                item = next(blocks, None)
+                part.timings["read_wait_s"] += time.perf_counter() - tick
+                if item is None:
+                    break
+                block, done = item
                 if first and skip_bytes:
                     block = block[skip_bytes:]
                 first = False
@@ -418,8 +435,6 @@ def _stage_text(part: Part, path: Path, schema: Schema, options: Options, writer
             part.skips.add(source, [lines_before + 1], "truncated gzip stream",
                            ["incomplete last line of a truncated gzip stream"])
             part.rows_read += 1
-    if schema.header:
-        part.rows_read = max(part.rows_read, 0)
 
 
 def _stage_table(part: Part, path: Path, schema: Schema, options: Options,
@@ -621,23 +636,36 @@ def build_feature(k: int, schema: Schema, parts: dict[str, Part], plan: SplitPla
         del column
         if part.name in plan.vocab_rows:
             chosen = _select(codes, plan.vocab_rows[part.name], offsets)
-            counts = np.bincount(chosen[chosen >= 0], minlength=len(dictionary))
+            # Code -1 (missing) lands in bin 0, dropped: no filtered copy of the codes.
+            counts = np.bincount(chosen + 1, minlength=len(dictionary) + 1)[1:]
             pieces.append((dictionary, counts.astype(np.int64)))
         if len(parts) > 1:  # keep memory to one part's codes: park the others on disk
             np.save(part.folder / f"raw/{spec.name}.codes.npy", codes)
             codes = None
         coded.append((part, dictionary, codes, offsets))
-    if pieces:
-        values, counts = merge_counts(pieces)
+    threshold = min_count if mode == "min-count" else 1
+    vocab = Vocabulary(mode, [spec.name], [spec.kind], None, min_count)
+    direct = None
+    if len(coded) == 1 and len(pieces) == 1:
+        # One part counted whole (Kaggle): its dictionary is the vocabulary's value set, so
+        # each code's id comes from one sort of the kept values; no second hash pass.
+        dictionary, counts = pieces[0]
+        keep = np.flatnonzero(counts >= threshold)
+        chosen_values = dictionary.take(pa.array(keep))
+        order = sorted_order(chosen_values)
+        kept = chosen_values.take(pa.array(order))
+        direct = np.full(len(dictionary), vocab.unseen_id, dtype=np.int32)
+        direct[keep[order]] = vocab.first_value_id + np.arange(keep.size, dtype=np.int32)
+        values = dictionary
     else:
-        values, counts = pa.array([], pieces[0][0].type if pieces else pa.string()), \
-            np.zeros(0, np.int64)
-    kept = kept_values(values, counts, min_count if mode == "min-count" else 1)
-    vocab = Vocabulary(mode, [spec.name], [spec.kind], None, min_count, [kept])
+        values, counts = merge_counts(pieces) if pieces else (pa.array([], pa.string()),
+                                                                np.zeros(0, np.int64))
+        kept = kept_values(values, counts, threshold)
+    vocab.kept = [kept]
     for part, dictionary, codes, offsets in coded:
         if codes is None:
             codes = np.load(part.folder / f"raw/{spec.name}.codes.npy")
-        ids = apply_lut(codes, vocab.lut(0, dictionary))
+        ids = apply_lut(codes, direct if direct is not None else vocab.lut(0, dictionary))
         if spec.multi_hot:
             np.save(part.folder / f"ids/{spec.name}.values.npy", ids)
             np.save(part.folder / f"ids/{spec.name}.offsets.npy", offsets)
@@ -830,6 +858,8 @@ def preprocess(schema: Schema, inputs: list[tuple[str, str | Path]], out: str | 
 def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Options,
          mode: str, split: dict[str, Any], settings: dict[str, Any], progress: ProgressFn
          ) -> dict[str, Any]:
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
     sizes = [(p.stat().st_size if p.is_file() else 0) for _, p in paths]
     total_bytes = sum(sizes)
     parts: dict[str, Part] = {}
@@ -848,6 +878,8 @@ def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Opt
         raise DataError(f"{first if len(paths) == 1 else root.name}: no rows to preprocess "
                         f"({read} lines read, {read} skipped){why}")
     plan = plan_splits(schema, split, parts)
+    timings["stage_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
 
     table_sizes: list[int]
     kept: list[pa.Array] = []
@@ -873,6 +905,8 @@ def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Opt
         shutil.rmtree(part.folder / "raw", ignore_errors=True)
     table_sizes = vocab.table_sizes()
     vocab.save(root / "vocab")
+    timings["vocabulary_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
 
     ranges = dict(plan.ranges)
     copies = dict(plan.copies)
@@ -914,6 +948,10 @@ def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Opt
     skips = SkipLog()
     for part in parts.values():
         skips.merge(part.skips)
+    positives = {s: _positives(all_parts, rs) for s, rs in ranges.items()}
+    timings["splits_s"] = time.perf_counter() - clock
+    for key in ("read_wait_s", "parse_cpu_s", "write_s"):
+        timings[f"stage_{key}"] = sum(p.timings[key] for p in parts.values())
     dense_names = [d.column for d in schema.dense] or ["constant_one"]
     features = [{"name": c.name, "column": c.column, "kind": c.kind, "multi_hot": c.multi_hot,
                  "table_size": table_sizes[k]} for k, c in enumerate(schema.categorical)]
@@ -941,7 +979,8 @@ def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Opt
         "seed": int(split.get("seed", 0)),
         "shuffle": options.shuffle,
         "rows": rows,
-        "positives": {s: _positives(all_parts, rs) for s, rs in ranges.items()},
+        "positives": positives,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
         "rows_read": sum(p.rows_read for p in parts.values()),
         "rows_written": sum(p.rows_written for p in parts.values()),
         **skips.to_dict(),
