@@ -102,9 +102,10 @@ def npy_file_size(dtype: Any, shape: tuple[int, ...]) -> int:
 
 
 def open_array(path: str | Path) -> np.ndarray:
-    """Memory-map one array read-only (an empty array stays a plain array: mmap needs bytes)."""
+    """Memory-map one array read-only, seen as a plain ndarray (slicing an ``np.memmap``
+    runs Python code per slice; a loader slices every feature file for every batch)."""
     arr = np.load(path, mmap_mode="r")
-    return arr
+    return arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
 
 
 @dataclass

@@ -201,15 +201,22 @@ class MemmapDataSource:
         pieces = [self._read(split, int(r[0]), int(r[-1]) + 1) for r in runs]
         labels, dense, ids, bags = pieces[0] if len(pieces) == 1 else _concat(pieces)
         # Row i of what was read (sorted order) goes to position order[i] of the batch.
-        inverse = np.argsort(order, kind="stable")
+        out_labels, out_dense, out_ids = (np.empty_like(labels), np.empty_like(dense),
+                                          np.empty_like(ids))
+        out_labels[order] = labels
+        out_dense[order] = dense
+        out_ids[:, order] = ids
         out_bags = []
+        if bags:
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
         for values, lengths in bags:
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
             picked = lengths[inverse]
             index = (np.repeat(starts[inverse] - np.cumsum(picked) + picked, picked)
                      + np.arange(int(picked.sum())))
             out_bags.append((values[index], picked))
-        return labels[inverse], dense[inverse], ids[:, inverse], out_bags
+        return out_labels, out_dense, out_ids, out_bags
 
     def _batches(self, split: str, batch_size: int, ks: range, epoch: int, shuffle: bool,
                  seed: int, rank: int, world_size: int) -> Iterator[Batch]:

@@ -137,7 +137,7 @@ class Part:
     # Where the staging time went: waiting for the reader (main thread), parsing (CPU
     # seconds of the worker threads, which run in parallel), appending to files.
     timings: dict[str, float] = field(default_factory=lambda: {
-        "read_wait_s": 0.0, "parse_cpu_s": 0.0, "write_s": 0.0})
+        "read_wait_s": 0.0, "parse_cpu_s": 0.0, "write_s": 0.0, "close_s": 0.0})
 
     def to_dict(self) -> dict[str, Any]:
         return {"part": self.name, "name": self.input["name"], "size": self.input["size"],
@@ -348,7 +348,9 @@ def stage_part(name: str, path: Path, folder: Path, schema: Schema, options: Opt
             progress(Progress(f"read {path.name}", bytes_before + fingerprint["size"],
                               bytes_total))
     finally:
+        tick = time.perf_counter()
         writer.close()
+        part.timings["close_s"] = time.perf_counter() - tick
     if part.rows_read != part.rows_written + part.skips.count:
         raise AssertionError(f"{path}: {part.rows_read} rows read but {part.rows_written} "
                              f"written and {part.skips.count} skipped")
@@ -950,7 +952,7 @@ def _run(schema: Schema, paths: list[tuple[str, Path]], root: Path, options: Opt
         skips.merge(part.skips)
     positives = {s: _positives(all_parts, rs) for s, rs in ranges.items()}
     timings["splits_s"] = time.perf_counter() - clock
-    for key in ("read_wait_s", "parse_cpu_s", "write_s"):
+    for key in ("read_wait_s", "parse_cpu_s", "write_s", "close_s"):
         timings[f"stage_{key}"] = sum(p.timings[key] for p in parts.values())
     dense_names = [d.column for d in schema.dense] or ["constant_one"]
     features = [{"name": c.name, "column": c.column, "kind": c.kind, "multi_hot": c.multi_hot,
