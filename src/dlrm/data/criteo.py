@@ -24,7 +24,8 @@ from typing import Any
 from dlrm.data.pipeline.io import DEFAULT_CHUNK_BYTES
 from dlrm.data.pipeline.metadata import BadLineError, DataError, ProgressFn
 from dlrm.data.pipeline.schema import load_schema
-from dlrm.data.pipeline.stages import Options, preprocess, reference_split_sizes
+from dlrm.data.pipeline.splits import reference_split_sizes
+from dlrm.data.pipeline.stages import Options, preprocess
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
