@@ -257,3 +257,15 @@ def test_no_validation_split_is_refused_before_any_work(tmp_path, capsys):
         preprocess_kaggle(tiny, tmp_path / "tiny")
     assert not (tmp_path / "tiny").exists()
     assert math.isfinite(1.0)
+
+
+def test_latin1_text_is_transcoded_once(tmp_path):
+    from dlrm.data.pipeline.vocabulary import Vocabulary
+
+    rows = [f"{k % 2},{k},{'café' if k % 2 else 'crème'}" for k in range(20)]
+    path = tmp_path / "t.csv"
+    path.write_bytes(("y,x,c\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    schema = TableSchema.from_dict({**TABLE, "encoding": "latin-1"})
+    meta = preprocess_table(schema, path, tmp_path / "o")
+    assert meta["rows_skipped"] == 0
+    assert Vocabulary.load(tmp_path / "o" / "vocab").kept[0].to_pylist() == ["café", "crème"]

@@ -9,7 +9,7 @@ as the reference does.
 
 - Kaggle (``train.txt``, plain or .gz): ``split="reference"`` (7 consecutive parts; 0-5
   train, 6 halved into test then validation) or ``"random:TRAIN,VAL,TEST"`` (each row by a
-  seeded hash of its index); ``shuffle`` stores the training rows in a seeded order.
+  seeded permutation cut by the fractions); ``shuffle`` stores the training rows in a seeded order.
 - Terabyte (``day_0`` ... ``day_23``, plain or .gz): one part per day; ``test_day`` is halved
   into test and validation. An interrupted run resumes with every day already staged and
   verified (``dlrm.data.pipeline.stages``).

@@ -343,16 +343,12 @@ def parse_label01(cells: Cells) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok, first - 48, 0).astype(np.uint8), ~ok
 
 
-def parse_strings(cells: Cells, latin1: bool = False) -> tuple[pa.Array, np.ndarray]:
+def parse_strings(cells: Cells) -> tuple[pa.Array, np.ndarray]:
     """``(strings, bad)``: the cells as an Arrow string array (empty -> null); bad marks
-    cells that are not valid UTF-8."""
+    cells that are not valid UTF-8 (latin-1 inputs are transcoded before they get here)."""
     arr = cells.to_binary()
     n = len(cells)
     bad = np.zeros(n, dtype=bool)
-    if latin1:
-        arr = pa.array([None if not v else v.decode("latin-1") for v in arr.to_pylist()],
-                       pa.string())
-        return arr, bad
     high = cells.data[:-_PAD] >= 0x80 if cells.data.size > _PAD else np.zeros(0, bool)
     if high.any():
         try:
@@ -369,10 +365,10 @@ def parse_strings(cells: Cells, latin1: bool = False) -> tuple[pa.Array, np.ndar
     return pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings), bad
 
 
-def categorical_strings(cells: Cells, spec: CategoricalColumn, latin1: bool = False
+def categorical_strings(cells: Cells, spec: CategoricalColumn
                         ) -> tuple[pa.Array, np.ndarray, str]:
     """A string categorical after its transform: ``(values, bad, why)`` (null: missing)."""
-    strings, bad = parse_strings(cells, latin1)
+    strings, bad = parse_strings(cells)
     if bad.any():
         return strings, bad, "is not valid UTF-8"
     t = spec.transform
@@ -450,7 +446,6 @@ class RowParser:
         self.schema = schema
         names = column_names or schema.column_names
         self.column_names = list(names) if names else None
-        self.latin1 = schema.encoding.lower().replace("-", "") == "latin1"
         self.wanted = schema.source_columns()
         if not schema.has_label:
             self.wanted = [c for c in self.wanted if c != schema.label["column"]]
@@ -546,7 +541,7 @@ class RowParser:
                 check(bad_hex, "categorical is not 8 hex digits", lambda i, c=c, nm=spec.name:
                       f"{nm}={_show(c.value(i))} is not 8 hex digits")
                 continue
-            strings, bad_cell, why = categorical_strings(c, spec, self.latin1)
+            strings, bad_cell, why = categorical_strings(c, spec)
             check(bad_cell, f"{spec.transform} value is invalid" if spec.transform != "none"
                   else "invalid text", lambda i, c=c, nm=spec.name, why=why:
                   f"{nm}={_show(c.value(i))} {why}")

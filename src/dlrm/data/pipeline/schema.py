@@ -38,8 +38,9 @@ Fields:
   training, the last halved into test then validation: the reference DLRM's Kaggle split),
   ``days`` (one input file per day, ``test_day`` halved into test and validation:
   Terabyte), ``file`` (consecutive parts by ``fractions``), ``column`` (stable sort by the
-  numeric column ``by``, then consecutive parts) or ``random`` (each row by a seeded hash of
-  its index); splits given as their own input files are taken whole.
+  numeric column ``by``, then consecutive parts) or ``random`` (a seeded permutation of the
+  rows cut by the fractions, each split in file order); splits given as their own input
+  files are taken whole.
 - ``vocabulary``: ``from`` ``all`` (ids from every row read, the reference's Criteo recipe) or
   ``train``; ``min_count``; ``hash_buckets``. Command line flags override them.
 """

@@ -1,10 +1,11 @@
 """Train / validation / test splits of staged parts, and the passes over finished rows.
 
 A split is a list of row ranges of parts (``reference``: Kaggle's 7 consecutive days;
-``days``: one Terabyte part per day; ``file``: consecutive fractions), or rows copied into new
-parts (``random``: each row by a seeded hash of its index; ``column``: a stable sort by a
-column; ``shuffle``). ``check_split_plan`` refuses, before any work, a split that cannot have
-validation rows. ``standardize`` fixes dense columns with the training rows' mean and std.
+``days``: one Terabyte part per day; ``file``: consecutive fractions), or rows copied into
+new parts (``random``: a seeded permutation cut by the fractions, each split in file order,
+8 bytes of memory per row; ``column``: a stable sort by a column; ``shuffle``).
+``check_split_plan`` refuses, before any work, a split that cannot have validation rows.
+``standardize`` fixes dense columns with the training rows' mean and std.
 """
 
 from __future__ import annotations
@@ -36,19 +37,6 @@ def reference_split_sizes(rows: int, days: int = 7) -> dict[str, int]:
     sizes = [base + (1 if j < extra else 0) for j in range(days)]
     last = sizes[-1]
     return {"train": sum(sizes[:-1]), "test": (last + 1) // 2, "val": last // 2}
-
-
-def uniform_hash(row_index: np.ndarray, seed: int) -> np.ndarray:
-    """A deterministic uniform [0, 1) number per row index (splitmix64 of seed and index), so
-    a random split needs no permutation in memory and is reproducible."""
-    u64 = np.uint64
-    with np.errstate(over="ignore"):
-        z = row_index.astype(u64) + u64(seed & 0xFFFFFFFFFFFFFFFF) * u64(
-            0x9E3779B97F4A7C15) + u64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
-        z = z ^ (z >> u64(31))
-    return (z >> u64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def check_split_plan(split: dict[str, Any], part_names: list[str]) -> None:
@@ -116,22 +104,19 @@ def plan_splits(schema: Schema, split: dict[str, Any], parts: dict[str, Part]) -
         fractions = split.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1})
         names = [s for s in SPLITS if s not in parts and float(fractions.get(s, 0)) > 0]
         weights = np.array([float(fractions[s]) for s in names])
-        if order == "random":
-            u = uniform_hash(np.arange(n), int(split.get("seed", 0)))
-            which = np.searchsorted(np.cumsum(weights / weights.sum())[:-1], u, side="right")
-            for j, s in enumerate(names):
-                copies[s] = ("main", np.flatnonzero(which == j))
-        else:
-            if order == "column":
-                key = np.asarray(open_array(parts["main"].folder / "key.npy"))
-                perm = np.argsort(key, kind="stable")
-            bounds = np.round(np.cumsum([0.0, *(weights / weights.sum())]) * n).astype(np.int64)
-            for j, s in enumerate(names):
-                if order == "column":
-                    copies[s] = ("main", perm[bounds[j]:bounds[j + 1]])
-                else:
-                    ranges[s] = [{"part": "main", "start": int(bounds[j]),
-                                  "stop": int(bounds[j + 1])}]
+        bounds = np.round(np.cumsum([0.0, *(weights / weights.sum())]) * n).astype(np.int64)
+        if order == "random":  # a seeded permutation cut by the fractions; file order kept
+            perm = np.random.default_rng(int(split.get("seed", 0))).permutation(n)
+        elif order == "column":  # stable sort by the key column
+            perm = np.argsort(np.asarray(open_array(parts["main"].folder / "key.npy")),
+                              kind="stable")
+        for j, s in enumerate(names):
+            if order == "random":
+                copies[s] = ("main", np.sort(perm[bounds[j]:bounds[j + 1]]))
+            elif order == "column":
+                copies[s] = ("main", perm[bounds[j]:bounds[j + 1]])
+            else:
+                ranges[s] = [{"part": "main", "start": int(bounds[j]), "stop": int(bounds[j + 1])}]
     vocab_from = schema.vocabulary.get("from", "train")
     vocab_rows: dict[str, Any] = {}
     if vocab_from == "all":
