@@ -40,10 +40,19 @@ def _dlrm(*argv: str, **kw) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def days(tmp_path_factory) -> Path:
-    """Four synthetic Terabyte days of 120k rows each (~30 MB each)."""
+    """Four synthetic Terabyte days of 80k rows each (~20 MB each): long enough to kill a
+    run between two days."""
     folder = tmp_path_factory.mktemp("days")
     for day in (0, 1, 2, 3):
-        write_criteo_tsv(folder / f"day_{day}", 120_000, seed=day)
+        write_criteo_tsv(folder / f"day_{day}", 80_000, seed=day)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_days(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("small_days")
+    for day in (0, 1, 3):
+        write_criteo_tsv(folder / f"day_{day}", 5_000, seed=day)
     return folder
 
 
@@ -126,7 +135,7 @@ def test_sigkill_leaves_the_old_data_set_and_the_rerun_resumes(days, tmp_path):
     assert "resuming the unfinished run" in stderr and "day_0" in stdout
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["resumed"] is True and "day_0" in meta["reused_parts"]
-    assert meta["rows_read"] == meta["rows_written"] + meta["rows_skipped"] == 480_000
+    assert meta["rows_read"] == meta["rows_written"] + meta["rows_skipped"] == 320_000
     clean = tmp_path / "clean"
     assert main([*common, "--out", str(clean)]) == 0
     for part in ("day_0", "day_1", "day_3"):
@@ -135,21 +144,22 @@ def test_sigkill_leaves_the_old_data_set_and_the_rerun_resumes(days, tmp_path):
     assert not build.exists()
 
 
-def test_resume_state_is_validated_before_it_is_trusted(days, tmp_path):
+def test_resume_state_is_validated_before_it_is_trusted(small_days, tmp_path):
     """A stage record that lies (damaged JSON, wrong counts, a truncated array) is redone."""
     from dlrm.data.criteo import preprocess_terabyte
 
     out = tmp_path / "tb"
     build = tmp_path / ".tb.dlrm-build"
     kw = dict(days=[0, 1, 3], test_day=3, workers=1)
-    clean = preprocess_terabyte(days, tmp_path / "clean", **kw)
+    clean = preprocess_terabyte(small_days, tmp_path / "clean", **kw)
 
     def interrupted(damage) -> dict:
-        # A run that staged every day and then failed (output path made unwritable).
+        # A run that staged every day and then failed (stopped as the vocabulary began).
         with pytest.raises(DataError):
-            preprocess_terabyte(days, out, progress=_fail_at("vocabulary"), overwrite=True, **kw)
+            preprocess_terabyte(small_days, out, progress=_fail_at("vocabulary"),
+                                overwrite=True, **kw)
         damage(build / "parts" / "day_0")
-        return preprocess_terabyte(days, out, overwrite=True, **kw)
+        return preprocess_terabyte(small_days, out, overwrite=True, **kw)
 
     def bad_json(folder):
         (folder / "stage.json").write_text("{not json")
@@ -264,3 +274,22 @@ def test_table_rerun_killed_keeps_the_old_data_set_whole(tmp_path):
     assert _snapshot(out) == old
     data = open_data(str(out))
     assert sum(data.num_samples(s) for s in data.splits()) == 2000
+
+
+def test_a_dlrm_table_v1_folder_still_opens(tmp_path):
+    """Folders of the old `dlrm preprocess table` (format dlrm-table-v1) keep training."""
+    folder = tmp_path / "old"
+    (folder / "train").mkdir(parents=True)
+    np.save(folder / "train" / "labels.npy", np.array([1, 0, 1], dtype=np.float32))
+    np.save(folder / "train" / "dense.npy", np.ones((3, 1), dtype=np.float32))
+    np.save(folder / "train" / "sparse.npy", np.array([[1], [2], [0]], dtype=np.int64))
+    np.save(folder / "train" / "tags.values.npy", np.array([1, 2, 1], dtype=np.int64))
+    np.save(folder / "train" / "tags.offsets.npy", np.array([0, 2, 2, 3], dtype=np.int64))
+    (folder / "metadata.json").write_text(json.dumps({
+        "format": "dlrm-table-v1", "rows": {"train": 3}, "num_dense": 1, "table_sizes": [3, 3],
+        "features": [{"name": "c", "multi_hot": False}, {"name": "tags", "multi_hot": True}]}))
+    data = open_data(str(folder))
+    batch = next(data.batches("train", 3))
+    assert batch.labels.tolist() == [1.0, 0.0, 1.0]
+    assert batch.sparse.values.tolist() == [1, 2, 0, 1, 2, 1]
+    assert open_data(data.spec()).num_samples("train") == 3
