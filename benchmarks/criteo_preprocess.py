@@ -2,7 +2,9 @@
 
 Writes N synthetic Kaggle-format lines, preprocesses them in each vocabulary mode (each run in
 a fresh child process so its peak RSS is its own), then times the loader. Prints wall time,
-CPU time, lines/s and peak RSS. Speed is a benchmark, never a timed test.
+CPU time, lines/s and peak RSS. Speed is a benchmark, never a timed test. With
+``PYTHONPATH=OTHER/src`` the children run another checkout's code (the same function name,
+``preprocess_kaggle``), for a before/after comparison in one session.
 
     python benchmarks/criteo_preprocess.py --rows 2000000 --workdir /tmp/dlrm-bench
 """
@@ -29,6 +31,9 @@ def _cpu_seconds() -> float:
 
 def child(args: argparse.Namespace) -> None:
     """Preprocess once in this process and print a JSON line of measurements."""
+    import inspect
+    import shutil
+
     from dlrm.data.criteo import preprocess_kaggle
 
     mode_args = MODES[args.child]
@@ -36,6 +41,10 @@ def child(args: argparse.Namespace) -> None:
     if mode_args:
         kwargs = {mode_args[0][2:].replace("-", "_"): int(mode_args[1])}
     cpu, start = _cpu_seconds(), time.perf_counter()
+    if "overwrite" in inspect.signature(preprocess_kaggle).parameters:
+        kwargs["overwrite"] = True  # a rerun replaces the last one (older trees overwrite anyway)
+    else:
+        shutil.rmtree(args.out, ignore_errors=True)
     meta = preprocess_kaggle(args.tsv, args.out, workers=args.workers, **kwargs)
     print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu,
                       "rows_read": meta["rows_read"], "rows_skipped": meta["rows_skipped"],

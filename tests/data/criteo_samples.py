@@ -33,3 +33,17 @@ def write_lines(path: Path, lines: list[str], newline: str = "\n", final_newline
     text = newline.join(lines) + (newline if final_newline and lines else "")
     path.write_bytes(text.encode())
     return path
+
+
+def read_part(root: Path, part: str):
+    """(labels, dense, ids (N, F)) of a part of a preprocessed folder, as plain arrays."""
+    import json
+
+    import numpy as np
+
+    from dlrm.data.format import open_part
+
+    features = json.loads((Path(root) / "metadata.json").read_text())["features"]
+    arrays = open_part(root, part, features)
+    ids = np.stack([np.asarray(a) for a in arrays.ids], axis=1)
+    return np.asarray(arrays.labels), np.asarray(arrays.dense), ids

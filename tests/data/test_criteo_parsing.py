@@ -10,32 +10,43 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from criteo_naive_parser import naive_exact_ids, naive_parse
-from criteo_samples import GOOD_ROW, KAGGLE_HEAD, LOW_CTR, require, write_lines
+from criteo_samples import GOOD_ROW, KAGGLE_HEAD, LOW_CTR, read_part, require, write_lines
 
-from dlrm.data.criteo import (
-    BadLineError,
-    Vocabulary,
-    decode_hex8,
-    parse_block,
-    parse_raw_file,
-    preprocess_kaggle,
-    preprocess_terabyte,
-)
-from dlrm.data.format import open_part
+from dlrm.data.criteo import BadLineError, preprocess_kaggle, preprocess_terabyte
+from dlrm.data.pipeline.parse import RowParser, cells_from_arrow, parse_hex32
+from dlrm.data.pipeline.raw import parse_raw_file as parse_with_schema
+from dlrm.data.pipeline.schema import load_schema
+from dlrm.data.pipeline.vocabulary import Vocabulary
+
+SCHEMA = load_schema("criteo-kaggle")
+NAMES = [f"C{k}" for k in range(1, 27)]
+
+
+def parse_block(block: bytes, first_line: int, source: str, strict: bool = False):
+    return RowParser(SCHEMA).parse_text(block, source, strict, "\t", first_line + 1)
+
+
+def parse_raw_file(path, vocab, **kw):
+    return parse_with_schema(path, SCHEMA, vocab, **kw)
 
 
 def _exact_vocab_of(path: Path) -> Vocabulary:
     text = path.read_text()
     rows, _ = naive_parse(text)
     columns = list(zip(*[r[2] for r in rows], strict=True))
-    kept = [np.array(sorted({v for v in c if v is not None}), dtype=np.uint32) for c in columns]
-    return Vocabulary("exact", kept=kept)
+    kept = [pa.array(np.array(sorted({v for v in c if v is not None}), dtype=np.uint32))
+            for c in columns]
+    return Vocabulary("exact", NAMES, ["hex32"] * 26, kept=kept)
+
+
+def hash_vocab(buckets: int) -> Vocabulary:
+    return Vocabulary("hash", NAMES, ["hex32"] * 26, hash_buckets=buckets)
 
 
 def test_decode_hex8_values_and_errors():
     col = pa.array([b"00000000", b"ffffffff", b"68fd1e64", b"ABCDEF01", b"", b"1234567",
                     b"12345678a", b"g0000000"], pa.binary())
-    values, empty, bad = decode_hex8(col)
+    values, empty, bad = parse_hex32(cells_from_arrow(col))
     assert values[:4].tolist() == [0, 0xFFFFFFFF, 0x68FD1E64, 0xABCDEF01]
     assert empty.tolist() == [False] * 4 + [True] + [False] * 3
     assert bad.tolist() == [False] * 5 + [True] * 3
@@ -49,8 +60,8 @@ def test_dense_transform_matches_hand_computation(tmp_path):
     np.testing.assert_allclose(parsed.dense[0], expected, rtol=1e-6)
     assert parsed.dense.dtype == np.float32
     assert parsed.labels.tolist() == [1]
-    assert parsed.cat_values[:3, 0].tolist() == [0x68FD1E64, 0, 0xABCDEF01]
-    assert parsed.cat_empty[:3, 0].tolist() == [False, True, False]
+    assert [c.values[0] for c in parsed.categorical[:3]] == [0x68FD1E64, 0, 0xABCDEF01]
+    assert [c.empty[0] for c in parsed.categorical[:3]] == [False, True, False]
 
 
 def test_parity_with_naive_parser_on_real_rows():
@@ -92,13 +103,16 @@ def test_parity_with_naive_parser_on_messy_input(tmp_path):
 
 
 # ---------------------------------------------------------------- bad input, one case per test
+PAD = 14  # good rows appended, so that the 7-day reference split has validation rows
+
+
 def _preprocess(tmp_path: Path, lines: list[str], strict: bool = False, **kw) -> dict:
-    path = write_lines(tmp_path / "train.txt", lines, **kw)
+    path = write_lines(tmp_path / "train.txt", lines + [GOOD_ROW] * PAD, **kw)
     return preprocess_kaggle(path, tmp_path / "out", strict=strict, hash_buckets=1000)
 
 
 def _check_accounting(meta: dict, read: int, skipped: int) -> None:
-    assert meta["rows_read"] == read
+    assert meta["rows_read"] == read + PAD
     assert meta["rows_skipped"] == skipped
     assert meta["rows_read"] == meta["rows_written"] + meta["rows_skipped"]
     assert sum(meta["rows"].values()) == meta["rows_written"]
@@ -143,9 +157,9 @@ def test_last_line_without_newline_is_read(tmp_path):
 def test_crlf_line_endings(tmp_path):
     meta = _preprocess(tmp_path, [GOOD_ROW] * 7, newline="\r\n")
     _check_accounting(meta, read=7, skipped=0)
-    part = open_part(tmp_path / "out", "all")
+    _, _, ids = read_part(tmp_path / "out", "all")
     # The last categorical must not carry the '\r': 0000000a -> 1 + 10 % 1000.
-    assert part.sparse[:, -1].tolist() == [11] * 7
+    assert ids[:, -1].tolist() == [11] * (7 + PAD)
 
 
 def test_empty_lines_are_skipped_and_counted(tmp_path):
@@ -156,14 +170,14 @@ def test_empty_lines_are_skipped_and_counted(tmp_path):
 
 
 def test_gzip_input_equals_plain(tmp_path):
-    lines = [GOOD_ROW] * 20
+    lines = [GOOD_ROW] * 30
     plain = preprocess_kaggle(write_lines(tmp_path / "a.txt", lines), tmp_path / "o1")
     gz = tmp_path / "a.txt.gz"
     gz.write_bytes(gzip.compress((tmp_path / "a.txt").read_bytes()))
     zipped = preprocess_kaggle(gz, tmp_path / "o2")
     assert zipped["rows"] == plain["rows"]
-    np.testing.assert_array_equal(open_part(tmp_path / "o1", "all").dense,
-                                  open_part(tmp_path / "o2", "all").dense)
+    np.testing.assert_array_equal(read_part(tmp_path / "o1", "all")[1],
+                                  read_part(tmp_path / "o2", "all")[1])
 
 
 def test_truncated_gzip_keeps_complete_lines_and_counts_the_cut_one(tmp_path):
@@ -180,8 +194,8 @@ def test_truncated_gzip_keeps_complete_lines_and_counts_the_cut_one(tmp_path):
     assert day0["rows_read"] == day0["rows_written"] + 1
     # The kept rows are exactly the first lines of the file.
     rows, _ = naive_parse(real.decode())
-    part = open_part(tmp_path / "out", "day_0")
-    np.testing.assert_allclose(part.dense, [r[1] for r in rows[: day0["rows_written"]]],
+    dense = read_part(tmp_path / "out", "day_0")[1]
+    np.testing.assert_allclose(dense, [r[1] for r in rows[: day0["rows_written"]]],
                                rtol=1e-6)
     with pytest.raises(BadLineError, match="truncated"):
         preprocess_terabyte(tmp_path, tmp_path / "strict", days=[0, 23], hash_buckets=100,
@@ -191,7 +205,7 @@ def test_truncated_gzip_keeps_complete_lines_and_counts_the_cut_one(tmp_path):
 def test_directory_missing_day_files_names_them(tmp_path):
     write_lines(tmp_path / "day_0", [GOOD_ROW] * 3)
     write_lines(tmp_path / "day_2", [GOOD_ROW] * 3)
-    with pytest.raises(FileNotFoundError, match=r"missing day files for days \[1, 3, 4,"):
+    with pytest.raises(ValueError, match=r"missing day files for days \[1, 3, 4,"):
         preprocess_terabyte(tmp_path, tmp_path / "out", hash_buckets=10)
     meta = preprocess_terabyte(tmp_path, tmp_path / "out", days=[0, 2], test_day=2,
                                hash_buckets=10)
@@ -199,7 +213,7 @@ def test_directory_missing_day_files_names_them(tmp_path):
 
 
 def test_real_samples_pass_with_zero_rejects():
-    vocab = Vocabulary("hash", 1000)
+    vocab = hash_vocab(1000)
     for path in (KAGGLE_HEAD, LOW_CTR):
         rows = parse_raw_file(require(path), vocab)
         assert rows.skips.count == 0 and rows.lines_read == rows.line_numbers.size
@@ -210,7 +224,7 @@ def test_block_boundaries_do_not_change_results(tmp_path):
     number when the bad line is in a later block."""
     real = require(LOW_CTR).read_text().splitlines()[:40]
     path = write_lines(tmp_path / "a.txt", real)
-    vocab = Vocabulary("hash", 1000)
+    vocab = hash_vocab(1000)
     whole = parse_raw_file(path, vocab)
     for chunk in (100, 1000, 5000):
         part = parse_raw_file(path, vocab, chunk_bytes=chunk)

@@ -105,6 +105,7 @@ def test_cli_strict_error_names_the_line(tmp_path, capsys):
     assert _cli("preprocess", "criteo-kaggle", "--input", str(path), "--out",
                 str(tmp_path / "o"), "--strict", "--no-progress") == 2
     assert "t.txt:2: 1 fields, expected 40" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_synth_tsv_looks_like_criteo(tmp_path):
@@ -143,3 +144,13 @@ def test_cli_predict_writes_one_probability_per_line(head, tmp_path, monkeypatch
     fake.load_model = lambda path: (model, {"data_spec": {"kind": "synthetic"}})
     assert _cli("predict", "--checkpoint", "c.pt", "--input", str(KAGGLE_SPREAD),
                 "--out", str(scores)) == 2
+
+
+def test_cli_renders_progress_bars_with_rate(tmp_path, capsys):
+    tsv = tmp_path / "synth.tsv"
+    write_criteo_tsv(tsv, 3000, seed=1)
+    assert _cli("preprocess", "criteo-kaggle", "--input", str(tsv), "--out",
+                str(tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    assert "read synth.tsv" in err and "B/s" in err  # bytes read, with a rate
+    assert "vocabulary" in err and "26/26" in err

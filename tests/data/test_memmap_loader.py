@@ -7,10 +7,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from criteo_samples import KAGGLE_HEAD, require, write_lines
+from criteo_samples import KAGGLE_HEAD, read_part, require, write_lines
 
 from dlrm.data.criteo import preprocess_kaggle, preprocess_terabyte
-from dlrm.data.format import open_part
 from dlrm.data.loader import MemmapDataSource
 from dlrm.data.source import DataSource
 from dlrm.features import SparseFeatures
@@ -44,7 +43,7 @@ def _key(batch) -> list[tuple]:
 
 def test_protocol_and_spec(source):
     assert isinstance(source, DataSource)
-    assert source.splits() == ["train", "test", "val"]
+    assert source.splits() == ["train", "val", "test"]
     assert [source.num_samples(s) for s in source.splits()] == [8572, 714, 714]
     assert source.num_dense == 13 and source.table_sizes == [5001] * 26
     assert source.spec() == {"kind": "memmap", "path": str(source.path), "block_rows": 64}
@@ -52,20 +51,20 @@ def test_protocol_and_spec(source):
 
 
 def test_unshuffled_batches_are_the_arrays_in_order(source):
-    part = open_part(source.path, "all")
+    labels, dense, sparse = read_part(source.path, "all")
     batches = list(source.batches("test", 100))
     assert [len(b) for b in batches] == [100] * 7 + [14]
     b = batches[2]
     assert b.dense.dtype == torch.float32 and b.labels.dtype == torch.float32
     assert b.sparse.one_hot and b.sparse.values.dtype == torch.int64
-    reference = SparseFeatures.from_ids(torch.from_numpy(np.array(part.sparse[8772:8872])))
+    reference = SparseFeatures.from_ids(torch.from_numpy(np.array(sparse[8772:8872])))
     assert torch.equal(b.sparse.values, reference.values)
     assert torch.equal(b.sparse.offsets, reference.offsets)
     b.sparse.validate(source.table_sizes)
     rows = slice(8572 + 200, 8572 + 300)
-    np.testing.assert_array_equal(b.dense.numpy(), part.dense[rows])
-    np.testing.assert_array_equal(b.labels.numpy(), part.labels[rows])
-    np.testing.assert_array_equal(b.sparse.values.view(26, 100).t().numpy(), part.sparse[rows])
+    np.testing.assert_array_equal(b.dense.numpy(), dense[rows])
+    np.testing.assert_array_equal(b.labels.numpy(), labels[rows])
+    np.testing.assert_array_equal(b.sparse.values.view(26, 100).t().numpy(), sparse[rows])
     assert len(list(source.batches("test", 100, drop_last=True))) == 7
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from dlrm.data import open_data
-from dlrm.data.table import TableDataSource, TableSchema, load_schema, preprocess_table
+from dlrm.data.loader import MemmapDataSource
+from dlrm.data.pipeline.vocabulary import Vocabulary
+from dlrm.data.table import TableSchema, load_schema, preprocess_table
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -40,6 +42,17 @@ def idx(value, vocab):
     return vocab.index(value) + 1 if value in vocab else 0
 
 
+def vocabularies(folder):
+    """Feature name -> its sorted kept values, from the folder's vocab/."""
+    vocab = Vocabulary.load(Path(folder) / "vocab")
+    return {n: k.to_pylist() for n, k in zip(vocab.names, vocab.kept)}
+
+
+def part_file(folder, split, name):
+    meta = json.loads((Path(folder) / "metadata.json").read_text())
+    return Path(folder) / "parts" / meta["splits"][split][0]["part"] / name
+
+
 def write_csv(path, rows, extra_lines=()):
     lines = ["label,count,price,color,city,tags,when"] + [",".join(r) for r in rows]
     lines += list(extra_lines)
@@ -50,18 +63,19 @@ def write_csv(path, rows, extra_lines=()):
 def test_toy_table_matches_a_naive_parse(tmp_path):
     src = write_csv(tmp_path / "toy.csv", ROWS)
     meta = preprocess_table(TableSchema.from_dict(SCHEMA), src, tmp_path / "out")
-    assert meta["format"] == "dlrm-table-v1"
+    assert meta["format"] == "dlrm-memmap" and meta["format_version"] == 2
     assert meta["rows"] == {"train": 4, "val": 2} and meta["positives"] == {"train": 2, "val": 1}
+    vocab = vocabularies(tmp_path / "out")
     train, val = ROWS[:4], ROWS[4:]
     # Vocabularies from the training rows only, sorted, id 0 = unseen.
     colors = sorted({r[3] for r in train})
     cities = sorted({r[4][:2] for r in train})
     tags = sorted({t for r in train for t in r[5].split("|") if t})
-    assert meta["vocabularies"]["color"] == colors and meta["vocabularies"]["tags"] == tags
+    assert vocab["color"] == colors and vocab["tags"] == tags
     assert meta["table_sizes"] == [len(colors) + 1, len(cities) + 1, len(tags) + 1, 5, 5]
     prices = np.array([float(r[2]) for r in train])
     data = open_data(str(tmp_path / "out"))
-    assert isinstance(data, TableDataSource) and data.num_dense == 2
+    assert isinstance(data, MemmapDataSource) and data.num_dense == 2
     for split, rows in (("train", train), ("val", val)):
         batch = next(data.batches(split, 10))
         for b, r in enumerate(rows):
@@ -84,10 +98,9 @@ def test_toy_table_matches_a_naive_parse(tmp_path):
             hour = int(r[6][6:8])
             weekday = __import__("datetime").date(2000 + int(r[6][:2]), int(r[6][2:4]),
                                                   int(r[6][4:6])).weekday()
-            assert meta["vocabularies"]["hour"][bag(3, b)[0] - 1] == str(hour) or \
-                bag(3, b) == [0]
+            assert vocab["hour"][bag(3, b)[0] - 1] == str(hour) or bag(3, b) == [0]
             if bag(4, b) != [0]:
-                assert meta["vocabularies"]["weekday"][bag(4, b)[0] - 1] == str(weekday)
+                assert vocab["weekday"][bag(4, b)[0] - 1] == str(weekday)
     # Row 2 of train has an empty tags cell: an empty bag.
     batch = next(data.batches("train", 10))
     f, b = 2, 2
@@ -102,12 +115,14 @@ def test_bad_rows_are_skipped_counted_and_located(tmp_path):
              "0,1,1.0,red,paris,a,notatime"]         # line 11: bad time stamp
     src = write_csv(tmp_path / "bad.csv", ROWS, extra)
     meta = preprocess_table(TableSchema.from_dict(SCHEMA), src, tmp_path / "out")
-    assert meta["rows_skipped"] == 4
-    assert sum(meta["rows"].values()) == len(ROWS)
-    text = "\n".join(meta["skipped_examples"])
+    assert meta["rows_skipped"] == 4 and meta["rows_read"] == len(ROWS) + 4
+    assert sum(meta["rows"].values()) == meta["rows_written"] == len(ROWS)
+    assert meta["skip_reasons"] == {"wrong number of fields": 1, "label is not 0 or 1": 1,
+                                    "not a number": 1, "yymmddhh_hour value is invalid": 1}
+    text = "\n".join(f"{e['file']}:{e['line']}: {e['reason']}" for e in meta["skipped_examples"])
     for line in (8, 9, 10, 11):
         assert f"bad.csv:{line}:" in text
-    assert "'abc'" in text and "'label'" in text
+    assert "'abc'" in text and "label '2'" in text
     with pytest.raises(ValueError, match=r"bad.csv:8: 5 fields, expected 7"):
         preprocess_table(TableSchema.from_dict(SCHEMA), src, tmp_path / "strict", strict=True)
 
@@ -135,17 +150,17 @@ def test_random_and_column_splits_and_shuffled_batches(tmp_path):
     by_time = {**SCHEMA, "split": {"order": "column", "by": "price",
                                    "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}}
     preprocess_table(TableSchema.from_dict(by_time), src, tmp_path / "time")
-    data = TableDataSource(tmp_path / "time")
+    data = MemmapDataSource(tmp_path / "time")
     assert [data.num_samples(s) for s in ("train", "val", "test")] == [100, 50, 50]
     # Sorted by price ascending: the training split holds the 100 rows with the lowest price,
     # i.e. the last 100 lines of the file (price 1000 - k).
-    labels = np.load(tmp_path / "time" / "train" / "labels.npy")
+    labels = np.load(part_file(tmp_path / "time", "train", "labels.npy"))
     want = [float(r[0]) for r in rows[::-1][:100]]
     assert labels.tolist() == want
     rand = {**SCHEMA, "split": {"order": "random", "seed": 3,
                                 "fractions": {"train": 0.8, "val": 0.2}}}
     preprocess_table(TableSchema.from_dict(rand), src, tmp_path / "rand")
-    data = TableDataSource(tmp_path / "rand")
+    data = MemmapDataSource(tmp_path / "rand")
     assert data.num_samples("train") == 160 and data.num_samples("val") == 40
     first = [b.labels for b in data.batches("train", 32, shuffle=True, seed=1, epoch=2)]
     again = [b.labels for b in data.batches("train", 32, shuffle=True, seed=1, epoch=2,
@@ -166,11 +181,12 @@ def test_movielens_schema_joins_users_items_and_genres(tmp_path):
     ratings = np.loadtxt(DATA / "movielens-100k" / "u.data", dtype=np.int64)
     assert sum(meta["rows"].values()) == 100_000 and meta["rows_skipped"] == 0
     assert sum(meta["positives"].values()) == int((ratings[:, 2] >= 4).sum())
+    assert meta["rows"] == {"train": 80_000, "val": 10_000, "test": 10_000}
     # Timestamp-ordered: every training rating is no newer than every test rating.
     order = np.argsort(ratings[:, 3], kind="stable")
     cut = ratings[order[79_999], 3]
     assert ratings[order[80_000:], 3].min() >= cut
-    data = TableDataSource(tmp_path / "ml")
+    data = MemmapDataSource(tmp_path / "ml")
     assert [f["name"] for f in data.features] == ["user", "item", "age_bucket", "gender",
                                                    "occupation", "zip_prefix", "genres"]
     # The first training row is the oldest rating; check its joined attributes by hand.
@@ -182,8 +198,8 @@ def test_movielens_schema_joins_users_items_and_genres(tmp_path):
              (DATA / "movielens-100k" / "u.item").read_text(encoding="latin-1").splitlines()}
     genre_names = [line.split("|")[0] for line in
                    (DATA / "movielens-100k" / "u.genre").read_text().splitlines() if line]
-    batch = data.rows("train", np.array([0]))
-    vocab = meta["vocabularies"]
+    batch = next(data.batches("train", 1))
+    vocab = vocabularies(tmp_path / "ml")
     values, offsets = batch.sparse.values.tolist(), batch.sparse.offsets.tolist()
     bags = [values[offsets[f]:offsets[f + 1]] for f in range(7)]
     assert vocab["user"][bags[0][0] - 1] == str(user)
@@ -200,27 +216,33 @@ def test_avazu_and_criteo_schemas_read_the_samples(tmp_path):
     meta = preprocess_table(load_schema("avazu"), DATA / "avazu-9k" / "train.csv",
                             tmp_path / "avazu")
     assert sum(meta["rows"].values()) == 8999 and meta["rows_skipped"] == 0
-    assert len(meta["table_sizes"]) == 23 and meta["dense_columns"] == ["constant_one"]
+    assert len(meta["table_sizes"]) == 23 and meta["dense_names"] == ["constant_one"]
     clicks = sum(line.split(",")[1] == "1" for line in
                  (DATA / "avazu-9k" / "train.csv").read_text().splitlines()[1:])
     assert sum(meta["positives"].values()) == clicks
-    assert meta["vocabularies"]["hour_of_day"] == ["0"]  # 14102100: hour 0 of a Tuesday
-    assert meta["vocabularies"]["weekday"] == ["1"]
-    criteo = preprocess_table(
-        load_schema("criteo-tsv"),
-        {"main": DATA / "criteo-kaggle-head10k" / "train.txt",
-         "test": DATA / "criteo-kaggle-spread4k" / "rows.txt"}, tmp_path / "criteo")
-    assert criteo["rows"] == {"train": 9000, "val": 1000, "test": 4370}
-    first = (DATA / "criteo-kaggle-head10k" / "train.txt").read_text().split("\n", 1)[0]
+    vocab = vocabularies(tmp_path / "avazu")
+    assert vocab["hour_of_day"] == ["0"]  # 14102100: hour 0 of a Tuesday
+    assert vocab["weekday"] == ["1"]
+    # Criteo through the table entry is the same pipeline as `dlrm preprocess criteo-kaggle`.
+    from dlrm.data.criteo import preprocess_kaggle
+
+    head = DATA / "criteo-kaggle-head10k" / "train.txt"
+    table = preprocess_table(load_schema("criteo-kaggle"), head, tmp_path / "criteo")
+    kaggle = preprocess_kaggle(head, tmp_path / "kaggle")
+    assert table["rows"] == kaggle["rows"] == {"train": 8572, "val": 714, "test": 714}
+    assert table["table_sizes"] == kaggle["table_sizes"]
+    for f in ("labels.npy", "dense.npy", "ids/C1.npy", "ids/C26.npy"):
+        assert np.array_equal(np.load(tmp_path / "criteo" / "parts" / "main" / f),
+                              np.load(tmp_path / "kaggle" / "parts" / "all" / f))
+    first = head.read_text().split("\n", 1)[0]
     fields = first.split("\t")
-    dense = np.load(tmp_path / "criteo" / "train" / "dense.npy")[0]
+    dense = np.load(tmp_path / "criteo" / "parts" / "main" / "dense.npy")[0]
     want = [math.log1p(max(int(x), 0)) if x else 0.0 for x in fields[1:14]]
     assert dense.tolist() == pytest.approx(want, abs=1e-6)
-    sparse = np.load(tmp_path / "criteo" / "train" / "sparse.npy")[0]
+    vocab = vocabularies(tmp_path / "criteo")
     for k, value in enumerate(fields[14:]):
-        assert criteo["vocabularies"][f"C{k + 1}"][sparse[k] - 1] == value
-    saved = json.loads((tmp_path / "criteo" / "metadata.json").read_text())
-    assert saved["positives"]["test"] == 1081  # 24.7% of 4,370 (../shared/README.md)
+        column = np.load(tmp_path / "criteo" / "parts" / "main" / "ids" / f"C{k + 1}.npy")
+        assert column[0] == (0 if not value else 1 + vocab[f"C{k + 1}"].index(int(value, 16)))
 
 
 def test_parquet_and_tsv_inputs_give_the_same_arrays_as_csv(tmp_path):
@@ -235,11 +257,12 @@ def test_parquet_and_tsv_inputs_give_the_same_arrays_as_csv(tmp_path):
     schema = TableSchema.from_dict(SCHEMA)
     a = preprocess_table(schema, src, tmp_path / "a")
     no_delimiter = TableSchema.from_dict({k: v for k, v in SCHEMA.items() if k != "delimiter"})
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "parts").rglob(
+        "*.npy"))
+    assert len(files) == 8  # one part (file order): labels, dense, 4 one-hot, 1 multi-hot (2)
     for other in ("toy.parquet", "toy.tsv"):
-        b = preprocess_table(no_delimiter, tmp_path / other, tmp_path / other.split(".")[1])
-        assert a["vocabularies"] == b["vocabularies"] and a["rows"] == b["rows"]
-        for split in ("train", "val"):
-            for name in ("labels", "dense", "sparse", "tags.values", "tags.offsets"):
-                assert np.array_equal(np.load(tmp_path / "a" / split / f"{name}.npy"),
-                                      np.load(tmp_path / other.split(".")[1] / split
-                                              / f"{name}.npy"))
+        folder = tmp_path / other.split(".")[1]
+        b = preprocess_table(no_delimiter, tmp_path / other, folder)
+        assert vocabularies(tmp_path / "a") == vocabularies(folder) and a["rows"] == b["rows"]
+        for f in files:
+            assert np.array_equal(np.load(tmp_path / "a" / f), np.load(folder / f))

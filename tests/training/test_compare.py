@@ -89,7 +89,7 @@ def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys
     (tmp_path / "s.json").write_text(json.dumps(schema))
     assert main(["preprocess", "table", "--schema", str(tmp_path / "s.json"), "--input",
                  str(tmp_path / "t.csv"), "--out", str(tmp_path / "data"), "--quiet"]) == 0
-    assert "train 1,200" in capsys.readouterr().out
+    assert "rows read 1,500, written 1,500, skipped 0" in capsys.readouterr().out
     assert main(["compare", "--data", str(tmp_path / "data"), "--models", "deepfm,wdl",
                  "--budget", "2400", "--seeds", "1", "--batch-size", "64", "--out",
                  str(tmp_path / "cmp"), "--quiet"]) == 0
@@ -102,7 +102,7 @@ def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys
                  "1200", "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_kind"] == "dcnv2" and saved["model_config"]["low_rank"] == 2
-    assert saved["data"] == {"kind": "table", "path": str(tmp_path / "data")}
+    assert saved["data"] == {"kind": "memmap", "path": str(tmp_path / "data")}
 
 
 def test_diverged_runs_are_counted_not_averaged():

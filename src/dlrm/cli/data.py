@@ -1,6 +1,6 @@
-"""Data commands: ``dlrm preprocess criteo-kaggle|criteo-terabyte``, ``dlrm predict``,
-``dlrm synth --format criteo-tsv``. Argument parsing and printing only; the work is in
-``dlrm.data``."""
+"""Data commands: ``dlrm preprocess criteo-kaggle|criteo-terabyte|table``, ``dlrm predict``,
+``dlrm synth``. Argument parsing and printing only; the work is in ``dlrm.data`` (the one
+pipeline, ``dlrm.data.pipeline``), whose ``Progress`` events are rendered here as bars."""
 
 from __future__ import annotations
 
@@ -14,107 +14,83 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from dlrm.data.criteo import BadLineError, parse_days, peak_rss_bytes
+from dlrm.data.pipeline.metadata import DataError, Progress, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
 
+class ProgressBar:
+    """Renders the pipeline's ``Progress`` events: one tqdm bar per stage, with rate and ETA;
+    ``message`` events are printed as notes."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, event: Progress) -> None:
+        if event.message:
+            print(f"note: {event.message}", file=sys.stderr)
+        if not self.enabled or event.total <= 0:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or event.stage.split()[0] != self.stage:
+            self.close()
+            self.stage = event.stage.split()[0]
+            self.bar = tqdm(total=event.total, unit=event.unit,
+                            unit_scale=event.unit in ("B", "rows"),
+                            unit_divisor=1024 if event.unit == "B" else 1000,
+                            desc=event.stage, file=sys.stderr, dynamic_ncols=True)
+        self.bar.total = event.total
+        self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 @contextmanager
-def _progress_bar(enabled: bool, unit: str, desc: str
-                  ) -> Iterator[Callable[[int, int], None] | None]:
-    """A tqdm bar with rate and ETA, fed by the library's ``progress(done, total)`` calls."""
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
-               desc=desc, file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
+def _progress(enabled: bool) -> Iterator[ProgressBar]:
+    bar = ProgressBar(enabled)
     try:
-        yield update
+        yield bar
     finally:
         bar.close()
 
 
+def _positive(kind: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= 1 (0 or less is refused with the flag's meaning)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value}: {kind} must be at least 1")
+        return value
+    return parse
+
+
 def _vocab_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--hash-buckets", type=int, metavar="N",
+    group.add_argument("--hash-buckets", type=_positive("the number of hash buckets"),
+                       metavar="N",
                        help="id = 1 + value %% N (MLPerf: 40000000); default: exact vocabulary")
-    group.add_argument("--min-count", type=int, metavar="N",
+    group.add_argument("--min-count", type=_positive("the minimum count"), metavar="N",
                        help="values seen fewer than N times share one id")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad line (error names file:line) instead of "
                              "skipping and counting it")
-    parser.add_argument("--workers", type=int, default=2, help="parsing threads (default 2)")
-    parser.add_argument("--chunk-mb", type=int, default=16,
+    parser.add_argument("--workers", type=_positive("the number of workers"), default=2,
+                        help="parsing threads (default 2)")
+    parser.add_argument("--chunk-mb", type=_positive("the chunk size in MiB"), default=16,
                         help="bytes of text parsed per task, in MiB (default 16)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (kept until the new data set is "
+                             "complete); without it such a folder is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-class StageProgress:
-    """A bar over the stages of `dlrm preprocess table`."""
-
-    def __init__(self, disable: bool = False) -> None:
-        self.bar: tqdm | None = None
-        self.disable = disable
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=event["total"], unit="stage", file=sys.stderr,
-                            disable=self.disable, desc="preprocess")
-        self.bar.n = event["done"]
-        self.bar.set_postfix_str(event["stage"])
-        if event["done"] >= event["total"]:
-            self.bar.close()
-
-
-def cmd_preprocess_table(args: argparse.Namespace) -> int:
-    from dlrm.data.table import load_schema, preprocess_table
-
-    schema = load_schema(args.schema)
-    inputs: dict[str, str] = {"main": args.input}
-    for split in ("train", "val", "test"):
-        path = getattr(args, f"{split}_input")
-        if path:
-            inputs[split] = path
-    meta = preprocess_table(schema, inputs, args.out, strict=args.strict,
-                            progress=StageProgress(disable=args.quiet))
-    rows = ", ".join(f"{s} {n:,} ({meta['positives'][s] / max(n, 1):.1%} positive)"
-                     for s, n in meta["rows"].items())
-    print(f"wrote {args.out}: {rows}; {len(meta['table_sizes'])} categorical features, "
-          f"{meta['num_dense']} dense")
-    if meta["rows_skipped"]:
-        print(f"skipped {meta['rows_skipped']} bad rows, e.g.:")
-        for example in meta["skipped_examples"]:
-            print(f"  {example}")
-    return 0
-
-
-def add_table_preprocess_parser(preprocess_subparsers: argparse._SubParsersAction,
-                                name: str = "table") -> argparse.ArgumentParser:
-    """Add ``table`` to the subcommands of ``dlrm preprocess``."""
-    p = preprocess_subparsers.add_parser(
-        name, help="any CSV/TSV/parquet CTR table (or MovieLens-100K) described by a schema")
-    p.add_argument("--schema", required=True,
-                   help="schema JSON file, or a shipped one: avazu, movielens-100k, criteo-tsv")
-    p.add_argument("--input", required=True,
-                   help="data file (or MovieLens folder), split by the schema's fractions")
-    p.add_argument("--train-input", default=None, help="a file taken whole as the train split")
-    p.add_argument("--val-input", default=None, help="a file taken whole as the val split")
-    p.add_argument("--test-input", default=None, help="a file taken whole as the test split")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_preprocess_table)
-    return p
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +101,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             "format `dlrm train --data DIR` reads "
                                             "(docs/data-format.md).")
     kinds = pre.add_subparsers(dest="dataset", required=True)
-    add_table_preprocess_parser(kinds, name="table")  # any CSV/TSV/Parquet through a schema
+    table = kinds.add_parser(
+        "table", help="any CSV/TSV/Parquet CTR table (or MovieLens-100K) through a schema")
+    table.add_argument("--schema", required=True,
+                       help="schema JSON file, or a shipped one: criteo-kaggle, "
+                            "criteo-terabyte, avazu, movielens-100k")
+    table.add_argument("--input", required=True, type=Path,
+                       help="data file (or MovieLens folder), split by the schema's fractions")
+    table.add_argument("--train-input", type=Path, help="a file taken whole as the train split")
+    table.add_argument("--val-input", type=Path, help="a file taken whole as the val split")
+    table.add_argument("--test-input", type=Path, help="a file taken whole as the test split")
+    table.add_argument("--out", required=True, type=Path, help="output folder")
+    table.add_argument("--quiet", action="store_true", help="same as --no-progress")
+    _vocab_args(table)
+    table.set_defaults(func=_run_preprocess)
     kaggle = kinds.add_parser("criteo-kaggle", help="Kaggle train.txt (plain or .gz)")
     kaggle.add_argument("--input", required=True, type=Path, help="train.txt or train.txt.gz")
     kaggle.add_argument("--out", required=True, type=Path, help="output folder")
@@ -141,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tera = kinds.add_parser("criteo-terabyte", help="Terabyte day_0 ... day_23 (plain or .gz)")
     tera.add_argument("--input", required=True, type=Path, help="folder with the day files")
     tera.add_argument("--out", required=True, type=Path,
-                      help="output folder; a rerun reuses days already finished")
+                      help="output folder; an interrupted run resumes with the days it finished")
     tera.add_argument("--days", default=None,
                       help="days to process, e.g. 0-3,23 (default: 0-23)")
     tera.add_argument("--test-day", type=int, default=23,
@@ -177,6 +166,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="criteo-tsv: Kaggle train.txt format (40 fields)")
     synth.add_argument("--profile", type=Path, default=None,
                        help="generate rows with this profile's statistics (writes a folder)")
+    synth.add_argument("--locality", choices=["profile", "iid"], default=None,
+                       help="with --profile: reuse order as the profile recorded it (LRU stack "
+                            "distances; default when the profile has them) or iid draws")
     synth.add_argument("--rows", type=int)
     synth.add_argument("--out", required=True, type=Path)
     synth.add_argument("--seed", type=int, default=0)
@@ -199,32 +191,48 @@ def _format_skips(report: dict[str, Any]) -> list[str]:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from dlrm.data.criteo import preprocess_kaggle, preprocess_terabyte
+    from dlrm.data.criteo import parse_days, preprocess_kaggle, preprocess_terabyte
+    from dlrm.data.table import load_schema, preprocess_table
 
     common = dict(hash_buckets=args.hash_buckets, min_count=args.min_count, strict=args.strict,
-                  workers=args.workers, chunk_bytes=args.chunk_mb << 20)
+                  workers=args.workers, overwrite=args.overwrite)
     start = time.perf_counter()
+    quiet = args.no_progress or getattr(args, "quiet", False)
     try:
-        with _progress_bar(not args.no_progress, "B", f"preprocess {args.dataset}") as progress:
+        with _progress(not quiet) as progress:
             if args.dataset == "criteo-kaggle":
                 meta = preprocess_kaggle(args.input, args.out, split=args.split, seed=args.seed,
-                                         shuffle=args.shuffle, progress=progress, **common)
-            else:
+                                         shuffle=args.shuffle, progress=progress,
+                                         chunk_bytes=args.chunk_mb << 20, **common)
+            elif args.dataset == "criteo-terabyte":
                 meta = preprocess_terabyte(args.input, args.out, days=parse_days(args.days),
-                                           test_day=args.test_day, progress=progress, **common)
-    except (BadLineError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+                                           test_day=args.test_day, progress=progress,
+                                           chunk_bytes=args.chunk_mb << 20, **common)
+            else:
+                inputs = {"main": args.input}
+                for split in ("train", "val", "test"):
+                    if getattr(args, f"{split}_input"):
+                        inputs[split] = getattr(args, f"{split}_input")
+                meta = preprocess_table(load_schema(args.schema), inputs, args.out,
+                                        progress=progress, **common)
+    except DataError as err:
+        print(f"dlrm preprocess: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # anything the library did not phrase itself
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"dlrm preprocess: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    print(f"wrote {args.out} ({meta['vocab_mode']} vocabulary)")
+    print(f"wrote {args.out} ({meta['dataset']}, {meta['vocab_mode']} vocabulary)"
+          + (" - resumed an interrupted run" if meta.get("resumed") else ""))
     for split, rows in meta["rows"].items():
         share = meta["positives"][split] / rows if rows else 0.0
         print(f"  {split:5s} {rows:>13,} rows  {share:6.2%} clicks")
     print("  table sizes: " + " ".join(str(n) for n in meta["table_sizes"]))
     for line in _format_skips(meta):
         print(line)
-    if meta.get("reused_days"):
-        print(f"reused days already finished: {meta['reused_days']}")
+    if meta.get("reused_parts"):
+        print(f"reused parts already staged by the interrupted run: {meta['reused_parts']}")
     print(f"{meta['rows_read'] / max(seconds, 1e-9):,.0f} lines/s over {seconds:.1f} s, "
           f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
     return 0
@@ -250,7 +258,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     try:
         result = score_raw_file(model, MemmapDataSource(data), args.input,
                                 batch_size=args.batch_size, strict=args.strict)
-    except (BadLineError, FileNotFoundError, ValueError) as err:
+    except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_scores(args.out, result.probabilities)
@@ -276,7 +284,10 @@ def _run_synth(args: argparse.Namespace) -> int:
     from dlrm.data.criteo_synth import write_criteo_tsv
 
     start = time.perf_counter()
-    with _progress_bar(not args.no_progress, "rows", "synth criteo-tsv") as progress:
+    with _progress(not args.no_progress) as bar:
+        def progress(done: int, total: int) -> None:
+            bar(Progress("synth criteo-tsv", done, total, "rows"))
+
         counts = write_criteo_tsv(args.out, args.rows, seed=args.seed,
                                   with_label=not args.no_label, progress=progress)
     seconds = time.perf_counter() - start
@@ -306,9 +317,13 @@ def _run_synth_from_profile(args: argparse.Namespace) -> int:
 
     if not args.rows:
         raise ValueError("--profile needs --rows N")
-    data = ProfileData(args.profile, args.rows, seed=args.seed)
-    with _progress_bar(not args.no_progress, "rows", "synth from profile") as progress:
-        meta = write_data_source(data, args.out, progress=progress)
+    data = ProfileData(args.profile, args.rows, seed=args.seed, locality=args.locality)
+    try:
+        with _progress(not args.no_progress) as progress:
+            meta = write_data_source(data, args.out, progress=progress)
+    except DataError as err:
+        print(f"dlrm synth: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {sum(meta['rows'].values()):,} rows ({meta['rows']}) with the statistics of "
           f"{args.profile} to {args.out}")
     return 0

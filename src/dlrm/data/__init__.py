@@ -14,8 +14,8 @@ def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSourc
 
     Strings: ``synthetic:planted`` / ``synthetic:random`` (``synthetic_options`` are
     ``SyntheticConfig`` fields such as ``table_sizes``, ``seed``), or a folder written by
-    ``dlrm preprocess`` (it holds ``metadata.json``; ``dlrm-table-v1`` folders of
-    ``dlrm preprocess table`` open as ``dlrm.data.table.TableDataSource``).
+    ``dlrm preprocess`` (it holds ``metadata.json``; folders in the older ``dlrm-table-v1``
+    format open as ``dlrm.data.legacy.TableDataSource``).
     """
     from dlrm.data.synthetic import SyntheticConfig, SyntheticData
 
@@ -30,7 +30,7 @@ def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSourc
             return MemmapDataSource(spec["path"], **({"block_rows": spec["block_rows"]}
                                                      if "block_rows" in spec else {}))
         if kind == "table":
-            from dlrm.data.table import TableDataSource
+            from dlrm.data.legacy import TableDataSource
 
             return TableDataSource(spec["path"])
         raise ValueError(f"unknown data spec kind {kind!r}")
@@ -39,8 +39,8 @@ def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSourc
         return SyntheticData(SyntheticConfig(kind=kind, **synthetic_options))
     path = Path(spec)
     if path.is_dir() and (path / "metadata.json").is_file():
-        from dlrm.data.table import FORMAT as TABLE_FORMAT
-        from dlrm.data.table import TableDataSource
+        from dlrm.data.legacy import FORMAT as TABLE_FORMAT
+        from dlrm.data.legacy import TableDataSource
 
         if json.loads((path / "metadata.json").read_text()).get("format") == TABLE_FORMAT:
             return TableDataSource(path)

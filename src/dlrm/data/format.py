@@ -1,13 +1,19 @@
 """The on-disk format of a preprocessed data set: memory-mappable ``.npy`` arrays + metadata.json.
 
-Layout (documented for users in docs/data-format.md)::
+Layout, format version 2 (documented for users in docs/data-format.md)::
 
     OUT/
-      metadata.json             rows / positives per split, table sizes, vocab mode, skips, inputs
-      vocab/C01.npy ... C26.npy sorted uint32 raw values kept per column (exact and min-count)
-      parts/<part>/labels.npy   (N,)     uint8   0 or 1
-      parts/<part>/dense.npy    (N, 13)  float32 log(1 + max(x, 0)), empty -> 0
-      parts/<part>/sparse.npy   (N, 26)  int32   ids, 0 <= id < table_sizes[f]
+      metadata.json                    splits, rows, table sizes, schema, skips, inputs
+      vocab/vocab.json, <feature>.arrow   sorted kept values per feature (exact, min-count)
+      parts/<part>/labels.npy          (N,)     uint8    0 or 1
+      parts/<part>/dense.npy           (N, D)   float32  transformed dense features
+      parts/<part>/ids/<feature>.npy   (N,)     int32    one id per row (one-hot feature)
+      parts/<part>/ids/<feature>.values.npy, .offsets.npy   a multi-hot feature's bags:
+                                       row r's ids are values[offsets[r]:offsets[r + 1]]
+
+One file per feature keeps every feature contiguous (the vocabulary pass writes a feature at
+a time, and a batch's ids are feature-major, as ``SparseFeatures`` wants them). Version 1
+(Criteo only) had one ``sparse.npy`` (N, 26) per part instead of ``ids/``; it still opens.
 
 A split is a list of row ranges of parts (``metadata["splits"][name] = [{"part", "start",
 "stop"}, ...]``), so the Kaggle reference split (consecutive rows of one file) and the Terabyte
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "dlrm-memmap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 ARRAY_NAMES = ("labels", "dense", "sparse")
 # Every .npy written here has a header of exactly this many bytes (magic + dict + padding), so
@@ -96,36 +102,69 @@ def npy_file_size(dtype: Any, shape: tuple[int, ...]) -> int:
 
 
 def open_array(path: str | Path) -> np.ndarray:
-    """Memory-map one array read-only (an empty array stays a plain array: mmap needs bytes)."""
+    """Memory-map one array read-only, seen as a plain ndarray (slicing an ``np.memmap``
+    runs Python code per slice; a loader slices every feature file for every batch)."""
     arr = np.load(path, mmap_mode="r")
-    return arr
+    return arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
 
 
 @dataclass
 class PartArrays:
-    """The three arrays of one part, memory-mapped read-only."""
+    """The arrays of one part, memory-mapped read-only.
+
+    ``ids`` holds one (N,) array per one-hot feature (version 1: the columns of its (N, F)
+    ``sparse.npy``); ``bags`` maps a multi-hot feature's index to ``(values, offsets)``.
+    """
 
     labels: np.ndarray
     dense: np.ndarray
-    sparse: np.ndarray
+    ids: list[np.ndarray]
+    bags: dict[int, tuple[np.ndarray, np.ndarray]]
+    sparse: np.ndarray | None = None  # version 1 only
 
     @property
     def rows(self) -> int:
         return int(self.labels.shape[0])
+
+    def single_ids(self, lo: int, hi: int) -> np.ndarray:
+        """(F_single, hi - lo) ids of rows [lo, hi), feature-major, a fresh array."""
+        if self.sparse is not None:
+            return np.ascontiguousarray(self.sparse[lo:hi].T)
+        if not self.ids:
+            return np.zeros((0, hi - lo), dtype=np.int32)
+        return np.stack([a[lo:hi] for a in self.ids])
 
 
 def part_dir(root: str | Path, part: str) -> Path:
     return Path(root) / "parts" / part
 
 
-def open_part(root: str | Path, part: str) -> PartArrays:
-    """Open ``parts/<part>/{labels,dense,sparse}.npy`` and check that their row counts agree."""
+def open_part(root: str | Path, part: str, features: list[dict[str, Any]] | None = None
+              ) -> PartArrays:
+    """Open a part's arrays (``features``: the metadata's feature list; None: version 1)
+    and check that their row counts agree."""
     folder = part_dir(root, part)
-    arrays = {name: open_array(folder / f"{name}.npy") for name in ARRAY_NAMES}
-    counts = {name: a.shape[0] for name, a in arrays.items()}
+    labels = open_array(folder / "labels.npy")
+    dense = open_array(folder / "dense.npy")
+    counts = {"labels": labels.shape[0], "dense": dense.shape[0]}
+    if features is None:
+        sparse = open_array(folder / "sparse.npy")
+        counts["sparse"] = sparse.shape[0]
+        arrays = PartArrays(labels, dense, [], {}, sparse)
+    else:
+        ids, bags = [], {}
+        for k, f in enumerate(features):
+            if f.get("multi_hot"):
+                offsets = open_array(folder / "ids" / f"{f['name']}.offsets.npy")
+                bags[k] = (open_array(folder / "ids" / f"{f['name']}.values.npy"), offsets)
+                counts[f["name"]] = offsets.shape[0] - 1
+            else:
+                ids.append(open_array(folder / "ids" / f"{f['name']}.npy"))
+                counts[f["name"]] = ids[-1].shape[0]
+        arrays = PartArrays(labels, dense, ids, bags)
     if len(set(counts.values())) != 1:
         raise ValueError(f"{folder}: arrays disagree on the row count: {counts}")
-    return PartArrays(**arrays)
+    return arrays
 
 
 def write_metadata(root: str | Path, metadata: dict[str, Any]) -> Path:
@@ -143,6 +182,10 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {root} the output of `dlrm preprocess`?")
     meta = json.loads(path.read_text())
+    if meta.get("format") == "dlrm-table-v1":
+        raise ValueError(f"{path}: format dlrm-table-v1 (an older `dlrm preprocess table`); "
+                         "this version reads it only through dlrm.data.open_data. Re-run "
+                         "`dlrm preprocess table` to get the current format")
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -152,52 +195,65 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
 
 
 def write_data_source(data: Any, out: str | Path, batch_size: int = 65536,
-                      progress: Any = None) -> dict[str, Any]:
+                      progress: Any = None, overwrite: bool = False) -> dict[str, Any]:
     """Write every split of a one-hot ``DataSource`` as a preprocessed folder.
 
     Lets any generator (a data profile, the planted model) produce a folder that
-    ``dlrm train --data`` and ``dlrm bench`` read like preprocessed Criteo.
-    ``progress(rows_done, rows_total)`` is called after each batch. Returns the metadata.
+    ``dlrm train --data`` and ``dlrm bench`` read like preprocessed Criteo. Built beside
+    ``out`` and published with one rename, like ``dlrm preprocess``. ``progress`` gets
+    ``dlrm.data.pipeline.metadata.Progress`` events. Returns the metadata.
     """
-    out = Path(out)
-    if (out / METADATA_FILE).exists():
-        raise FileExistsError(f"{out} already holds a data set (metadata.json); choose a new --out")
-    id_dtype = np.int32 if max(data.table_sizes) < 2**31 else np.int64
+    from dlrm.data.pipeline.io import BuildFolder
+    from dlrm.data.pipeline.metadata import Progress
+
+    names = [f"C{k + 1}" for k in range(len(data.table_sizes))]
     splits: dict[str, list[dict[str, Any]]] = {}
     rows: dict[str, int] = {}
     positives: dict[str, int] = {}
     total = sum(data.num_samples(split) for split in data.splits())
     done = 0
-    for split in data.splits():
-        folder = part_dir(out, split)
-        folder.mkdir(parents=True, exist_ok=True)
-        count = clicks = 0
-        with NpyAppender(folder / "labels.npy", np.uint8) as labels, \
-                NpyAppender(folder / "dense.npy", np.float32, (data.num_dense,)) as dense, \
-                NpyAppender(folder / "sparse.npy", id_dtype, (len(data.table_sizes),)) as sparse:
+    with BuildFolder(out, {"source": _describe(data), "batch_size": batch_size},
+                     overwrite) as build:
+        for split in data.splits():
+            folder = part_dir(build.path, split)
+            (folder / "ids").mkdir(parents=True, exist_ok=True)
+            count = clicks = 0
+            labels = NpyAppender(folder / "labels.npy", np.uint8)
+            dense = NpyAppender(folder / "dense.npy", np.float32, (data.num_dense,))
+            ids = [NpyAppender(folder / "ids" / f"{n}.npy", np.int32) for n in names]
             for batch in data.batches(split, batch_size):
                 if not batch.sparse.one_hot:
-                    raise ValueError(f"split {split!r} has multi-hot bags; this format holds "
-                                     f"one id per feature")
+                    raise ValueError(f"split {split!r} has multi-hot bags; write_data_source "
+                                     "takes one id per feature")
                 n = len(batch)
                 labels.append(batch.labels.numpy().astype(np.uint8))
                 dense.append(batch.dense.numpy().astype(np.float32))
-                sparse.append(batch.sparse.values.view(-1, n).t().numpy().astype(id_dtype))
+                values = batch.sparse.values.view(-1, n).numpy()
+                for k, out_k in enumerate(ids):
+                    out_k.append(values[k])
                 count += n
                 clicks += int(batch.labels.sum())
                 done += n
                 if progress is not None:
-                    progress(done, total)
-        splits[split] = [{"part": split, "start": 0, "stop": count}]
-        rows[split] = count
-        positives[split] = clicks
-    metadata = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "num_dense": data.num_dense,
-        "num_sparse": len(data.table_sizes), "table_sizes": list(data.table_sizes),
-        "splits": splits, "rows": rows, "positives": positives, "vocab_mode": "generated",
-        "rows_skipped": 0, "skipped_examples": [], "source": _describe(data),
-    }
-    write_metadata(out, metadata)
+                    progress(Progress("write", done, total, "rows"))
+            for appender in [labels, dense, *ids]:
+                appender.close()
+            splits[split] = [{"part": split, "start": 0, "stop": count}]
+            rows[split] = count
+            positives[split] = clicks
+        features = [{"name": n, "column": n, "kind": "generated", "multi_hot": False,
+                     "table_size": int(size)} for n, size in zip(names, data.table_sizes)]
+        metadata = {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "num_dense": data.num_dense, "num_sparse": len(names), "sparse_names": names,
+            "features": features, "table_sizes": [int(s) for s in data.table_sizes],
+            "splits": splits, "rows": rows, "positives": positives,
+            "vocab_mode": "generated", "rows_read": done, "rows_written": done,
+            "rows_skipped": 0, "skip_reasons": {}, "skipped_examples": [],
+            "source": _describe(data),
+        }
+        write_metadata(build.path, metadata)
+        build.publish()
     return metadata
 
 

@@ -12,6 +12,8 @@ ranges of parts (see ``dlrm.data.format``); the loader treats it as one virtual 
   ``(split, batch_size, epoch, seed, k)`` and a resumed run sees exactly the same batches.
 - ``rank``/``world_size`` yield rank ``rank``'s contiguous slice (``rank_slice``) of every
   global batch; unshuffled, only that slice is read.
+- Multi-hot features (``ids/<feature>.values.npy`` + ``.offsets.npy``) become bags; a data set
+  of one-hot features only yields ``SparseFeatures`` flagged ``one_hot``.
 - Memory maps are opened lazily and dropped when pickled, so the source works in DataLoader
   workers (``as_iterable_dataset``) and forked processes.
 """
@@ -25,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm.data.criteo import RawRows, Vocabulary, parse_raw_file
 from dlrm.data.format import PartArrays, open_part, read_metadata
+from dlrm.data.pipeline.raw import RawRows, parse_raw_file
+from dlrm.data.pipeline.schema import Schema, load_schema
+from dlrm.data.pipeline.vocabulary import Vocabulary
 from dlrm.data.source import rank_slice
 from dlrm.features import Batch, SparseFeatures
 
@@ -54,6 +58,9 @@ class MemmapDataSource:
                         for name, ranges in self.metadata["splits"].items()}
         self._parts: dict[str, PartArrays] = {}
         self._vocab: Vocabulary | None = None
+        # Format 1 (Criteo only) has no feature list: 26 one-hot columns of sparse.npy.
+        self.features: list[dict[str, Any]] | None = self.metadata.get("features")
+        self.multi_hot = [k for k, f in enumerate(self.features or []) if f.get("multi_hot")]
 
     # ------------------------------------------------------------------ DataSource protocol
     def splits(self) -> list[str]:
@@ -94,11 +101,19 @@ class MemmapDataSource:
             self._vocab = Vocabulary.load(self.path / "vocab")
         return self._vocab
 
+    @property
+    def schema(self) -> Schema:
+        """The schema the data set was made with (format 1: Criteo Kaggle's)."""
+        if "schema" in self.metadata:
+            return Schema.from_dict(self.metadata["schema"])
+        return load_schema("criteo-kaggle")
+
     def encode_raw_file(self, path: str | Path, strict: bool = False,
                         has_label: bool | None = None) -> RawRows:
-        """Parse a raw Criteo file (40 fields, or 39 without label) exactly as preprocessing
-        did and map it through this folder's vocabulary; ``RawRows.report`` counts skips."""
-        return parse_raw_file(path, self.vocabulary, strict=strict, has_label=has_label)
+        """Parse a raw file (with or without the label column) exactly as preprocessing did
+        and map it through this folder's vocabulary; ``RawRows.report`` counts skips."""
+        return parse_raw_file(path, self.schema, self.vocabulary, strict=strict,
+                              has_label=has_label)
 
     # ------------------------------------------------------------------ internals
     def _split_ranges(self, split: str) -> list[tuple[str, int, int]]:
@@ -108,7 +123,7 @@ class MemmapDataSource:
 
     def _part(self, name: str) -> PartArrays:
         if name not in self._parts:
-            self._parts[name] = open_part(self.path, name)
+            self._parts[name] = open_part(self.path, name, self.features)
         return self._parts[name]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,26 +131,36 @@ class MemmapDataSource:
         state["_parts"] = {}  # memory maps are reopened in the worker
         return state
 
-    def _read(self, split: str, start: int, stop: int) -> tuple[np.ndarray, ...]:
-        """Rows [start, stop) of the split's virtual concatenation, as fresh arrays."""
+    def _read(self, split: str, start: int, stop: int) -> tuple[Any, ...]:
+        """Rows [start, stop) of the split's virtual concatenation, as fresh arrays:
+        ``(labels (b,), dense (b, D), single ids (F1, b), bags)``; ``bags[j]`` is
+        ``(values, lengths)`` of the j-th multi-hot feature."""
         pieces = []
         offset = 0
-        for part, lo, hi in self._split_ranges(split):
+        ranges = self._split_ranges(split)
+        for part, lo, hi in ranges:
             n = hi - lo
             a, b = max(start - offset, 0), min(stop - offset, n)
             if a < b:
-                arrays = self._part(part)
-                pieces.append((arrays.labels[lo + a:lo + b], arrays.dense[lo + a:lo + b],
-                               arrays.sparse[lo + a:lo + b]))
+                pieces.append(self._part_rows(self._part(part), lo + a, lo + b))
             offset += n
             if offset >= stop:
                 break
         if not pieces:  # an empty slice (e.g. a rank's share of a 1-row last batch)
-            arrays = self._part(self._split_ranges(split)[0][0])
-            return arrays.labels[:0].copy(), arrays.dense[:0].copy(), arrays.sparse[:0].copy()
+            pieces.append(self._part_rows(self._part(ranges[0][0]), 0, 0))
         if len(pieces) == 1:
-            return tuple(np.array(x) for x in pieces[0])
-        return tuple(np.concatenate([p[j] for p in pieces]) for j in range(3))
+            return pieces[0]
+        return _concat(pieces)
+
+    def _part_rows(self, arrays: PartArrays, lo: int, hi: int) -> tuple[Any, ...]:
+        bags = []
+        for k in self.multi_hot:
+            values, offsets = arrays.bags[k]
+            edges = np.asarray(offsets[lo:hi + 1], dtype=np.int64)
+            bags.append((np.array(values[edges[0]:edges[-1]]) if edges.size else
+                         np.zeros(0, np.int32), np.diff(edges)))
+        return (np.array(arrays.labels[lo:hi]), np.array(arrays.dense[lo:hi]),
+                arrays.single_ids(lo, hi), bags)
 
     def _block_plan(self, split: str, epoch: int, shuffle: bool, seed: int
                     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -165,7 +190,7 @@ class MemmapDataSource:
         rows = rows[lo - positions[first]: hi - positions[first]]
         return rows[np.random.default_rng([seed, epoch, k, 0xBA7C]).permutation(rows.size)]
 
-    def _gather(self, split: str, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _gather(self, split: str, rows: np.ndarray) -> tuple[Any, ...]:
         """Rows by index: read each contiguous run once, then put rows in the asked order."""
         if rows.size == 0:
             return self._read(split, 0, 0)
@@ -174,13 +199,24 @@ class MemmapDataSource:
         breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
         runs = np.split(sorted_rows, breaks)
         pieces = [self._read(split, int(r[0]), int(r[-1]) + 1) for r in runs]
-        out = []
-        for j in range(3):
-            data = np.concatenate([p[j] for p in pieces]) if len(pieces) > 1 else pieces[0][j]
-            arranged = np.empty_like(data)
-            arranged[order] = data
-            out.append(arranged)
-        return tuple(out)
+        labels, dense, ids, bags = pieces[0] if len(pieces) == 1 else _concat(pieces)
+        # Row i of what was read (sorted order) goes to position order[i] of the batch.
+        out_labels, out_dense, out_ids = (np.empty_like(labels), np.empty_like(dense),
+                                          np.empty_like(ids))
+        out_labels[order] = labels
+        out_dense[order] = dense
+        out_ids[:, order] = ids
+        out_bags = []
+        if bags:
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+        for values, lengths in bags:
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            picked = lengths[inverse]
+            index = (np.repeat(starts[inverse] - np.cumsum(picked) + picked, picked)
+                     + np.arange(int(picked.sum())))
+            out_bags.append((values[index], picked))
+        return out_labels, out_dense, out_ids, out_bags
 
     def _batches(self, split: str, batch_size: int, ks: range, epoch: int, shuffle: bool,
                  seed: int, rank: int, world_size: int) -> Iterator[Batch]:
@@ -193,11 +229,33 @@ class MemmapDataSource:
             lo, hi = k * batch_size, min((k + 1) * batch_size, n)
             mine = rank_slice(hi - lo, rank, world_size)
             if plan is None:
-                labels, dense, sparse = self._read(split, lo + mine.start, lo + mine.stop)
+                labels, dense, ids, bags = self._read(split, lo + mine.start, lo + mine.stop)
             else:
                 rows = self._rows_of_batch(plan, split, batch_size, k, epoch, seed, True)
-                labels, dense, sparse = self._gather(split, rows[mine])
-            yield make_batch(dense, sparse, labels)
+                labels, dense, ids, bags = self._gather(split, rows[mine])
+            yield self._batch(labels, dense, ids, bags)
+
+    def _batch(self, labels: np.ndarray, dense: np.ndarray, ids: np.ndarray,
+               bags: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
+        if not bags:
+            return make_batch(dense, ids.T, labels)
+        n = labels.shape[0]
+        values, lengths = [], []
+        single = iter(range(ids.shape[0]))
+        bag = iter(bags)
+        for k in range(len(self.table_sizes)):  # feature-major, in the schema's order
+            if k in self.multi_hot:
+                v, count = next(bag)
+                values.append(v.astype(np.int64))
+                lengths.append(count.astype(np.int64))
+            else:
+                values.append(ids[next(single)].astype(np.int64))
+                lengths.append(np.ones(n, dtype=np.int64))
+        sparse = SparseFeatures.from_lengths(torch.from_numpy(np.concatenate(values)),
+                                             torch.from_numpy(np.concatenate(lengths)),
+                                             len(self.table_sizes))
+        return Batch(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)), sparse,
+                     torch.from_numpy(np.asarray(labels, dtype=np.float32)))
 
     def as_iterable_dataset(self, split: str, batch_size: int, **kwargs: Any
                             ) -> torch.utils.data.IterableDataset:
@@ -205,6 +263,13 @@ class MemmapDataSource:
         ``DataLoader(ds, batch_size=None, num_workers=W)``: worker ``w`` builds batches
         ``w, w + W, ...``, and the DataLoader's round-robin returns them in order."""
         return _BatchDataset(self, split, batch_size, kwargs)
+
+
+def _concat(pieces: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    bags = [(np.concatenate([p[3][j][0] for p in pieces]),
+             np.concatenate([p[3][j][1] for p in pieces])) for j in range(len(pieces[0][3]))]
+    return (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]),
+            np.concatenate([p[2] for p in pieces], axis=1), bags)
 
 
 def make_batch(dense: np.ndarray, ids: np.ndarray, labels: np.ndarray | None) -> Batch:

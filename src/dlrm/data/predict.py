@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm.data.criteo import ProgressFn, RawRows
 from dlrm.data.loader import MemmapDataSource
+from dlrm.data.pipeline.raw import RawRows
 from dlrm.features import SparseFeatures
 
 
@@ -67,8 +67,7 @@ def score_rows(model: torch.nn.Module, rows: RawRows, batch_size: int = 65536) -
 
 
 def score_raw_file(model: torch.nn.Module, source: MemmapDataSource, path: str | Path,
-                   batch_size: int = 65536, strict: bool = False,
-                   progress: ProgressFn | None = None) -> Scores:
+                   batch_size: int = 65536, strict: bool = False) -> Scores:
     """Parse ``path`` with ``source``'s vocabulary and score every line (see module doc)."""
     rows = source.encode_raw_file(path, strict=strict)
     probabilities = np.full(rows.lines_read, np.nan)
