@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dlrm.cli.common import TrainProgress, add_data_args, open_data_from_args
+from dlrm.cli.common import (
+    TrainProgress,
+    add_data_args,
+    finish_settings,
+    open_data_from_args,
+    resolve_settings,
+)
 from dlrm.config import PRESETS
 
 
@@ -30,7 +36,9 @@ class CompareProgress:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from dlrm.compare import CompareConfig, compare, paper_config
+    from dlrm.training.run_dir import new_run_dir
 
+    resolve_settings(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     optimizers = args.optimizers.split(",") if args.optimizers else None
     lr = {}
@@ -53,9 +61,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                  if v is not None}})
     args.preset = config.preset  # the synthetic tables follow the preset
     data = open_data_from_args(args)
-    results = compare(data, config, args.out, progress=CompareProgress(disable=args.quiet))
-    print(Path(args.out, "results.md").read_text(), end="")
-    print(f"wrote {args.out}/results.md, {args.out}/auc_curve.png, {args.out}/results.json")
+    out = Path(args.out) if args.out else new_run_dir(args.runs_root, "compare")
+    results = compare(data, config, out, progress=CompareProgress(disable=args.quiet))
+    print((out / "results.md").read_text(), end="")
+    print(f"wrote {out}/results.md, {out}/auc_curve.png, {out}/results.json")
     return 0 if results["rows"] else 1
 
 
@@ -86,7 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluations per run for the AUC curve (default 8)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/compare", help="output folder")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the output folder: results and one run directory per run, new or "
+                        "empty (default: a new RUNS_ROOT/compare-YYYYmmdd-HHMMSS)")
+    p.add_argument("--runs-root", default="runs", metavar="DIR",
+                   help="where a compare without --out gets its new folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    finish_settings(p)
     p.set_defaults(func=cmd_compare)
 
