@@ -50,42 +50,43 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from dlrm.distributed.comm_model import all_reduce_buffer_bytes, all_to_all_bytes_per_rank
+    from dlrm.distributed.data_parallel import RankContext, comm_summary, reset_comm_stats
     from dlrm.distributed.launch import distributed_session
-    from dlrm.distributed.train import build_distributed_model, train_step
+    from dlrm.distributed.train import build_sharded_model, train_step
     from dlrm.training.optim import build_optimizer
 
     with distributed_session(timeout_s=600, threads=1) as session:
         cfg = config_from(args)
-        model = build_distributed_model(cfg.to_dict(), session.rank, session.world_size,
-                                        args.placement)
+        ctx = RankContext(session.rank, session.world_size)
+        model = build_sharded_model("dlrm", cfg.to_dict(), ctx, args.placement)
         model.check_inputs = False
         opt = build_optimizer(model, "sgd", 0.1)
         batches = make_batches(cfg.table_sizes, args.batch, 4)
         for k in range(args.warmup):
-            train_step(model, opt, batches[k % 4])
+            train_step(model, ctx, opt, batches[k % 4])
         dist.barrier()
-        model.stats.reset()
+        reset_comm_stats(model, ctx)
         step_times = []
         tick = time.perf_counter()
         for k in range(args.steps):
             t0 = time.perf_counter()
-            train_step(model, opt, batches[k % 4])
+            train_step(model, ctx, opt, batches[k % 4])
             step_times.append(time.perf_counter() - t0)
         dist.barrier()
         wall = time.perf_counter() - tick
-        s = model.stats
-        mine = {"rank": session.rank, "a2a_s": s.all_to_all_seconds,
-                "allreduce_s": s.all_reduce_seconds, "a2a_bytes": s.all_to_all_bytes_sent,
-                "allreduce_bytes": s.all_reduce_bytes, "step_s": sum(step_times),
+        s = comm_summary(model, ctx)
+        mine = {"rank": session.rank, "a2a_s": s["all_to_all_seconds"],
+                "allreduce_s": s["all_reduce_seconds"], "a2a_bytes": s["all_to_all_bytes_sent"],
+                "allreduce_bytes": s["all_reduce_bytes"], "step_s": sum(step_times),
                 "median_step_s": statistics.median(step_times)}
         everyone: list = [None] * session.world_size
         dist.all_gather_object(everyone, mine)
         if session.rank == 0:
-            plan = model.plan
+            plan = model.embeddings.plan
             Path(args.out).write_text(json.dumps({
                 "world_size": session.world_size, "wall_s": wall, "ranks": everyone,
                 "model_a2a_bytes_per_step": sum(all_to_all_bytes_per_rank(plan, args.batch)),
-                "model_allreduce_buffer_bytes": all_reduce_buffer_bytes(cfg, plan),
+                "model_allreduce_buffer_bytes": all_reduce_buffer_bytes(model),
                 "kinds": plan.kinds, "plan": str(plan)}))
         del model, opt
 

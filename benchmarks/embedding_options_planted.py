@@ -20,7 +20,7 @@ import torch
 
 from dlrm.config import DLRMConfig, dlrm_config_for_data, preset
 from dlrm.data import open_data
-from dlrm.memory import format_bytes, parameter_memory
+from dlrm.models.memory import format_bytes, parameter_memory
 from dlrm.training.loop import TrainConfig, train
 
 
@@ -65,7 +65,7 @@ def main() -> None:
                         TrainConfig(batch_size=args.batch_size, lr=args.lr, optimizer="adagrad"),
                         work / name.replace(" ", "_"))
         seconds = time.perf_counter() - tick
-        memory = parameter_memory(DLRMConfig.from_dict(config), "adagrad")
+        memory = parameter_memory("dlrm", DLRMConfig.from_dict(config).to_dict(), "adagrad")
         params = sum(t.param_bytes for t in memory.tables)
         results.append((name, params, summary, seconds))
         print(f"{name}: {summary['val_auc']:.5f} ({seconds:.0f} s)", file=sys.stderr)

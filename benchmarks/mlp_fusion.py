@@ -1,4 +1,5 @@
-"""What the fused CPU MLP path (``dlrm.models.mlp._FusedMLPFunction``) saves, piece by piece.
+"""What the ``dlrm::mlp`` operator (``dlrm.ops.mlp``: one node for the MLP, native epilogues)
+saves over the Linear/ReLU modules, piece by piece.
 
 For every Linear layer of the ``kaggle`` preset's MLPs at batch B, times in the same run:
 
@@ -24,11 +25,11 @@ import time
 
 import torch
 
-from dlrm import kernels
+from dlrm import ops
 from dlrm.allocator import tune_cpu_allocator
 from dlrm.config import preset
 from dlrm.models.dlrm import DLRM
-from dlrm.models.mlp import _FusedMLPFunction
+from dlrm.ops import native
 
 
 def seconds(fn, calls: int, repeats: int) -> float:
@@ -52,9 +53,9 @@ def layer_row(linear: torch.nn.Linear, batch: int, dtype: torch.dtype, time_it) 
     act = torch.randn(batch, fan_out).relu_().to(dtype)
     own = grad.clone()
     fwd_plain = time_it(lambda: torch.addmm(bias.to(dtype), x, weight.t()).relu_())
-    fwd_fused = time_it(lambda: kernels.bias_act_(torch.mm(x, weight.t()), bias, True))
+    fwd_fused = time_it(lambda: native.bias_act_(torch.mm(x, weight.t()), bias, True))
     bwd_plain = time_it(lambda: torch.ops.aten.threshold_backward(grad, act, 0).sum(0))
-    bwd_fused = time_it(lambda: kernels.act_bias_backward(own, act, True, in_place=True))
+    bwd_fused = time_it(lambda: native.act_bias_backward(own, act, True, in_place=True))
     dw_plain = time_it(lambda: grad.t().mm(x))
     dw_alt = time_it(lambda: x.t().mm(grad).t().contiguous())
     return (f"{fan_in:>4}->{fan_out:<5} | {fwd_plain:9.0f} {fwd_fused:7.0f} "
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    if not kernels.enabled():
+    if not native.available():
         raise SystemExit("native kernels unavailable (no C++ compiler): nothing to compare")
     tune_cpu_allocator()
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -96,8 +97,10 @@ def main() -> None:
 
     def both_mlps(fused: bool) -> None:
         if fused:
-            x = _FusedMLPFunction.apply(dense, True, *bottom.parameters())
-            logits = _FusedMLPFunction.apply(top_in, False, *top.parameters())
+            x = ops.mlp_forward(dense, [m.weight for m in bottom.linears()],
+                                [m.bias for m in bottom.linears()], True)
+            logits = ops.mlp_forward(top_in, [m.weight for m in top.linears()],
+                                     [m.bias for m in top.linears()], False)
         else:
             x = torch.nn.Sequential.forward(bottom, dense)
             logits = torch.nn.Sequential.forward(top, top_in)

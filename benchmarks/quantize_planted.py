@@ -20,9 +20,9 @@ import torch
 
 from dlrm.config import dlrm_config_for_data
 from dlrm.data import open_data
-from dlrm.memory import format_bytes
-from dlrm.models.quantized import embedding_bytes, quantize_checkpoint
-from dlrm.training.checkpoint import load_model
+from dlrm.models.memory import format_bytes
+from dlrm.models.quantized import embedding_bytes
+from dlrm.training.checkpoint import load_model, quantize_checkpoint
 from dlrm.training.loop import TrainConfig, evaluate, train
 
 

@@ -9,13 +9,13 @@ on any machine. Tables: Criteo Kaggle sizes capped at 100k rows, one id per bag,
                                           [--no-tune-allocator]
 
 Prints samples/s for: reference step, our fp32 step, our bf16 step, our fp32 step with data
-generation (end to end), our steps on PyTorch ops only (``dlrm.kernels`` off: what the native
-kernels add), the MLPs alone (the ceiling of any design: the same matmuls with the embeddings
-and interaction taken away), and inference at the largest batch size. Each is the median of
---trials trials of --steps steps, the trials interleaved across the variants so a slow spell
-of a shared machine hits them all alike. Every timed step gets a distinct pre-generated batch
-(as in a real run; cycling a few batches would keep their embedding rows in cache), except
-"+ data", which generates each batch as it goes.
+generation (end to end), our steps on PyTorch ops only (the native kernels of ``dlrm.ops``
+switched off: what they add), the MLPs alone (the ceiling of any design: the same matmuls
+with the embeddings and interaction taken away), and inference at the largest batch size.
+Each is the median of --trials trials of --steps steps, the trials interleaved across the
+variants so a slow spell of a shared machine hits them all alike. Every timed step gets a
+distinct pre-generated batch (as in a real run; cycling a few batches would keep their
+embedding rows in cache), except "+ data", which generates each batch as it goes.
 
 ``dlrm train`` tunes glibc malloc on CPU (``dlrm.allocator``); the benchmark does the same
 for the whole process, so the reference is measured under the same allocator as ours (it gains
@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference_dlrm import ReferenceDLRM  # noqa: E402
 
-from dlrm import kernels  # noqa: E402
 from dlrm.allocator import tune_cpu_allocator  # noqa: E402
 from dlrm.config import preset  # noqa: E402
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData  # noqa: E402
 from dlrm.models.dlrm import DLRM  # noqa: E402
 from dlrm.models.interactions import DotInteraction  # noqa: E402
+from dlrm.ops import native  # noqa: E402
 from dlrm.training.loop import autocast  # noqa: E402
 from dlrm.training.optim import build_optimizer  # noqa: E402
 
@@ -98,7 +98,7 @@ def reference_train_step(ref, inputs):
 
 
 def our_train_step(config, batches, precision, stream=None, native=True):
-    """Our step; ``native=False`` runs it on PyTorch ops only (no dlrm.kernels)."""
+    """Our step; ``native=False`` runs the dlrm operators on their PyTorch implementations."""
     model = DLRM(config, check_inputs=False)
     opt = build_optimizer(model, "sgd", 0.1)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -106,7 +106,7 @@ def our_train_step(config, batches, precision, stream=None, native=True):
 
     def step():
         b = next(stream) if stream is not None else batches[next(counter) % len(batches)]
-        with kernels.use_native(native):
+        with native.use_native(native):
             with autocast("cpu", precision):
                 logits = model(b.dense, b.sparse)
             loss_fn(logits.float(), b.labels).backward()
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kaggle preset, tables "
           f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data, "
           f"glibc malloc {'tuned' if tuned else 'default'} (reference and ours alike), "
-          f"native kernels {'on' if kernels.enabled() else 'UNAVAILABLE'}")
+          f"native kernels {'on' if native.available() else 'UNAVAILABLE'}")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
         # Distinct batches for every timed step, as a real run sees: cycling a few cached
@@ -215,7 +215,7 @@ def main() -> None:
               f"{row['fp32_of_mlp_ceiling']:.0%}) | bf16 {row['mlps_alone_bf16']:,.0f} "
               f"({row['mlps_alone_bf16'] / row['reference']:.2f}x; ours at "
               f"{row['bf16_of_mlp_ceiling']:.0%})\n"
-              f"         ours on PyTorch ops only (no dlrm.kernels): fp32 "
+              f"         ours on PyTorch ops only (native kernels off): fp32 "
               f"{row['ours_fp32_torch_ops']:,.0f} (kernels give {row['fp32_kernels_gain']:.2f}x) "
               f"| bf16 {row['ours_bf16_torch_ops']:,.0f} "
               f"(kernels give {row['bf16_kernels_gain']:.2f}x)")
