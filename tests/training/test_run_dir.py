@@ -186,3 +186,26 @@ def test_every_file_the_loop_reads_back_is_written_atomically(tmp_path):
         assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert not list(run.glob(".*.tmp"))
     assert Path(run / ".lock").read_text().startswith("pid ")
+
+
+def test_a_distributed_job_follows_the_same_rules(tmp_path):
+    """A directory that holds a run, given to `--nproc 2` (refused before starting the ranks)
+    or to a torchrun job (every rank stops at once with rank 0's refusal, printed once; no
+    rank waits for a peer that will never come); a single-process run is not resumed on 2
+    processes."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--max-samples", "1280", "--out", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    refusal = f"{run} already holds a run (finished at step 10)"
+    proc = dlrm("train", *TINY, "--nproc", "2", "--out", str(run))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and refusal in err and "torch.distributed.run" not in err
+    tick = time.time()
+    job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "dlrm", "train", *TINY,
+                          "--dist-timeout", "60", "--out", str(run)],
+                         env=env(), capture_output=True, text=True, timeout=180)
+    assert job.returncode != 0 and job.stderr.count(refusal) == 1, job.stderr[-3000:]
+    assert time.time() - tick < 60  # not a collective timeout
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["train", "--resume", str(run), "--nproc", "2"]) == 2

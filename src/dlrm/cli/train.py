@@ -55,6 +55,7 @@ RESUME_MAY_CHANGE = ("epochs", "max_samples", "threads", "tune_allocator", "data
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dlrm.distributed.launch import in_torchrun, launch_local
+    from dlrm.training.run_dir import check_usable
 
     record, changes = None, {}
     if args.resume:
@@ -71,12 +72,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         base = read_config_file(args.config) if args.config else None
         resolve_settings(args, base, where=f"--config {args.config}")
+    distributed_run = record is not None and "placement" in record
+    if record is not None and not distributed_run and (
+            in_torchrun() or (args.nproc or 1) > 1):
+        raise ValueError(f"--resume {args.resume}: a run trained in one process continues in "
+                         f"one process (leave out --nproc and torchrun)")
     if in_torchrun():
         return _train_under_torchrun(args, record, changes)
     if args.nproc is not None and args.nproc > 1:
+        if args.out:  # refused here rather than by every rank after starting them
+            check_usable(args.out, resume=False)
         return launch_local(args.nproc, _argv_without_nproc(args.argv))
-    if record is not None and "placement" in record:
+    if distributed_run:
         # A distributed run resumed without --nproc: continue it on one process.
+        check_usable(args.resume, resume=True)
         return launch_local(1, _argv_without_nproc(args.argv))
     from dlrm.training.loop import train
 
@@ -210,44 +219,20 @@ def _rank0_progress(rank: int, quiet: bool):
 
 def _train_under_torchrun(args: argparse.Namespace, record: dict[str, Any] | None,
                           changes: dict[str, Any]) -> int:
-    import torch.distributed as dist
-
-    from dlrm.data import open_data
     from dlrm.distributed.launch import distributed_session
-    from dlrm.distributed.train import train_distributed
-    from dlrm.training.loop import TrainConfig
-    from dlrm.training.run_dir import new_run_dir
+    from dlrm.training.run_dir import WriterFailed
 
     # A resumed run keeps its own settings, the device included; any number of ranks may
     # continue it.
     device = record["train"]["device"] if record else args.device
     with distributed_session(timeout_s=args.dist_timeout, device=device,
                              threads=args.threads) as session:
-        if args.nproc is not None and args.nproc != session.world_size:
-            raise ValueError(f"--nproc {args.nproc}: this torchrun job has "
-                             f"{session.world_size} processes (leave --nproc out under "
-                             f"torchrun)")
-        progress = _rank0_progress(session.rank, args.quiet)
-        if record is not None:
-            data = open_data(args.data if "data" in changes else record["data"])
-            config = TrainConfig(**{**record["train"],
-                                    **{k: v for k, v in changes.items() if k != "data"}})
-            summary = train_distributed(
-                record.get("model_kind", "dlrm"), record["model_config"], data, config,
-                args.resume, placement=record["placement"], resume=True,
-                watchdog=session.watchdog, progress=progress, extra=_extra(args))
-        else:
-            data = open_data_from_args(args)
-            kind, model_config = model_config_from_args(args, data)
-            config = train_config_from_args(args)
-            # One new run directory for all ranks, made by rank 0.
-            box = [args.out or (str(new_run_dir(args.runs_root, kind))
-                                if session.rank == 0 else None)]
-            dist.broadcast_object_list(box, src=0)
-            summary = train_distributed(
-                kind, model_config, data, config, box[0], placement=args.placement,
-                init_checkpoint=args.init_checkpoint, watchdog=session.watchdog,
-                progress=progress, extra=_extra(args))
+        try:
+            summary = _train_on_rank(args, record, changes, session)
+        except WriterFailed:
+            if session.rank == 0:
+                raise
+            return 2  # rank 0 refused the run directory and says why; the others stop quietly
         if session.rank == 0:
             _print_outcome(summary, args)
             if not summary.get("already_finished"):
@@ -256,6 +241,40 @@ def _train_under_torchrun(args: argparse.Namespace, record: dict[str, Any] | Non
                       f"{summary['all_reduce_seconds']:.2f} s of "
                       f"{summary['train_seconds']:.2f} s training (rank 0)")
     return 0
+
+
+def _train_on_rank(args: argparse.Namespace, record: dict[str, Any] | None,
+                   changes: dict[str, Any], session: Any) -> dict[str, Any]:
+    """This rank's part of a new or resumed distributed run; the summary."""
+    import torch.distributed as dist
+
+    from dlrm.data import open_data
+    from dlrm.distributed.train import train_distributed
+    from dlrm.training.loop import TrainConfig
+    from dlrm.training.run_dir import new_run_dir
+
+    if args.nproc is not None and args.nproc != session.world_size:
+        raise ValueError(f"--nproc {args.nproc}: this torchrun job has {session.world_size} "
+                         f"processes (leave --nproc out under torchrun)")
+    progress = _rank0_progress(session.rank, args.quiet)
+    if record is not None:
+        data = open_data(args.data if "data" in changes else record["data"])
+        config = TrainConfig(**{**record["train"],
+                                **{k: v for k, v in changes.items() if k != "data"}})
+        return train_distributed(
+            record.get("model_kind", "dlrm"), record["model_config"], data, config,
+            args.resume, placement=record["placement"], resume=True,
+            watchdog=session.watchdog, progress=progress, extra=_extra(args))
+    data = open_data_from_args(args)
+    kind, model_config = model_config_from_args(args, data)
+    config = train_config_from_args(args)
+    # One new run directory for all ranks, made by rank 0.
+    box = [args.out or (str(new_run_dir(args.runs_root, kind)) if session.rank == 0 else None)]
+    dist.broadcast_object_list(box, src=0)
+    return train_distributed(
+        kind, model_config, data, config, box[0], placement=args.placement,
+        init_checkpoint=args.init_checkpoint, watchdog=session.watchdog, progress=progress,
+        extra=_extra(args))
 
 
 def print_memory_report(kind: str, model_config: dict, config, per_table: bool) -> None:

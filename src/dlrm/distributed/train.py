@@ -240,6 +240,9 @@ class HybridParallelStrategy:
     def resume(self) -> dict[str, Any] | None:
         last = self.run_dir / "last"
         if not (last / "meta.pt").is_file():
+            if (self.run_dir / "last.pt").exists():
+                raise ValueError(f"{self.run_dir} is a single-process run (last.pt); resume "
+                                 f"it in one process (without --nproc)")
             return None  # stopped before its first checkpoint: the run starts again
         with self._paused():
             meta = load_sharded(self.model, last, self.optimizer, self.kind, self.model_config)

@@ -372,7 +372,10 @@ class SingleProcessStrategy:
     def resume(self) -> dict[str, Any] | None:
         path = self.path("last")
         if not path.exists():
-            return None
+            if (self.run_dir / "last" / "meta.pt").exists():
+                raise ValueError(f"{self.run_dir} is a distributed run (sharded checkpoint "
+                                 f"last/); resume it with `dlrm train --resume`")
+            return None  # stopped before its first checkpoint: the run starts again
         saved = ckpt_io.load(path, self.device)
         ckpt_io.require(saved, path, "model", "optimizer", "rng", "loop_state",
                         purpose="resume its run")
@@ -456,7 +459,7 @@ def _on_writer(strategy: TrainingStrategy, work: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     if shared["error"] is not None:
-        raise runs.RunDirError(shared["error"])
+        raise runs.WriterFailed(shared["error"])
     return shared["result"]
 
 

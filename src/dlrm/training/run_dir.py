@@ -51,6 +51,11 @@ class RunDirBusy(RunDirError):
     """Another process is writing this run directory."""
 
 
+class WriterFailed(RunDirError):
+    """On the other processes of a job: the writing process refused the run directory (it
+    reports why)."""
+
+
 def new_run_dir(parent: str | Path, prefix: str) -> Path:
     """Create and return a fresh, empty ``parent/prefix-YYYYmmdd-HHMMSS`` (``-2``, ``-3``, ...
     appended when another run took that name: ``mkdir`` is atomic, so no two callers, in one
@@ -138,11 +143,8 @@ def claim(run_dir: str | Path, resume: bool) -> Iterator[Path]:
     if resume:
         read_record(run_dir)
     else:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunDirError(f"{run_dir} is a file; a run needs a new or empty directory")
-        if run_dir.is_dir():
-            _check_empty(run_dir)  # before the lock file: a refused folder stays untouched
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_usable(run_dir, resume=False)  # before the lock file: a refused folder stays
+        run_dir.mkdir(parents=True, exist_ok=True)  # untouched
     with RunDirLock(run_dir):
         if not resume:
             _check_empty(run_dir)  # again, under the lock: another process may have won
@@ -167,6 +169,21 @@ def _writer_of(run_dir: Path) -> str | None:
 def _busy(run_dir: Path, holder: str) -> RunDirBusy:
     return RunDirBusy(f"{run_dir} is being written by another dlrm process ({holder}); wait "
                       f"for it to finish, or choose another directory")
+
+
+def check_usable(run_dir: str | Path, resume: bool) -> None:
+    """What ``claim`` would refuse, checked without taking or creating anything (a launcher
+    checks before starting processes that would all be refused)."""
+    run_dir = Path(run_dir)
+    if resume:
+        read_record(run_dir)
+        holder = _writer_of(run_dir)
+        if holder is not None:
+            raise _busy(run_dir, holder)
+    elif run_dir.exists():
+        if not run_dir.is_dir():
+            raise RunDirError(f"{run_dir} is a file; a run needs a new or empty directory")
+        _check_empty(run_dir)
 
 
 def _check_empty(run_dir: Path) -> None:
