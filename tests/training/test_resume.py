@@ -201,3 +201,35 @@ def test_checks_before_the_first_step(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (flags, err)
         assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_says_how_to_continue_and_resume_says_where_it_starts(tmp_path):
+    """A real SIGINT: one line saying how to continue (exit status 130, no traceback); the
+    resumed run says at which step it continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "dlrm", "train", *ARGS, "--train-samples", "400000",
+           "--batch-size", "64", "--checkpoint-every", "20", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"continue it with: dlrm train --resume {run}" in err and "Traceback" not in err
+    step = load(run / "last.pt")["step"]
+    resumed = subprocess.run([sys.executable, "-m", "dlrm", "train", "--resume", str(run),
+                              "--max-samples", str(64 * (step + 5))], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {step}; changed: max_samples None -> {64 * (step + 5)}" \
+        in resumed.stderr

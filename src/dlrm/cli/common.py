@@ -555,7 +555,15 @@ class TrainProgress:
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if kind == "start":
+        if kind == "resumed" and not self.disable:
+            changed = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in event["changes"].items()
+                                if k != "data") + (", data moved" if "data" in event["changes"]
+                                                   else "")
+            where = "from step 0 (no checkpoint yet)" if event["from_scratch"] else \
+                f"at step {event['step']}"
+            print(f"resumed {where}" + (f"; changed: {changed}" if changed else ""),
+                  file=sys.stderr)
+        elif kind == "start":
             batch = event["batch_size"]
             self.bar = tqdm(total=event["total_steps"] * batch, initial=event["step"] * batch,
                             unit="samples", unit_scale=True, dynamic_ncols=True,

@@ -96,11 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(session.kind, session.model_config, session.data, session.config,
                         session.run_dir, resume=bool(args.resume),
                         progress=TrainProgress(disable=args.quiet), extra=_extra(args))
-    except BaseException:
-        if session.made_here:
-            from dlrm.training.run_dir import discard_if_unused
+    except BaseException as err:
+        from dlrm.training.run_dir import CONFIG_NAME, discard_if_unused
 
+        if session.made_here:
             discard_if_unused(session.run_dir)  # refused before writing: no empty folder
+        if isinstance(err, KeyboardInterrupt) and \
+                (session.run_dir / CONFIG_NAME).is_file():
+            print(f"the run is in {session.run_dir}; continue it with: dlrm train --resume "
+                  f"{session.run_dir}", file=sys.stderr)
         raise
     _print_outcome(summary, args)
     return 0
