@@ -157,3 +157,12 @@ def test_outputs_never_overwrite_inputs(run, tmp_path, capsys):
     data.mkdir()
     assert main(["train", "--data", str(data), "--out", str(data)]) == 2
     one_line(capsys, f"--out {data} is the input {data}")
+
+
+def test_compare_never_writes_into_a_used_folder(tmp_path, capsys):
+    used = tmp_path / "cmp"
+    used.mkdir()
+    (used / "results.md").write_text("an earlier comparison")
+    assert main(["compare", "--models", "lr", "--out", str(used), "--quiet"]) == 2
+    one_line(capsys, f"--out {used} is not empty")
+    assert (used / "results.md").read_text() == "an earlier comparison"

@@ -61,6 +61,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                  if v is not None}})
     args.preset = config.preset  # the synthetic tables follow the preset
     data = open_data_from_args(args)
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise ValueError(f"--out {args.out} is not empty; a comparison writes a new or empty "
+                         f"folder (choose another --out, or leave it out for a new one)")
     out = Path(args.out) if args.out else new_run_dir(args.runs_root, "compare")
     results = compare(data, config, out, progress=CompareProgress(disable=args.quiet))
     print((out / "results.md").read_text(), end="")

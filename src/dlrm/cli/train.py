@@ -47,10 +47,11 @@ from dlrm.cli.common import (
     take_legacy_positionals,
     train_config_from_args,
 )
+from dlrm.training.loop import RESUMABLE_CHANGES
 
-# Settings a resumed run may change (recorded in its config.json): a longer run, speed-only
-# settings, and the data set's location (the loop checks it is the same data set).
-RESUME_MAY_CHANGE = ("epochs", "max_samples", "threads", "tune_allocator", "data")
+# Settings a resumed run may change (recorded in its config.json): the loop's (a longer run,
+# speed-only settings) and the data set's location (the loop checks it is the same data set).
+RESUME_MAY_CHANGE = (*RESUMABLE_CHANGES, "data")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

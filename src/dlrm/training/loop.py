@@ -209,12 +209,11 @@ def check_before_training(data: DataSource, config: TrainConfig) -> int:
     never trains for hours and then fails); returns the steps per epoch."""
     for split in ("train", "val"):
         if split not in data.splits() or data.num_samples(split) <= 0:
-            hint = ("a synthetic data set needs --val-samples N" if split == "val" else
-                    "it has no training samples")
-            raise ValueError(f"the data has no {split} samples (splits: "
-                             f"{', '.join(f'{s} {data.num_samples(s)}' for s in data.splits())}"
-                             f"); every run ends with a validation, so {hint}; a preprocessed"
-                             f" folder needs a validation split")
+            hint = ("every run is evaluated on the validation split (synthetic data: "
+                    "--val-samples N; a preprocessed folder: preprocess it with one)"
+                    if split == "val" else "there is nothing to train on")
+            counts = ", ".join(f"{s} {data.num_samples(s)}" for s in data.splits())
+            raise ValueError(f"the data has no {split} samples ({counts}): {hint}")
     steps_per_epoch = data.num_samples("train") // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"training split has {data.num_samples('train')} samples, fewer than "
