@@ -482,6 +482,9 @@ def resume_changes(saved: dict[str, Any], session: dict[str, Any]) -> dict[str, 
                 refused.append(f"{name} {before.get(name)!r} -> {after.get(name)!r}")
     if "data" in saved and session.get("data") != saved["data"]:
         changes["data"] = [saved["data"], session.get("data")]  # identity checked apart
+    if "world_size" in saved and session.get("world_size", saved["world_size"]) != \
+            saved["world_size"]:  # a distributed run continues on any number of ranks
+        changes["world_size"] = [saved["world_size"], session["world_size"]]
     if refused:
         raise ResumeConflict(
             f"resuming would change the run: {', '.join(refused)}. A resumed run keeps its "
@@ -536,8 +539,8 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
                           progress, extra or {}, steps_per_epoch, total_steps)
 
 
-def _prepare_resume(run_dir: Path, run_record: dict[str, Any], data: DataSource,
-                    extra: dict[str, Any]) -> dict[str, Any]:
+def _prepare_resume(run_dir: Path, run_record: dict[str, Any], data: DataSource
+                    ) -> dict[str, Any]:
     """The writer's part of resuming: read and check config.json (the run's settings and
     data); the accepted changes."""
     saved = runs.read_json(run_dir / runs.CONFIG_NAME)
@@ -566,8 +569,7 @@ def _run_owned(strategy: TrainingStrategy, data: DataSource, config: TrainConfig
     changes: dict[str, list[Any]] = {}
     saved_summary = None
     if resume:
-        prepared = _on_writer(strategy, lambda: _prepare_resume(run_dir, run_record, data,
-                                                                extra))
+        prepared = _on_writer(strategy, lambda: _prepare_resume(run_dir, run_record, data))
         record, changes, saved_summary = (prepared["saved"], prepared["changes"],
                                           prepared["summary"])
     else:
@@ -613,7 +615,8 @@ def _run_owned(strategy: TrainingStrategy, data: DataSource, config: TrainConfig
                 run_dir / runs.SUMMARY_NAME, run_dir / f"summary-step{state['step']}.json"))
         if changes or extra.get("command"):
             record = {**record, "train": asdict(config),
-                      "data": run_record.get("data", record.get("data")),
+                      **{k: run_record[k] for k in ("data", "world_size", "placement", "plans")
+                         if k in run_record},
                       "resumes": [*record.get("resumes", []), {
                           "step": state["step"], "command": extra.get("command"),
                           "changed": changes}]}
