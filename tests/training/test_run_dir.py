@@ -209,3 +209,25 @@ def test_a_distributed_job_follows_the_same_rules(tmp_path):
     assert time.time() - tick < 60  # not a collective timeout
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert main(["train", "--resume", str(run), "--nproc", "2"]) == 2
+
+
+def test_a_distributed_run_continues_on_one_process_made_longer(tmp_path):
+    """2 ranks train 10 steps; `--resume` without --nproc continues on one process to 20 steps
+    (recorded: epochs, max_samples, world_size) and ends as one process trained 20 steps."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    longer = ["--epochs", "2", "--max-samples", "2560"]
+    proc = dlrm("train", *TINY, "--max-samples", "1280", "--nproc", "2", "--out", str(run))
+    assert main(["train", *TINY, *longer, "--out", str(whole)]) == 0
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    resumed = dlrm("train", "--resume", str(run), *longer, "--quiet")
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err[-3000:]
+    record = json.loads((run / "config.json").read_text())
+    assert record["resumes"][-1]["changed"] == {"epochs": [1, 2], "max_samples": [1280, 2560],
+                                                "world_size": [2, 1]}
+    ours = json.loads((run / "summary.json").read_text())
+    theirs = json.loads((whole / "summary.json").read_text())
+    assert ours["steps"] == theirs["steps"] == 20
+    assert ours["val_auc"] == pytest.approx(theirs["val_auc"], abs=1e-4)
+    assert ours["final_train_loss"] == pytest.approx(theirs["final_train_loss"], abs=1e-5)
