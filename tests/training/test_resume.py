@@ -233,3 +233,17 @@ def test_ctrl_c_says_how_to_continue_and_resume_says_where_it_starts(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {step}; changed: max_samples None -> {64 * (step + 5)}" \
         in resumed.stderr
+
+
+def test_a_damaged_summary_is_named_and_the_end_done_again(tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert main(["train", *ARGS, "--max-samples", "2560", "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    before = records(run)
+    (run / "summary.json").write_text((run / "summary.json").read_text()[:40])  # torn
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert f"{run / 'summary.json'}: not valid JSON" in caplog.text
+    again = json.loads((run / "summary.json").read_text())
+    assert again["val_auc"] == summary["val_auc"] and again["steps"] == 20
+    assert records(run) == before  # the final evaluation once
