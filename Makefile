@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # Train DLRM on the built-in planted synthetic data set and print AUC / log loss beside the
-# Bayes-optimal values that the data set's hidden click model allows.
+# Bayes-optimal values that the data set's hidden click model allows. Each run gets a new
+# directory runs/dlrm-YYYYmmdd-HHMMSS.
 run: $(STAMP)
-	$(BIN)/dlrm train --preset tiny --data synthetic:planted --optimizer adagrad --lr 0.05 --batch-size 256 --max-samples 4000000 --eval-every 4000 --out runs
+	$(BIN)/dlrm train --preset tiny --data synthetic:planted --optimizer adagrad --lr 0.05 --batch-size 256 --max-samples 4000000 --eval-every 4000
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

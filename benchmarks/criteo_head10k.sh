@@ -26,10 +26,10 @@ for f in "$HEAD" "$SPREAD"; do
 done
 
 set -x
-$DLRM preprocess criteo-kaggle --input "$HEAD" --out "$WORK/head10k" --min-count 2 --no-progress
+$DLRM preprocess criteo-kaggle --input "$HEAD" --out "$WORK/head10k" --min-count 2 --quiet
 $DLRM train --preset kaggle --data "$WORK/head10k" --optimizer adam --lr 0.0005 \
     --batch-size 128 --epochs 4 --eval-every 20 --patience 5 --seed 0 --threads 1 \
-    --run-dir "$WORK/run" --quiet
+    --out "$WORK/run" --quiet
 CHECKPOINT=$WORK/run/best.pt
 [ -f "$CHECKPOINT" ] || CHECKPOINT=$WORK/run/last.pt
 $DLRM predict --checkpoint "$CHECKPOINT" --input "$SPREAD" --out "$SCORES"

@@ -31,7 +31,7 @@ echo "== distributed on CUDA/nccl (torchrun, 1 rank) =="
 timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node=1 -m dlrm train \
   --device cuda --preset tiny --rows-cap 100000 --train-samples 400000 --val-samples 20000 \
   --batch-size 1024 --max-samples $((1024 * 300)) --eval-every 100 --optimizer adagrad \
-  --lr 0.05 --quiet --run-dir "$OUT/dist-cuda" > "$OUT/dist-cuda.txt" 2>&1 \
+  --lr 0.05 --quiet --out "$OUT/dist-cuda" > "$OUT/dist-cuda.txt" 2>&1 \
   && echo "dist-cuda: $(grep -E '^val AUC|throughput' "$OUT/dist-cuda.txt" | tr '\n' ' ')" \
   || echo "dist-cuda: FAILED (see $OUT/dist-cuda.txt)"
 # Exactness: 1 rank on CUDA/nccl == plain DLRM on the same GPU (losses, AUC, weights).
@@ -46,7 +46,7 @@ run() {  # preset precision batch cap [extra...]
   local preset=$1 prec=$2 batch=$3 cap=$4; shift 4
   local name="$preset-$prec-$batch"
   timeout 120 $DLRM bench --device cuda --preset "$preset" --precision "$prec" \
-    --batch-size "$batch" --table-rows-cap "$cap" --warmup 5 --trials 5 --steps 10 --quiet \
+    --batch-size "$batch" --rows-cap "$cap" --warmup 5 --trials 5 --steps 10 --quiet \
     --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" 2>&1 \
     && echo "$name: $(grep 'end to end' "$OUT/$name.txt")" \
     || echo "$name: FAILED (see $OUT/$name.txt)"

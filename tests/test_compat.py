@@ -73,7 +73,8 @@ def test_one_sgd_step_matches_reference(tmp_path):
 def test_convert_reference_command(tmp_path, capsys):
     ref = make_reference()
     save_like_reference(ref, tmp_path / "ref.pt")
-    assert main(["convert-reference", str(tmp_path / "ref.pt"), str(tmp_path / "ours.pt")]) == 0
+    assert main(["convert-reference", "--checkpoint", str(tmp_path / "ref.pt"), "--out",
+                 str(tmp_path / "ours.pt")]) == 0
     model, ckpt = load_model(tmp_path / "ours.pt")
     assert ckpt["converted_from"].endswith("ref.pt")
     dense, lS_o, lS_i = random_reference_batch(SIZES, 5, 6, seed=4)

@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("loadgen") / "run"
     assert main(["train", "--preset", "tiny", "--train-samples", "4096", "--val-samples",
                  "1024", "--batch-size", "256", "--optimizer", "adagrad", "--lr", "0.05",
-                 "--quiet", "--run-dir", str(run)]) == 0
+                 "--quiet", "--out", str(run)]) == 0
     return run / "last.pt"
 
 

@@ -17,7 +17,7 @@ def test_train_quantize_eval_export(tmp_path, capsys):
     rc = main(["train", *DATA, "--batch-size", "128", "--optimizer", "adagrad", "--lr", "0.05",
                "--qr-threshold", "250", "--qr-collisions", "5", "--max-ind-range", "600",
                "--lr-schedule", "mlperf", "--warmup-steps", "4", "--decay-start", "20",
-               "--decay-steps", "8", "--memory-report", "--run-dir", str(run)])
+               "--decay-steps", "8", "--memory-report", "--out", str(run)])
     assert rc == 0
     out = capsys.readouterr().out
     assert re.search(r"memory:\s+4\s+1,000\s+120x8 \+ 5x8 ", out)  # 1000 -> hash 600 -> QR
@@ -28,7 +28,8 @@ def test_train_quantize_eval_export(tmp_path, capsys):
     assert saved["train_config"]["lr_schedule"]["decay_steps"] == 8
 
     quantized = tmp_path / "q4.pt"
-    assert main(["quantize", str(run / "last.pt"), str(quantized), "--bits", "4"]) == 0
+    assert main(["quantize", "--checkpoint", str(run / "last.pt"), "--out", str(quantized),
+                 "--bits", "4"]) == 0
     assert "smaller" in capsys.readouterr().out
     model, ckpt = load_model(quantized)
     assert ckpt["model_kind"] == "dlrm-quantized"
@@ -41,14 +42,14 @@ def test_train_quantize_eval_export(tmp_path, capsys):
     assert abs(quantized_metrics["auc"] - float_metrics["auc"]) < 0.01
 
     exported = tmp_path / "model.pt2"
-    assert main(["export", str(quantized), str(exported)]) == 0
+    assert main(["export", "--checkpoint", str(quantized), "--out", str(exported)]) == 0
     assert exported.is_file() and "click probability" in capsys.readouterr().out
 
 
 def test_bad_flags_name_the_field(tmp_path, capsys):
     rc = main(["train", *DATA, "--qr-threshold", "10", "--md-alpha", "0.3",
-               "--run-dir", str(tmp_path / "r")])
+               "--out", str(tmp_path / "r")])
     assert rc == 2 and "cannot be combined" in capsys.readouterr().err
     rc = main(["train", *DATA, "--lr-schedule", "mlperf", "--warmup-steps", "10",
-               "--decay-start", "5", "--decay-steps", "5", "--run-dir", str(tmp_path / "r")])
+               "--decay-start", "5", "--decay-steps", "5", "--out", str(tmp_path / "r")])
     assert rc == 2 and "decay_start" in capsys.readouterr().err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -90,9 +88,9 @@ def _cli(*argv: str) -> int:
 def test_cli_synth_then_preprocess(tmp_path, capsys):
     tsv = tmp_path / "synth.tsv"
     assert _cli("synth", "--format", "criteo-tsv", "--rows", "3000", "--out", str(tsv),
-                "--no-progress") == 0
+                "--quiet") == 0
     assert _cli("preprocess", "criteo-kaggle", "--input", str(tsv), "--out",
-                str(tmp_path / "o"), "--hash-buckets", "1000", "--no-progress") == 0
+                str(tmp_path / "o"), "--hash-buckets", "1000", "--quiet") == 0
     out = capsys.readouterr().out
     assert "train         2,572 rows" in out and "skipped 0" in out and "lines/s" in out
     source = MemmapDataSource(tmp_path / "o")
@@ -103,7 +101,7 @@ def test_cli_synth_then_preprocess(tmp_path, capsys):
 def test_cli_strict_error_names_the_line(tmp_path, capsys):
     path = write_lines(tmp_path / "t.txt", [GOOD_ROW, "oops", GOOD_ROW])
     assert _cli("preprocess", "criteo-kaggle", "--input", str(path), "--out",
-                str(tmp_path / "o"), "--strict", "--no-progress") == 2
+                str(tmp_path / "o"), "--strict", "--quiet") == 2
     assert "t.txt:2: 1 fields, expected 40" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -127,22 +125,32 @@ def test_synth_tsv_looks_like_criteo(tmp_path):
     assert naive_parse((tmp_path / "b.tsv").read_text(), has_label=False)[1] == []
 
 
-def test_cli_predict_writes_one_probability_per_line(head, tmp_path, monkeypatch, capsys):
-    """`dlrm predict` with a stand-in for dlrm.training.checkpoint.load_model (the lead's),
-    returning a DLRM and a checkpoint dict whose data_spec names the preprocessed folder."""
-    model = DLRM(preset("tiny", table_sizes=head.table_sizes)).eval()
-    fake = types.ModuleType("dlrm.training.checkpoint")
-    fake.load_model = lambda path: (model, {"data_spec": head.spec()})
-    monkeypatch.setitem(sys.modules, "dlrm.training.checkpoint", fake)
+def test_cli_predict_writes_one_probability_per_line(head, tmp_path, capsys):
+    """`dlrm predict` with a real checkpoint whose data spec and identity name the
+    preprocessed folder; a model trained on synthetic data needs --data."""
+    from dlrm.training.checkpoint import FORMAT, save_atomic
+    from dlrm.training.data_identity import data_identity
+
+    config = preset("tiny", table_sizes=head.table_sizes)
+    model = DLRM(config).eval()
+
+    def checkpoint(name: str, spec: dict, identity: dict | None) -> str:
+        path = tmp_path / name
+        save_atomic({"format": FORMAT, "model_kind": "dlrm", "model_config": config.to_dict(),
+                     "model": model.state_dict(), "data_spec": spec,
+                     "data_identity": identity}, path)
+        return str(path)
+
     scores = tmp_path / "scores.txt"
-    assert _cli("predict", "--checkpoint", "unused.pt", "--input", str(require(KAGGLE_SPREAD)),
+    real = checkpoint("real.pt", head.spec(), data_identity(head))
+    assert _cli("predict", "--checkpoint", real, "--input", str(require(KAGGLE_SPREAD)),
                 "--out", str(scores)) == 0
     values = np.loadtxt(scores)
     assert values.shape == (4370,) and ((values > 0) & (values < 1)).all()
     out = capsys.readouterr().out
     assert "wrote 4,370 probabilities" in out and "AUC 0." in out
-    fake.load_model = lambda path: (model, {"data_spec": {"kind": "synthetic"}})
-    assert _cli("predict", "--checkpoint", "c.pt", "--input", str(KAGGLE_SPREAD),
+    synthetic = checkpoint("synthetic.pt", {"kind": "synthetic"}, None)
+    assert _cli("predict", "--checkpoint", synthetic, "--input", str(KAGGLE_SPREAD),
                 "--out", str(scores)) == 2
 
 

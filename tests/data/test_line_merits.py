@@ -171,7 +171,7 @@ def _cli_error(capsys, *argv: str) -> str:
 def test_nonsense_flags_and_inputs_get_one_line_messages(tmp_path, capsys):
     good = write_lines(tmp_path / "train.txt", [GOOD_ROW] * 30)
     out = str(tmp_path / "o")
-    kaggle = ["preprocess", "criteo-kaggle", "--input", str(good), "--out", out, "--no-progress"]
+    kaggle = ["preprocess", "criteo-kaggle", "--input", str(good), "--out", out, "--quiet"]
     assert "chunk size in MiB must be at least 1" in _cli_error(capsys, *kaggle, "--chunk-mb",
                                                                 "0")
     assert "hash buckets must be at least 1" in _cli_error(capsys, *kaggle, "--hash-buckets",
@@ -180,7 +180,7 @@ def test_nonsense_flags_and_inputs_get_one_line_messages(tmp_path, capsys):
     assert "fractions sum to 1.1" in _cli_error(capsys, *kaggle, "--split",
                                                 "random:0.8,0.2,0.1")
     err = _cli_error(capsys, "preprocess", "criteo-kaggle", "--input", str(tmp_path), "--out",
-                     out, "--no-progress")
+                     out, "--quiet")
     assert f"input {tmp_path} is a directory" in err
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -199,7 +199,7 @@ def test_nonsense_flags_and_inputs_get_one_line_messages(tmp_path, capsys):
                                           "--out", out)
     (tmp_path / "file").write_text("x")
     err = _cli_error(capsys, *kaggle[:-3], "--out", str(tmp_path / "file" / "sub"),
-                     "--no-progress")
+                     "--quiet")
     assert f"{tmp_path / 'file'} is a file, not a folder" in err
     assert not (tmp_path / "o").exists()
 
@@ -216,7 +216,7 @@ def test_disk_full_is_a_message_and_leaves_no_data_set(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(fmt.NpyAppender, "append", full)
     err = _cli_error(capsys, "preprocess", "criteo-kaggle", "--input", str(good), "--out",
-                     str(tmp_path / "o"), "--no-progress")
+                     str(tmp_path / "o"), "--quiet")
     assert "No space left on device" in err and "labels.npy" in err
     assert not (tmp_path / "o").exists()
 
@@ -235,7 +235,7 @@ def test_a_real_process_prints_the_message_and_no_traceback(tmp_path):
 def test_no_validation_split_is_refused_before_any_work(tmp_path, capsys):
     good = write_lines(tmp_path / "train.txt", [GOOD_ROW] * 30)
     err = _cli_error(capsys, "preprocess", "criteo-kaggle", "--input", str(good), "--out",
-                     str(tmp_path / "o"), "--split", "random:0.9,0,0.1", "--no-progress")
+                     str(tmp_path / "o"), "--split", "random:0.9,0,0.1", "--quiet")
     assert "no validation split" in err
     write_lines(tmp_path / "days" / "day_0", [GOOD_ROW] * 5) if (tmp_path / "days").mkdir() \
         is None else None

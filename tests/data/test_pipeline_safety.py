@@ -60,24 +60,24 @@ def test_failed_rerun_keeps_the_previous_data_set(tmp_path, capsys):
     good = write_lines(tmp_path / "train.txt", [GOOD_ROW] * 30)
     out = tmp_path / "out"
     assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--quiet"]) == 0
     before = _snapshot(out)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert main(["preprocess", "criteo-kaggle", "--input", str(empty), "--out", str(out),
-                 "--overwrite", "--no-progress"]) == 2
+                 "--overwrite", "--quiet"]) == 2
     assert "no rows to preprocess" in capsys.readouterr().err
     assert _snapshot(out) == before
     assert open_data(str(out)).num_samples("train") == 26
     # Without --overwrite a finished data set is refused before any work, by name.
     assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out", str(out),
-                 "--no-progress"]) == 2
+                 "--quiet"]) == 2
     assert "already holds a data set" in capsys.readouterr().err
     assert _snapshot(out) == before
     # With it, the new data set replaces the old one (built beside it, then renamed).
     bigger = write_lines(tmp_path / "b.txt", [GOOD_ROW] * 70)
     assert main(["preprocess", "criteo-kaggle", "--input", str(bigger), "--out", str(out),
-                 "--overwrite", "--no-progress"]) == 0
+                 "--overwrite", "--quiet"]) == 0
     assert open_data(str(out)).num_samples("train") == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt", "empty.txt", "out",
                                                           "train.txt"]
@@ -92,7 +92,7 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path, capsys):
     (mine / "metadata.json").write_text('{"who": "me"}')
     before = _snapshot(mine)
     assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out", str(mine),
-                 "--no-progress"]) == 2
+                 "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"--out {mine} is not empty and holds no dlrm data set" in err
     assert "metadata.json, parts, vocab" in err and "--overwrite" in err
@@ -101,16 +101,23 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path, capsys):
     # An empty folder is fine; a file at --out is refused.
     (tmp_path / "empty").mkdir()
     assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out",
-                 str(tmp_path / "empty"), "--no-progress"]) == 0
+                 str(tmp_path / "empty"), "--quiet"]) == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's file")
     assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out",
-                 str(tmp_path / "train.txt"), "--no-progress"]) == 2
+                 str(notes), "--quiet"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+    assert notes.read_text() == "a user's file"
+    # The input itself as --out: refused before anything runs (an input is never replaced).
+    assert main(["preprocess", "criteo-kaggle", "--input", str(good), "--out", str(good),
+                 "--quiet"]) == 2
+    assert "an input is never replaced" in capsys.readouterr().err
 
 
 def test_sigkill_leaves_the_old_data_set_and_the_rerun_resumes(days, tmp_path):
     out = tmp_path / "tb"
     common = ["preprocess", "criteo-terabyte", "--input", str(days), "--days", "0-3",
-              "--test-day", "3", "--no-progress", "--workers", "1"]
+              "--test-day", "3", "--quiet", "--workers", "1"]
     args = [*common, "--out", str(out)]
     from dlrm.data.criteo import preprocess_terabyte
 
@@ -208,7 +215,7 @@ def test_two_writers_of_one_target_are_refused(tmp_path):
     out = tmp_path / "out"
     with BuildFolder(out, {"held": "by this test"}):  # a second process holds the lock
         proc = _dlrm("preprocess", "criteo-kaggle", "--input", str(good), "--out", str(out),
-                     "--no-progress")
+                     "--quiet")
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "another dlrm process is building" in stderr and "Traceback" not in stderr
@@ -260,10 +267,10 @@ def test_table_rerun_killed_keeps_the_old_data_set_whole(tmp_path):
         "split": {"order": "random", "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}}}))
     out = tmp_path / "out"
     assert main(["preprocess", "table", "--schema", str(schema), "--input", str(small),
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--quiet"]) == 0
     old = _snapshot(out)
     proc = _dlrm("preprocess", "table", "--schema", str(schema), "--input", str(big), "--out",
-                 str(out), "--overwrite", "--no-progress", "--chunk-mb", "1")
+                 str(out), "--overwrite", "--quiet", "--chunk-mb", "1")
     build = tmp_path / ".out.dlrm-build" / "parts" / "main" / "labels.npy"
     deadline = time.time() + 120
     while not build.exists() and proc.poll() is None and time.time() < deadline:

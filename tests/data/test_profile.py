@@ -136,7 +136,7 @@ def test_cli_synth_profile_and_bench_on_profile(tmp_path):
     assert rc == 0 and load_profile(out)["rows"] == 5000
     folder = tmp_path / "generated"
     rc = main(["synth", "--profile", str(out), "--rows", "4000", "--out", str(folder),
-               "--no-progress"])
+               "--quiet"])
     assert rc == 0
     generated = MemmapDataSource(folder)
     assert sum(generated.num_samples(s) for s in generated.splits()) == 4000
@@ -144,7 +144,7 @@ def test_cli_synth_profile_and_bench_on_profile(tmp_path):
     batch = next(generated.batches("train", 100))
     assert batch.sparse.one_hot and len(batch) == 100
     rc = main(["bench", "--profile", str(out), "--profile-rows", "3000", "--preset", "tiny",
-               "--table-rows-cap", "5000", "--batch-size", "256", "--warmup", "0",
+               "--rows-cap", "5000", "--batch-size", "256", "--warmup", "0",
                "--trials", "1", "--steps", "1", "--no-ceilings", "--quiet",
                "--json", str(tmp_path / "b.json")])
     assert rc == 0
@@ -308,7 +308,7 @@ def test_cli_bench_locality_side_by_side(tmp_path, capsys):
     assert main(["synth", "profile", "synthetic:planted", "--out", str(out),
                  "--max-rows", "3000"]) == 0
     rc = main(["bench", "--profile", str(out), "--profile-rows", "3000", "--locality", "iid",
-               "--preset", "tiny", "--table-rows-cap", "5000", "--batch-size", "256",
+               "--preset", "tiny", "--rows-cap", "5000", "--batch-size", "256",
                "--warmup", "0", "--trials", "1", "--steps", "1", "--no-ceilings", "--quiet"])
     assert rc == 0
     json_out = tmp_path / "loc.json"

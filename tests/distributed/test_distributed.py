@@ -352,7 +352,7 @@ def test_cli_train_nproc_2(tmp_path, capsys):
         [sys.executable, "-m", "dlrm", "--verbose", "train", "--nproc", "2", "--preset", "tiny",
          "--rows-cap", "1000", "--train-samples", "5000", "--val-samples", "1500",
          "--max-samples", "2560", "--batch-size", "128", "--eval-batch-size", "700",
-         "--placement", "row", "--dist-timeout", "30", "--run-dir", str(run_dir), "--quiet"],
+         "--placement", "row", "--dist-timeout", "30", "--out", str(run_dir), "--quiet"],
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("val AUC") == 1  # rank 0 only

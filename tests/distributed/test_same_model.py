@@ -27,7 +27,7 @@ TOL = 1e-4
 
 def train(run_dir: Path, extra: list[str], nproc: int | None = None
           ) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dlrm", "train", *FLAGS, *extra, "--run-dir", str(run_dir)]
+    cmd = [sys.executable, "-m", "dlrm", "train", *FLAGS, *extra, "--out", str(run_dir)]
     if nproc:
         cmd += ["--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -145,7 +145,7 @@ def assert_same_weights(folder: Path, reference: dict) -> None:
 def two_process_runs(tmp_path_factory):
     """`dlrm train --nproc 2` with an lr schedule and with early stopping, run side by side."""
     root = tmp_path_factory.mktemp("loop")
-    procs = {name: dlrm_train([*DATA_ARGS, *args, "--nproc", "2", "--run-dir",
+    procs = {name: dlrm_train([*DATA_ARGS, *args, "--nproc", "2", "--out",
                                str(root / name)])
              for name, args in (("schedule", SCHEDULE_ARGS), ("patience", PATIENCE_ARGS))}
     for proc in procs.values():
@@ -201,7 +201,7 @@ def test_two_node_rendezvous_on_localhost_equals_one_process(tmp_path):
     run_dir = tmp_path / "run"
     port, run_id = free_port(), f"dlrm-test-{uuid.uuid4().hex[:8]}"
     args = [*DATA_ARGS, "--lr", "0.5", "--max-samples", str(128 * 30), "--eval-every", "10",
-            "--placement", "table", "--run-dir", str(run_dir)]
+            "--placement", "table", "--out", str(run_dir)]
     agents = []
     tick = time.perf_counter()
     for node in (0, 1):
@@ -247,7 +247,7 @@ def test_one_rank_on_cuda_nccl_equals_one_process_on_cuda(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
            "-m", "dlrm", "train", *DATA_ARGS, *SCHEDULE_ARGS, "--eval-every", "15",
-           "--device", "cuda", "--run-dir", str(run_dir)]
+           "--device", "cuda", "--out", str(run_dir)]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "on cuda:0" in proc.stderr  # the rank's device, logged at start

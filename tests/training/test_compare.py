@@ -99,7 +99,7 @@ def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys
     assert all(r["auc"] > 0.6 for r in results["runs"]), [r["auc"] for r in results["runs"]]
     assert main(["train", "--model", "dcnv2", "--preset", "tiny", "--data",
                  str(tmp_path / "data"), "--model-option", "low_rank=2", "--max-samples",
-                 "1200", "--quiet", "--run-dir", str(tmp_path / "run")]) == 0
+                 "1200", "--quiet", "--out", str(tmp_path / "run")]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_kind"] == "dcnv2" and saved["model_config"]["low_rank"] == 2
     assert saved["data"] == {"kind": "memmap", "path": str(tmp_path / "data")}

@@ -58,7 +58,7 @@ def test_checkpoint_round_trip_and_same_seed_same_metrics(tmp_path):
 
 def test_eval_command_reproduces_validation_metrics(tmp_path, capsys):
     args = ["train", "--preset", "tiny", "--max-samples", "20000", "--val-samples", "5000",
-            "--run-dir", str(tmp_path / "run"), "--quiet"]
+            "--out", str(tmp_path / "run"), "--quiet"]
     assert main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     capsys.readouterr()
@@ -81,8 +81,8 @@ def run_cli(args, **kw):
 @pytest.mark.parametrize("delay", [0.0, 0.7])
 def test_resume_after_kill_9_gives_the_uninterrupted_metrics(tmp_path, delay):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference = run_cli([*TRAIN_ARGS, "--run-dir", str(reference_dir)])
-    victim = run_cli([*TRAIN_ARGS, "--run-dir", str(killed_dir)])
+    reference = run_cli([*TRAIN_ARGS, "--out", str(reference_dir)])
+    victim = run_cli([*TRAIN_ARGS, "--out", str(killed_dir)])
     deadline = time.time() + 120
     while not (killed_dir / "last.pt").exists():
         assert victim.poll() is None, victim.stderr.read().decode()
@@ -110,17 +110,17 @@ def test_resume_after_kill_9_gives_the_uninterrupted_metrics(tmp_path, delay):
 
 def test_resume_ignores_a_half_written_temporary_file(tmp_path):
     args = ["train", "--preset", "tiny", "--max-samples", "6400", "--checkpoint-every", "20",
-            "--val-samples", "2000", "--run-dir", str(tmp_path), "--quiet"]
+            "--val-samples", "2000", "--out", str(tmp_path), "--quiet"]
     assert main(args) == 0
     (tmp_path / ".last.pt.abc.tmp").write_bytes(b"\x80\x02garbage")  # a killed write's leftover
     assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 0
 
 
 def test_bad_cli_arguments_fail_with_a_message(tmp_path, capsys):
-    assert main(["train", "--preset", "tiny", "--tables", "10,-3", "--run-dir", str(tmp_path),
+    assert main(["train", "--preset", "tiny", "--tables", "10,-3", "--out", str(tmp_path),
                  "--quiet"]) == 2
     assert "table_sizes[1] = -3" in capsys.readouterr().err
-    assert main(["train", "--preset", "tiny", "--bottom-mlp", "13-32-9", "--run-dir",
+    assert main(["train", "--preset", "tiny", "--bottom-mlp", "13-32-9", "--out",
                  str(tmp_path), "--quiet"]) == 2
     assert "must end at the embedding dimension D=8" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nope"), "--quiet"]) == 2

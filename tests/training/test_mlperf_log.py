@@ -26,7 +26,7 @@ def recipe(tmp_path, name, *extra):
                "--lr", "0.005", "--data", "synthetic:planted", "--tables", "300,200,100",
                "--train-samples", "512", "--val-samples", "256", "--batch-size", "64",
                "--epochs", "2", "--eval-every", "4", "--log-every", "4", "--quiet",
-               "--run-dir", str(run_dir), "--mlperf-log", str(log), *extra])
+               "--out", str(run_dir), "--mlperf-log", str(log), *extra])
     assert rc == 0
     return log, run_dir
 
@@ -105,11 +105,11 @@ def test_mlperf_log_refuses_to_overwrite_or_resume(tmp_path, capsys):
     existing = tmp_path / "mine.log"
     existing.write_text("keep me\n")
     base = ["train", "--preset", "tiny", "--train-samples", "256", "--val-samples", "64",
-            "--batch-size", "64", "--quiet", "--run-dir", str(tmp_path / "r")]
+            "--batch-size", "64", "--quiet", "--out", str(tmp_path / "r")]
     assert main([*base, "--mlperf-log", str(existing)]) == 2
     assert existing.read_text() == "keep me\n"
     assert "exists" in capsys.readouterr().err
-    assert main([*base, "--resume", str(tmp_path / "r"), "--mlperf-log",
+    assert main(["train", "--resume", str(tmp_path / "r"), "--mlperf-log",
                  str(tmp_path / "new.log")]) == 2
     assert "resumed" in capsys.readouterr().err
     assert main([*base, "--model", "dcn", "--mlperf-log", str(tmp_path / "x.log")]) == 2

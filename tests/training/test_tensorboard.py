@@ -36,7 +36,7 @@ def test_train_writes_loss_lr_rate_and_evaluations(tmp_path):
                "--batch-size", "64", "--optimizer", "adagrad", "--lr", "0.05",
                "--lr-schedule", "mlperf", "--warmup-steps", "8", "--decay-start", "16",
                "--decay-steps", "12", "--eval-every", "8", "--log-every", "4", "--quiet",
-               "--run-dir", str(run_dir), "--tensorboard", str(tb),
+               "--out", str(run_dir), "--tensorboard", str(tb),
                "--tensorboard-every", "4"])
     assert rc == 0
     got = scalars(tb)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dlrm.cli.common import add_deprecated_alias
 from dlrm.config import PRESETS
 from dlrm.models import model_kinds
 
@@ -50,8 +51,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, choices=model_kinds(),
                    help="model kind (default: the preset's); DLRM kinds get per-component "
                         "timers and a roofline")
-    g.add_argument("--table-rows-cap", type=int, default=1_000_000,
-                   help="cap on every table's rows to fit memory (default 1000000; 0: none)")
+    g.add_argument("--rows-cap", type=int, default=1_000_000,
+                   help="cap on every table's rows, to fit memory (0: no cap)")
+    add_deprecated_alias(g, "--table-rows-cap", "--rows-cap", dest="rows_cap", type=int)
     g.add_argument("--embedding-dim", type=int, default=None)
     g.add_argument("--bottom-mlp", default=None, help="e.g. 512-256-64 (D appended if missing)")
     g.add_argument("--top-mlp", default=None, help="e.g. 512-256-1")
@@ -129,7 +131,7 @@ def bench_config_from_args(args: argparse.Namespace):
     from dlrm.bench.runner import BenchConfig
 
     return BenchConfig(
-        preset=args.preset, model=args.model, table_rows_cap=args.table_rows_cap or None,
+        preset=args.preset, model=args.model, table_rows_cap=args.rows_cap or None,
         embedding_dim=args.embedding_dim, bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp,
         interaction=args.interaction, num_tables=args.num_tables,
         rows_per_table=args.rows_per_table, ids_per_bag=1 if args.one_hot else args.ids_per_bag,

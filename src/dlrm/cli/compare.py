@@ -12,8 +12,10 @@ from dlrm.cli.common import (
     add_data_args,
     add_observer_args,
     fan_out,
+    finish_settings,
     open_data_from_args,
     open_observers,
+    resolve_settings,
 )
 from dlrm.config import PRESETS
 
@@ -38,7 +40,9 @@ class CompareProgress:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from dlrm.compare import CompareConfig, compare, paper_config
+    from dlrm.training.run_dir import new_run_dir
 
+    resolve_settings(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     optimizers = args.optimizers.split(",") if args.optimizers else None
     lr = {}
@@ -61,12 +65,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                  if v is not None}})
     args.preset = config.preset  # the synthetic tables follow the preset
     data = open_data_from_args(args)
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise ValueError(f"--out {args.out} is not empty; a comparison writes a new or empty "
+                         f"folder (choose another --out, or leave it out for a new one)")
+    out = Path(args.out) if args.out else new_run_dir(args.runs_root, "compare")
     with contextlib.ExitStack() as stack:  # --tensorboard: one folder per run
         observers = open_observers(args, stack, "", None, data)
-        results = compare(data, config, args.out,
+        results = compare(data, config, out,
                           progress=fan_out(CompareProgress(disable=args.quiet), *observers))
-    print(Path(args.out, "results.md").read_text(), end="")
-    print(f"wrote {args.out}/results.md, {args.out}/auc_curve.png, {args.out}/results.json")
+    print((out / "results.md").read_text(), end="")
+    print(f"wrote {out}/results.md, {out}/auc_curve.png, {out}/results.json")
     return 0 if results["rows"] else 1
 
 
@@ -97,8 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluations per run for the AUC curve (default 8)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="runs/compare", help="output folder")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the output folder: results and one run directory per run, new or "
+                        "empty (default: a new RUNS_ROOT/compare-YYYYmmdd-HHMMSS)")
+    p.add_argument("--runs-root", default="runs", metavar="DIR",
+                   help="where a compare without --out gets its new folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_observer_args(p, mlperf=False)
+    finish_settings(p)
     p.set_defaults(func=cmd_compare)
 

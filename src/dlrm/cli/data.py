@@ -5,7 +5,6 @@ pipeline, ``dlrm.data.pipeline``), whose ``Progress`` events are rendered here a
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import time
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dlrm.cli.common import add_deprecated_alias, check_checkpoint_data, load_checkpoint_model
 from dlrm.data.pipeline.metadata import DataError, Progress, peak_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def _vocab_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (kept until the new data set is "
                              "complete); without it such a folder is refused")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_deprecated_alias(parser, "--no-progress", "--quiet", dest="quiet", switch=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,7 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--val-input", type=Path, help="a file taken whole as the val split")
     table.add_argument("--test-input", type=Path, help="a file taken whole as the test split")
     table.add_argument("--out", required=True, type=Path, help="output folder")
-    table.add_argument("--quiet", action="store_true", help="same as --no-progress")
     _vocab_args(table)
     table.set_defaults(func=_run_preprocess)
     kaggle = kinds.add_parser("criteo-kaggle", help="Kaggle train.txt (plain or .gz)")
@@ -150,6 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "recorded in the checkpoint)")
     pred.add_argument("--batch-size", type=int, default=65536)
     pred.add_argument("--strict", action="store_true", help="stop at the first bad line")
+    pred.add_argument("--allow-data-mismatch", action="store_true",
+                      help="score with a vocabulary other than the model's own")
     pred.set_defaults(func=_run_predict)
 
     synth = subparsers.add_parser(
@@ -176,7 +178,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--max-rows", type=int, default=None,
                        help="with `profile`: profile only the first N rows")
     synth.add_argument("--no-label", action="store_true", help="39-field test format")
-    synth.add_argument("--no-progress", action="store_true")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_deprecated_alias(synth, "--no-progress", "--quiet", dest="quiet", switch=True)
     synth.set_defaults(func=_run_synth)
 
 
@@ -197,7 +200,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     common = dict(hash_buckets=args.hash_buckets, min_count=args.min_count, strict=args.strict,
                   workers=args.workers, overwrite=args.overwrite)
     start = time.perf_counter()
-    quiet = args.no_progress or getattr(args, "quiet", False)
+    quiet = args.quiet
     try:
         with _progress(not quiet) as progress:
             if args.dataset == "criteo-kaggle":
@@ -242,10 +245,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     from dlrm.data.loader import MemmapDataSource
     from dlrm.data.predict import score_raw_file, write_scores
 
-    # The lead's module (dlrm.training.checkpoint): imported by name so that this file lints
-    # the same before and after it exists.
-    load_model = importlib.import_module("dlrm.training.checkpoint").load_model
-    model, checkpoint = load_model(args.checkpoint)
+    check_checkpoint_data(args)  # another data set than the model's: refused unless allowed
+    model, checkpoint = load_checkpoint_model(args.checkpoint)
     data = args.data
     if data is None:
         spec = checkpoint.get("data_spec") or {}
@@ -284,7 +285,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from dlrm.data.criteo_synth import write_criteo_tsv
 
     start = time.perf_counter()
-    with _progress(not args.no_progress) as bar:
+    with _progress(not args.quiet) as bar:
         def progress(done: int, total: int) -> None:
             bar(Progress("synth criteo-tsv", done, total, "rows"))
 
@@ -319,7 +320,7 @@ def _run_synth_from_profile(args: argparse.Namespace) -> int:
         raise ValueError("--profile needs --rows N")
     data = ProfileData(args.profile, args.rows, seed=args.seed, locality=args.locality)
     try:
-        with _progress(not args.no_progress) as progress:
+        with _progress(not args.quiet) as progress:
             meta = write_data_source(data, args.out, progress=progress)
     except DataError as err:
         print(f"dlrm synth: error: {err}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dlrm.cli.common import check_positive
 from dlrm.config import PRESETS
 
 
@@ -11,8 +12,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from dlrm.config import preset
     from dlrm.distributed.planner import plan_tables
 
+    check_positive(args, "nproc")
     tables = [int(x) for x in args.tables.split(",")] if args.tables else None
-    cfg = preset(args.preset, table_sizes=tables, rows_cap=args.rows_cap)
+    cfg = preset(args.preset, table_sizes=tables, rows_cap=args.rows_cap or None)
     dim = args.embedding_dim or cfg.embedding_dim
     budget = int(args.max_gib_per_rank * 2**30) if args.max_gib_per_rank else None
     print(plan_tables(cfg.table_sizes, dim, args.nproc, args.placement,
@@ -25,9 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "ranks")
     p.add_argument("--preset", default="kaggle", choices=list(PRESETS))
     p.add_argument("--tables", default=None, help="comma-separated table sizes")
-    p.add_argument("--rows-cap", type=int, default=None, help="cap on every table's rows")
+    p.add_argument("--rows-cap", type=int, default=0, help="cap on every table's rows (0: no "
+                                                           "cap)")
     p.add_argument("--embedding-dim", type=int, default=None)
-    p.add_argument("--nproc", type=int, default=2, help="number of ranks")
+    p.add_argument("--nproc", type=int, default=2, metavar="N",
+                   help="number of processes (ranks) to place the tables on, as `dlrm train "
+                        "--nproc N` (under torchrun: nnodes x nproc_per_node)")
     p.add_argument("--placement", choices=["auto", "table", "row", "replicated"], default="auto")
     p.add_argument("--replicate-max-rows", type=int, default=64)
     p.add_argument("--max-gib-per-rank", type=float, default=None,

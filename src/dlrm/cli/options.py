@@ -1,19 +1,24 @@
-"""`dlrm quantize` and `dlrm export`: inference artifacts from a trained checkpoint."""
+"""`dlrm quantize` and `dlrm export`: inference artifacts from a trained checkpoint
+(``--checkpoint`` read, ``--out`` written; the checkpoint is never replaced)."""
 
 from __future__ import annotations
 
 import argparse
+
+from dlrm.cli.common import add_checkpoint_io_args, check_new_output, take_legacy_positionals
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from dlrm.models.memory import format_bytes
     from dlrm.training.checkpoint import quantize_checkpoint
 
-    info = quantize_checkpoint(args.checkpoint, args.output, args.bits)
-    print(f"wrote {args.output}: {info['bits']}-bit row-wise embeddings, "
+    take_legacy_positionals(args)
+    check_new_output(args)
+    info = quantize_checkpoint(args.checkpoint, args.out, args.bits)
+    print(f"wrote {args.out}: {info['bits']}-bit row-wise embeddings, "
           f"{format_bytes(info['quantized_bytes'])} instead of "
           f"{format_bytes(info['float_bytes'])} ({info['ratio']:.2f}x smaller); "
-          f"evaluate with: dlrm eval --checkpoint {args.output}")
+          f"evaluate with: dlrm eval --checkpoint {args.out}")
     return 0
 
 
@@ -21,6 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from dlrm.export import export_model
     from dlrm.training.checkpoint import load_model
 
+    take_legacy_positionals(args)
+    check_new_output(args)
     model, ckpt = load_model(args.checkpoint)
     config = ckpt["model_config"]
     base = config.get("base_config", config)  # quantized checkpoints wrap the base config
@@ -28,7 +35,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: model kind {ckpt['model_kind']!r} has no DLRM "
                          f"config to export")
     path = export_model(model, base["bottom_mlp"][0], base["table_sizes"], args.format,
-                        args.output)
+                        args.out)
     print(f"wrote {path} ({args.format}): forward(dense (B, {base['bottom_mlp'][0]}) float32, "
           f"values (N,) int64, offsets ({len(base['table_sizes'])}*B+1,) int64) -> "
           f"click probability (B,)")
@@ -37,14 +44,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quantize", help="row-wise int8/4-bit embeddings for inference")
-    p.add_argument("checkpoint", help="a `dlrm train` checkpoint (e.g. RUN_DIR/last.pt)")
-    p.add_argument("output", help="the quantized checkpoint to write")
+    add_checkpoint_io_args(p, "a `dlrm train` checkpoint (e.g. RUN_DIR/last.pt)",
+                           "the quantized checkpoint to write")
     p.add_argument("--bits", type=int, choices=[8, 4], default=8)
     p.set_defaults(func=cmd_quantize)
 
     p = subparsers.add_parser("export", help="export a checkpoint for serving")
-    p.add_argument("checkpoint")
-    p.add_argument("output", help="file to write (*.pt2 for --format export, *.onnx for onnx)")
+    add_checkpoint_io_args(p, "a `dlrm train` or `dlrm quantize` checkpoint",
+                           "the file to write (*.pt2 for --format export, *.onnx for onnx)")
     p.add_argument("--format", choices=["export", "onnx"], default="export",
                    help="export: torch.export program; onnx: needs pip install 'dlrm[onnx]'")
     p.set_defaults(func=cmd_export)

@@ -53,7 +53,8 @@ from dlrm.metrics import MetricAccumulator
 from dlrm.models import build_model, deferred_tables
 from dlrm.models.memory import check_memory
 from dlrm.training import checkpoint as ckpt_io
-from dlrm.training.loop import TrainConfig, autocast, run_loop
+from dlrm.training.data_identity import data_identity
+from dlrm.training.loop import TrainConfig, autocast, check_before_training, run_loop
 from dlrm.training.optim import HybridOptimizer, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,14 @@ class HybridParallelStrategy:
         self.rank, self.world_size = ctx.rank, ctx.world_size
         self.device = str(model_device(model))
         self.writes_files = self.rank == 0
+        self.data_identity = data_identity(data)
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (the run directory's decisions are rank 0's)."""
+        box = [value]
+        with _peers_checked(self.rank, "sharing rank 0's run directory state"):
+            dist.broadcast_object_list(box, src=0, group=self.ctx.group)
+        return box[0]
 
     def train_step(self, batch: Batch, step: int) -> float:
         with _peers_checked(self.rank, f"training step {step}"):
@@ -224,13 +233,17 @@ class HybridParallelStrategy:
             save_sharded(self.model, self.ctx, self.run_dir / name, self.kind,
                          self.model_config, optimizer=self.optimizer, extra={
                              "step": loop_state["step"], "loop_state": dict(loop_state),
-                             "data_spec": self.data.spec(), "train_config": asdict(self.config),
+                             "data_spec": self.data.spec(), "data_identity": self.data_identity,
+                             "train_config": asdict(self.config),
                              "rng": torch.get_rng_state()})
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self) -> dict[str, Any] | None:
         last = self.run_dir / "last"
         if not (last / "meta.pt").is_file():
-            raise FileNotFoundError(f"--resume {self.run_dir}: no sharded checkpoint {last}")
+            if (self.run_dir / "last.pt").exists():
+                raise ValueError(f"{self.run_dir} is a single-process run (last.pt); resume "
+                                 f"it in one process (without --nproc)")
+            return None  # stopped before its first checkpoint: the run starts again
         with self._paused():
             meta = load_sharded(self.model, last, self.optimizer, self.kind, self.model_config)
         if "rng" in meta:
@@ -292,6 +305,7 @@ def train_distributed(kind: str, model_config: dict[str, Any], data: DataSource,
     if config.batch_size < ctx.world_size:
         raise ValueError(f"batch size {config.batch_size} is smaller than the "
                          f"{ctx.world_size} ranks")
+    check_before_training(data, config)  # the same on every rank: all stop, before building
 
     def check(deferred: nn.Module, plans: dict[str, ShardingPlan]) -> None:
         report = rank_memory(deferred, plans, ctx.rank, config.optimizer,
@@ -323,7 +337,8 @@ def train_distributed(kind: str, model_config: dict[str, Any], data: DataSource,
         f"{name}: {len(m.local_shards)} local shards, {len(m.replicated_tables)} replicated"
         for name, m in sharded_modules(model).items()))
     run_record = {"model_kind": kind, "model_config": model_config, "train": asdict(config),
-                  "data": data.spec(), "world_size": ctx.world_size, "placement": placement,
+                  "data": data.spec(), "data_identity": data_identity(data),
+                  "world_size": ctx.world_size, "placement": placement,
                   "plans": {n: m.plan.to_dict() for n, m in sharded_modules(model).items()}}
     strategy = HybridParallelStrategy(kind, model_config, model, ctx, optimizer, data, config,
                                       run_dir, watchdog)
