@@ -17,9 +17,10 @@ from dlrm.cli import data as data_commands
 from dlrm.cli import distributed as distributed_commands
 from dlrm.cli import options as options_commands
 from dlrm.cli import train as train_commands
+from dlrm.cli import tune as tune_commands
 
 COMMAND_MODULES = [train_commands, data_commands, bench_commands, options_commands,
-                   compare_commands, distributed_commands]
+                   compare_commands, tune_commands, distributed_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, ImportError) as err:
         print(f"dlrm {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -81,12 +81,19 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_config_from_args(args: argparse.Namespace, data) -> tuple[str, dict]:
     """The model kind and config dict that --model, --preset and the model flags describe,
-    shaped for ``data``'s tables and dense width."""
+    shaped for ``data``'s tables and dense width (with ``--recipe``: the recipe's options,
+    e.g. its embedding initialisation, under the ones given)."""
     from dlrm.models import model_config_for
 
     kind = getattr(args, "model", "dlrm")
+    overrides = model_overrides(args)
+    if getattr(args, "recipe", None):
+        from dlrm.training.recipes import get_recipe, model_options_from_recipe
+
+        recipe = get_recipe(kind, args.recipe, data.num_samples("train"))
+        overrides = {**model_options_from_recipe(kind, recipe), **overrides}
     return kind, model_config_for(kind, args.preset, data.table_sizes, data.num_dense,
-                                  model_overrides(args))
+                                  overrides)
 
 
 def open_data_from_args(args: argparse.Namespace):
@@ -112,11 +119,13 @@ def lr_schedule_from_args(args: argparse.Namespace) -> dict | None:
             "end_lr": args.end_lr}
 
 
-def train_config_from_args(args: argparse.Namespace):
-    """The ``TrainConfig`` that the training flags describe."""
+def train_config_from_args(args: argparse.Namespace, data=None):
+    """The ``TrainConfig`` that the training flags describe. With ``--recipe NAME``
+    (``dlrm.training.recipes``) the recipe's settings replace the flags' defaults; flags given
+    with another value than their default still win."""
     from dlrm.training.loop import TrainConfig
 
-    return TrainConfig(
+    config = TrainConfig(
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         sparse_optimizer=args.sparse_optimizer, sparse_lr=args.sparse_lr,
         weight_decay=args.weight_decay, epochs=args.epochs, max_samples=args.max_samples,
@@ -125,6 +134,16 @@ def train_config_from_args(args: argparse.Namespace):
         patience=args.patience, precision=args.precision, device=args.device,
         threads=args.threads, tune_allocator=args.tune_allocator, seed=args.seed,
         lr_schedule=lr_schedule_from_args(args))
+    if not getattr(args, "recipe", None):
+        return config
+    from dlrm.training.recipes import TRAIN_FIELDS, resolve_recipe
+
+    defaults = getattr(args, "flag_defaults", {})
+    given = {k: getattr(args, k) for k in TRAIN_FIELDS & set(defaults)
+             if getattr(args, k) != defaults[k]}
+    train, _ = resolve_recipe(getattr(args, "model", "dlrm"), args.recipe,
+                              data.num_samples("train"), base=config, **given)
+    return train
 
 
 def print_summary(summary: dict) -> None:

@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         data = open_data_from_args(args)
         kind, model_config = model_config_from_args(args, data)
-        config = train_config_from_args(args)
+        config = train_config_from_args(args, data)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else Path(args.out) / f"{kind}-{stamp}"
     print_memory_report(kind, model_config, config, args.memory_report)
@@ -117,7 +117,7 @@ def _train_under_torchrun(args: argparse.Namespace) -> int:
         else:
             data = open_data_from_args(args)
             kind, model_config = model_config_from_args(args, data)
-            config = train_config_from_args(args)
+            config = train_config_from_args(args, data)
             stamp = [time.strftime("%Y%m%d-%H%M%S")]
             dist.broadcast_object_list(stamp, src=0)  # one run directory for all ranks
             run_dir = Path(args.run_dir) if args.run_dir else \
@@ -207,6 +207,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--decay-start", type=int, default=0, help="mlperf schedule: decay start step")
     g.add_argument("--decay-steps", type=int, default=0, help="mlperf schedule: decay length")
     g.add_argument("--end-lr", type=float, default=0.0, help="mlperf schedule: lr after decay")
+    g.add_argument("--recipe", default=None, metavar="NAME",
+                   help="train as recipe NAME of the model kind (dlrm.training.recipes): "
+                        "reference (the reference DLRM's SGD recipe), small (tuned by `dlrm "
+                        "tune` on ~10k rows), auto (by the training split's size); flags given "
+                        "explicitly win over it")
     g.add_argument("--memory-report", action="store_true",
                    help="print parameter memory per table before training (total always)")
     g = p.add_argument_group("distributed (hybrid parallel; see docs/distributed.md)")
@@ -220,7 +225,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--init-checkpoint", default=None, metavar="PATH",
                    help="distributed: start from this checkpoint's weights (a sharded folder "
                         "or a single-process .pt of the same model)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, flag_defaults={a.dest: a.default for a in p._actions})
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on its data (or --data)")
     p.add_argument("--checkpoint", required=True)
