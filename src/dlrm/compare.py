@@ -237,6 +237,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):  # every run diverged
+        return "–"
     return f"{mean:.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
 
 
@@ -302,7 +304,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                                      if row["diverged"] else "")
         lines.append(
             f"| {row['model']} | {row['optimizer']} | {seeds} | {row['parameters']:,} "
-            f"| {_pm(row['auc'], row['auc_std'])} | {se:.4f} "
+            f"| {_pm(row['auc'], row['auc_std'])} | {_num(se, '.4f')} "
             f"| {_pm(row['logloss'], row['logloss_std'])} "
             f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,.0f} "
             f"| {_num(row['train_seconds'], '.1f')} | {_num(row['samples_per_s'], ',.0f')} |")
