@@ -87,7 +87,7 @@ class CompareConfig:
             raise ValueError(f"seeds {self.seeds}: must be positive")
         for kind in self.models:
             for name in self.recipes:
-                if name not in recipe_names(kind):
+                if name not in recipe_names(kind) and not name.endswith(".json"):
                     raise ValueError(f"--recipes: model {kind!r} has no recipe {name!r} "
                                      f"(it has {', '.join(recipe_names(kind))})")
 

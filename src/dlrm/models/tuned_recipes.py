@@ -14,4 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {}
+TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "lr": {"small": {"train": {"optimizer": "adagrad", "lr": 0.01488, "batch_size": 128,
+                               "epochs": 10, "patience": 4, "evals_per_epoch": 4},
+                     "model": {}, "source": "provisional"}},
+}

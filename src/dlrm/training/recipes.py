@@ -12,7 +12,8 @@ Names: ``reference`` for every kind (the reference DLRM's Criteo Kaggle recipe: 
 batch 128, one epoch, U(+-sqrt(1/n)) rows), the kind's own recipes from its ``ModelSpec``
 (``small``: tuned by ``dlrm tune`` on a ~10k-row sample, ``dlrm.models.tuned_recipes``), and
 ``auto``: ``small`` where the kind has one and the training split has at most
-``SMALL_DATA_ROWS`` rows, else ``reference``.
+``SMALL_DATA_ROWS`` rows, else ``reference``. A name ending in ``.json`` is a recipe file,
+such as the ``recipe.json`` that ``dlrm tune`` writes.
 
 Example:
     >>> train, options = resolve_recipe("lr", "reference", train_samples=9000)
@@ -23,7 +24,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 from dlrm.models import get_spec
@@ -49,8 +52,18 @@ def recipe_names(kind: str) -> list[str]:
 
 
 def get_recipe(kind: str, name: str, train_samples: int | None = None) -> dict[str, Any]:
-    """The recipe dict ``name`` of ``kind`` (``auto`` picks by ``train_samples``)."""
+    """The recipe dict ``name`` of ``kind`` (``auto`` picks by ``train_samples``; a ``.json``
+    name is read from that file)."""
     spec = get_spec(kind)
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} does not exist")
+        recipe = json.loads(path.read_text())
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("train"), dict):
+            raise ValueError(f"recipe file {path}: expected a JSON object with a 'train' "
+                             f"object (as dlrm tune's recipe.json)")
+        return recipe
     if name == "auto":
         small = train_samples is not None and train_samples <= SMALL_DATA_ROWS
         name = "small" if small and "small" in spec.recipes else "reference"
