@@ -157,8 +157,8 @@ def test_cli_tune_survives_sigkill_and_continues_the_study(tmp_path):
     failed and finishes the budget."""
     out = tmp_path / "study"
     argv = [str(DLRM_BIN), "tune", "--model", "dlrm", "--preset", "tiny", "--data",
-            "synthetic:planted", "--tables", "200,100,500,50", "--train-samples", "20000",
-            "--val-samples", "1000", "--trials", "3", "--epochs", "3", "--startup-trials", "3",
+            "synthetic:planted", "--tables", "200,100,500,50", "--train-samples", "8000",
+            "--val-samples", "1000", "--trials", "3", "--epochs", "2", "--startup-trials", "3",
             "--threads", "1", "--quiet", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -204,6 +204,17 @@ def test_cli_train_with_a_recipe(tmp_path):
     assert saved["train"]["sparse_optimizer"] == "sgd"
     assert saved["model_config"]["embedding_init"] == "uniform"
     assert main([*common, "--recipe", "bogus", "--run-dir", str(tmp_path / "b")]) == 2
+    # A recipe file, as `dlrm tune` writes recipe.json: its cadence becomes eval_every.
+    recipe = {"train": {"optimizer": "adam", "lr": 0.002, "batch_size": 100, "epochs": 2,
+                        "patience": 3, "evals_per_epoch": 4},
+              "model": {"embedding_init": "normal:1e-3"}, "source": "test"}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    assert main([*common, "--recipe", str(tmp_path / "recipe.json"), "--run-dir",
+                 str(tmp_path / "c")]) == 0
+    saved = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert (saved["train"]["optimizer"], saved["train"]["lr"], saved["train"]["epochs"],
+            saved["train"]["eval_every"]) == ("adam", 0.002, 2, 5)  # 2000 rows / 100 / 4
+    assert saved["model_config"]["embedding_init"] == "normal:1e-3"
 
 
 # ------------------------------------------------------------------- compare, diverged
