@@ -16,7 +16,7 @@ set -x
 $DLRM compare --data "$OUT/data/criteo" --models "$DEEP,lr" --recipes small,reference \
   "${COMMON[@]}" --out "$OUT/results-criteo"
 for data in avazu movielens; do
-  $DLRM compare --data "$OUT/data/$data" --models "$DEEP" --recipes small "${COMMON[@]}" \
+  $DLRM compare --data "$OUT/data/$data" --models "$DEEP" --recipes small,reference "${COMMON[@]}" \
     --out "$OUT/results-$data"
   $DLRM compare --data "$OUT/data/$data" --models lr --recipes "$OUT/tune-$data-lr/recipe.json" \
     "${COMMON[@]}" --out "$OUT/results-$data-lr"
