@@ -120,6 +120,9 @@ def run(kind: str, data: TableDataSource, seed: int, splits: dict) -> dict:
         for k in range(steps_per_epoch):
             rows = order[k * batch:(k + 1) * batch]
             prob = model(torch.from_numpy(x[rows])).squeeze(-1)
+            if not bool(torch.isfinite(prob).all()):  # diverged, as our loop reports it
+                return {"val_auc": math.nan, "test_auc": math.nan, "steps": step,
+                        "seconds": time.perf_counter() - started, "diverged": True}
             loss = loss_fn(prob, torch.from_numpy(y[rows]))
             for opt in opts:
                 opt.zero_grad()
@@ -148,8 +151,12 @@ def ours(folder: Path | None, kind: str) -> list[float]:
 
 
 def pm(values: list[float]) -> str:
+    diverged = sum(math.isnan(v) for v in values)
+    values = [v for v in values if not math.isnan(v)]
     if not values:
-        return "–"
+        return f"– ({diverged} diverged)" if diverged else "–"
+    if diverged:
+        return pm(values) + f" ({diverged} diverged)"
     std = statistics.stdev(values) if len(values) > 1 else math.nan
     return f"{statistics.fmean(values):.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
 
@@ -181,7 +188,9 @@ def main() -> None:
         for kind in args.kinds.split(","):
             results = [run(kind, data, seed, splits) for seed in range(args.seeds)]
             tests = [r["test_auc"] for r in results]
-            se = auc_standard_error(statistics.fmean(tests), positives, negatives)
+            finite = [t for t in tests if not math.isnan(t)]
+            se = auc_standard_error(statistics.fmean(finite), positives, negatives) \
+                if finite else math.nan
             print(f"| {folder.name} | {kind} | {pm(tests)} | {pm(ours(mine, kind))} | {se:.4f} "
                   f"| {pm([r['val_auc'] for r in results])} "
                   f"| {statistics.fmean(r['seconds'] for r in results):.1f} |", flush=True)

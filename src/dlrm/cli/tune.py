@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a fixed option of the kind (not searched)")
     p.add_argument("--space", default=None, metavar="FILE",
-                   help="JSON search space (default: the kind's, see `dlrm options`)")
+                   help="JSON search space (default: the kind's ModelSpec.search_space; "
+                        "format in docs/baselines.md)")
     p.add_argument("--trials", type=int, default=20,
                    help="finished trials the study should have in all (0: only --timeout)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
