@@ -25,8 +25,9 @@ for data in avazu movielens; do
 done
 # Planted data (tiny tables, D=16 as the recipes were tuned with; DLRM's recipe sets its MLPs):
 # one epoch of 100k samples (the recipes' early stopping
-# is on the 50k validation samples).
+# is on the 50k validation samples, the table on 50k test samples).
 $DLRM compare --data synthetic:planted --preset tiny --embedding-dim 16 --models "$DEEP,lr" --recipes small \
-  --train-samples 100000 --val-samples 50000 --budget 100000 --seeds 3 --threads 1 --quiet \
+  --train-samples 100000 --val-samples 50000 --test-samples 50000 --budget 100000 --seeds 3 \
+  --threads 1 --quiet \
   --out "$OUT/results-planted"
 uptime
