@@ -43,7 +43,7 @@ from dlrm.config import preset  # noqa: E402
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData  # noqa: E402
 from dlrm.models.dlrm import DLRM  # noqa: E402
 from dlrm.models.interactions import DotInteraction  # noqa: E402
-from dlrm.ops import native  # noqa: E402
+from dlrm.ops.native import available, use_native  # noqa: E402
 from dlrm.training.loop import autocast  # noqa: E402
 from dlrm.training.optim import build_optimizer  # noqa: E402
 
@@ -106,7 +106,7 @@ def our_train_step(config, batches, precision, stream=None, native=True):
 
     def step():
         b = next(stream) if stream is not None else batches[next(counter) % len(batches)]
-        with native.use_native(native):
+        with use_native(native):
             with autocast("cpu", precision):
                 logits = model(b.dense, b.sparse)
             loss_fn(logits.float(), b.labels).backward()
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kaggle preset, tables "
           f"capped at {args.rows_cap:,} rows ({sum(config.table_sizes):,} rows), random data, "
           f"glibc malloc {'tuned' if tuned else 'default'} (reference and ours alike), "
-          f"native kernels {'on' if native.available() else 'UNAVAILABLE'}")
+          f"native kernels {'on' if available() else 'UNAVAILABLE'}")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
         # Distinct batches for every timed step, as a real run sees: cycling a few cached

@@ -6,7 +6,7 @@ function is still a dependency; it only hides a cycle). Layers, lowest first:
     base       features, config, metrics, timing, allocator, ops/
     models/, data/
     training/  (and export, compat)
-    distributed/, bench/, compare
+    distributed/, bench/, compare, tune
     cli/       (command modules import only cli.common; cli/__init__ dispatches to all)
 """
 
@@ -22,10 +22,11 @@ PACKAGE = SRC / "dlrm"
 
 LAYER = {"features": 0, "config": 0, "metrics": 0, "timing": 0, "allocator": 0, "ops": 0,
          "models": 1, "data": 1, "training": 2, "export": 2, "compat": 2,
-         "distributed": 3, "bench": 3, "compare": 3, "cli": 4, "__main__": 5}
+         "distributed": 3, "bench": 3, "compare": 3, "tune": 3, "cli": 4,
+         "__main__": 5}
 # Peers that must not depend on each other.
 PEERS = [("models", "data"), ("distributed", "bench"), ("distributed", "compare"),
-         ("bench", "compare")]
+         ("bench", "compare"), ("tune", "compare"), ("tune", "bench"), ("tune", "distributed")]
 
 
 def module_name(path: Path) -> str:

@@ -28,6 +28,7 @@ import torch
 from dlrm.data.source import DataSource
 from dlrm.models import build_model, model_config_for, model_kinds
 from dlrm.training.loop import TrainConfig, train
+from dlrm.training.recipes import get_recipe, recipe_names, resolve_recipe
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -51,6 +52,10 @@ class CompareConfig:
         embedding_dim: overrides the preset's D for every model.
         model_options: per-kind overrides, e.g. ``{"dcn": {"cross_layers": 6}}``.
         optimizers: dense optimizers; every model runs once with each.
+        recipes: instead of ``optimizers``: recipe names (``dlrm.training.recipes``:
+            ``small``, ``reference``, ``auto``); every model runs with its own recipe of each
+            name (optimizer, lr, batch size, epochs with early stopping, initialisation), so
+            each kind is trained as its tuning chose. ``budget`` still caps the samples.
         lr: learning rate per optimizer (default ``DEFAULT_LR``).
         batch_size, epochs, precision, threads: as ``TrainConfig``.
         curve_points: validation evaluations along each run, for the AUC curve.
@@ -63,6 +68,7 @@ class CompareConfig:
     embedding_dim: int | None = None
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     optimizers: list[str] = field(default_factory=lambda: ["adagrad"])
+    recipes: list[str] = field(default_factory=list)
     lr: dict[str, float] = field(default_factory=dict)
     batch_size: int = 256
     epochs: int = 1
@@ -79,6 +85,11 @@ class CompareConfig:
             raise ValueError("--models: give at least one model kind")
         if self.seeds <= 0:
             raise ValueError(f"seeds {self.seeds}: must be positive")
+        for kind in self.models:
+            for name in self.recipes:
+                if name not in recipe_names(kind) and not name.endswith(".json"):
+                    raise ValueError(f"--recipes: model {kind!r} has no recipe {name!r} "
+                                     f"(it has {', '.join(recipe_names(kind))})")
 
 
 def paper_config(**overrides: Any) -> CompareConfig:
@@ -119,7 +130,8 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda _e: None)
     split = "test" if "test" in data.splits() and data.num_samples("test") > 0 else "val"
-    plan = [(kind, opt, seed) for kind in config.models for opt in config.optimizers
+    settings = config.recipes or config.optimizers
+    plan = [(kind, opt, seed) for kind in config.models for opt in settings
             for seed in range(config.seeds)]
     train_samples = data.num_samples("train")
     epochs = config.epochs
@@ -133,29 +145,41 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
         options = dict(config.model_options.get(kind, {}))
         if config.embedding_dim is not None and kind != "lr":
             options.setdefault("embedding_dim", config.embedding_dim)
+        recipe = None
+        if config.recipes:  # every kind at its own recipe (opt is the recipe's name)
+            recipe = get_recipe(kind, opt, train_samples)
+            train_config, recipe_options = resolve_recipe(
+                kind, opt, train_samples, TrainConfig(precision=config.precision,
+                                                      threads=config.threads),
+                seed=seed, max_samples=config.budget)
+            if not train_config.eval_every and config.curve_points:
+                run_steps = (config.budget or train_samples * train_config.epochs) \
+                    // train_config.batch_size
+                train_config.eval_every = max(1, run_steps // config.curve_points)
+            train_config.log_every = max(1, train_config.eval_every or 100)
+            options = {**recipe_options, **options}
+        else:
+            train_config = TrainConfig(
+                batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
+                optimizer=opt, epochs=epochs, max_samples=config.budget,
+                eval_every=eval_every, precision=config.precision, threads=config.threads,
+                seed=seed, log_every=max(1, steps // 20))
         model_config = model_config_for(kind, config.preset, data.table_sizes, data.num_dense,
                                         options)
-        train_config = TrainConfig(
-            batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
-            optimizer=opt, epochs=epochs, max_samples=config.budget,
-            eval_every=eval_every, precision=config.precision, threads=config.threads,
-            seed=seed, log_every=max(1, steps // 20))
         label = f"{kind} {opt} seed {seed}"
 
         def relay(event: dict[str, Any], label: str = label, index: int = index) -> None:
             emit({**event, "run": label, "run_index": index, "runs": len(plan)})
 
+        run_dir = out / f"{kind}-{opt}-seed{seed}"
         try:
-            summary = train(kind, model_config, data, train_config,
-                            out / f"{kind}-{opt}-seed{seed}", progress=relay,
+            summary = train(kind, model_config, data, train_config, run_dir, progress=relay,
                             extra={"compare": label})
         except FloatingPointError as err:  # diverged: counted, left out of the means
             log.warning("%s: %s", label, err)
-            nan = float("nan")
-            summary = {f"{split}_{k}": nan for k in ("auc", "logloss", "accuracy")}
-            summary["diverged"] = str(err)
-        curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(out, kind, opt, seed)]
-        runs.append({"model": kind, "optimizer": opt, "seed": seed,
+            summary = diverged_summary(run_dir, split, str(err))
+        curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(run_dir)]
+        runs.append({"model": kind, "optimizer": opt, "seed": seed, "recipe": recipe,
                      "parameters": count_parameters(kind, model_config),
                      "model_config": model_config, "summary": summary, "curve": curve,
                      "auc": summary[f"{split}_auc"], "logloss": summary[f"{split}_logloss"],
@@ -172,10 +196,25 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
     return results
 
 
-def _eval_records(out: Path, kind: str, opt: str, seed: int) -> list[dict[str, Any]]:
-    path = out / f"{kind}-{opt}-seed{seed}" / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("event") == "eval"]
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():  # a run that stopped before writing anything
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _eval_records(run_dir: Path) -> list[dict[str, Any]]:
+    return [r for r in _records(run_dir) if r.get("event") == "eval"]
+
+
+def diverged_summary(run_dir: Path, split: str, error: str) -> dict[str, Any]:
+    """What a run that diverged reports: NaN metrics, the error, and how far it got (the
+    samples of its last logged step, from metrics.jsonl); no time or rate."""
+    nan = float("nan")
+    seen = max((r.get("samples_seen", 0) for r in _records(run_dir)), default=0)
+    return {**{f"{split}_{k}": nan for k in ("auc", "logloss", "accuracy")},
+            "diverged": error, "samples_seen": seen, "train_seconds": None,
+            "samples_per_s": None}
 
 
 def _positives(data: DataSource, split: str) -> tuple[int, int]:
@@ -198,7 +237,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):  # every run diverged
+        return "–"
     return f"{mean:.4f} ± " + ("–" if math.isnan(std) else f"{std:.4f}")
+
+
+def _num(value: float, spec: str) -> str:
+    return "–" if value is None or math.isnan(value) else format(value, spec)
 
 
 def _finite(run: dict[str, Any]) -> bool:
@@ -221,10 +266,16 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "parameters": group[0]["parameters"]}
         for metric in ("auc", "logloss", "accuracy"):
             row[metric], row[f"{metric}_std"] = _mean_std([r[metric] for r in ok])
-        row["train_seconds"] = statistics.fmean(r["summary"]["train_seconds"] for r in group)
-        rates = [r["summary"]["samples_per_s"] or 0.0 for r in group]
-        row["samples_per_s"] = statistics.median(rates)
-        row["samples_seen"] = group[0]["summary"]["samples_seen"]
+        # Time and rate of the runs that finished (a diverged run stopped early; its time would
+        # make the mean meaningless); NaN when none did.
+        times = [r["summary"].get("train_seconds") for r in ok]
+        row["train_seconds"] = _mean_std([t for t in times if t is not None])[0]
+        rates = [r["summary"].get("samples_per_s") for r in ok]
+        rates = [x for x in rates if x]
+        row["samples_per_s"] = statistics.median(rates) if rates else math.nan
+        seen = [r["summary"].get("samples_seen") for r in (ok or group)]
+        seen = [s for s in seen if s is not None]
+        row["samples_seen"] = statistics.median(seen) if seen else 0
         rows.append(row)
     return rows
 
@@ -243,7 +294,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                   f"label entropy of this split, {ctr:.1%} positives).", ""]
     if results.get("optimal_auc"):
         lines += [f"Bayes-optimal AUC on this split: {results['optimal_auc']:.4f}.", ""]
-    lines += ["| model | optimizer | seeds | parameters | AUC | AUC SE | log loss | accuracy "
+    setting = "recipe" if results.get("config", {}).get("recipes") else "optimizer"
+    lines += [f"| model | {setting} | seeds | parameters | AUC | AUC SE | log loss | accuracy "
               "| samples seen | train time (s) | samples/s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
@@ -252,10 +304,10 @@ def markdown_table(results: dict[str, Any]) -> str:
                                      if row["diverged"] else "")
         lines.append(
             f"| {row['model']} | {row['optimizer']} | {seeds} | {row['parameters']:,} "
-            f"| {_pm(row['auc'], row['auc_std'])} | {se:.4f} "
+            f"| {_pm(row['auc'], row['auc_std'])} | {_num(se, '.4f')} "
             f"| {_pm(row['logloss'], row['logloss_std'])} "
-            f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,} "
-            f"| {row['train_seconds']:.1f} | {row['samples_per_s']:,.0f} |")
+            f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,.0f} "
+            f"| {_num(row['train_seconds'], '.1f')} | {_num(row['samples_per_s'], ',.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -279,15 +331,20 @@ def plot_curves(results: dict[str, Any], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = list(dict.fromkeys((r["model"], r["optimizer"]) for r in results["runs"]))
+    several = len({opt for _, opt in keys}) > 1
     for kind, opt in keys:
-        curves = [r["curve"] for r in results["runs"]
-                  if r["model"] == kind and r["optimizer"] == opt]
-        length = min(len(c) for c in curves)
+        group = [r for r in results["runs"] if r["model"] == kind and r["optimizer"] == opt]
+        curves = [r["curve"] for r in group if _finite(r)]  # diverged runs: counted, not drawn
+        label = f"{kind} ({opt})" if several else kind
+        diverged = len(group) - len(curves)
+        if diverged:
+            label += f", {diverged} of {len(group)} diverged"
+        length = min((len(c) for c in curves), default=0)
         if length == 0:
+            ax.plot([], [], linestyle="none", marker="x", color="red", label=label)
             continue
         xs = [curves[0][k][0] for k in range(length)]
         per_point = [[c[k][1] for c in curves] for k in range(length)]
-        label = kind if len(results["config"]["optimizers"]) == 1 else f"{kind} ({opt})"
         line, = ax.plot(xs, [statistics.fmean(p) for p in per_point], marker="o",
                         markersize=3, label=label)
         if len(curves) > 1:

@@ -24,9 +24,10 @@ from dlrm.cli import distributed as distributed_commands
 from dlrm.cli import env as env_commands
 from dlrm.cli import options as options_commands
 from dlrm.cli import train as train_commands
+from dlrm.cli import tune as tune_commands
 
 COMMAND_MODULES = [train_commands, data_commands, bench_commands, options_commands,
-                   compare_commands, distributed_commands, env_commands]
+                   compare_commands, distributed_commands, tune_commands, env_commands]
 
 # One short, working example per command (tests/cli parse every one of them).
 EXAMPLES = {
@@ -49,12 +50,13 @@ EXAMPLES = {
     "export": "dlrm export --checkpoint runs/first/last.pt --out model.pt2",
     "compare": "dlrm compare --models dlrm,dcn --data synthetic:planted --seeds 3",
     "plan": "dlrm plan --preset kaggle --nproc 4",
+    "tune": "dlrm tune --model dcn --data data/avazu --trials 20 --out runs/tune-dcn",
     "env": "dlrm env",
 }
 
 # Errors a user can cause (a bad flag, a bad file): one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError, KeyError, EOFError,
-               pickle.UnpicklingError)
+               pickle.UnpicklingError, ImportError)  # ImportError: an extra not installed
 # Count flags of any command: below 1 is refused before the command runs.
 COUNT_FLAGS = ("batch_size", "eval_batch_size", "nproc", "rows", "trials", "steps")
 

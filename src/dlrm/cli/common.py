@@ -462,12 +462,19 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_config_from_args(args: argparse.Namespace, data) -> tuple[str, dict]:
     """The model kind and config dict that --model, --preset and the model flags describe,
-    shaped for ``data``'s tables and dense width."""
+    shaped for ``data``'s tables and dense width (with ``--recipe``: the recipe's options,
+    e.g. its embedding initialisation, under the ones given)."""
     from dlrm.models import model_config_for
 
     kind = getattr(args, "model", "dlrm")
+    overrides = model_overrides(args)
+    if getattr(args, "recipe", None):
+        from dlrm.training.recipes import get_recipe, model_options_from_recipe
+
+        recipe = get_recipe(kind, args.recipe, data.num_samples("train"))
+        overrides = {**model_options_from_recipe(kind, recipe), **overrides}
     return kind, model_config_for(kind, args.preset, data.table_sizes, data.num_dense,
-                                  model_overrides(args))
+                                  overrides)
 
 
 def open_data_from_args(args: argparse.Namespace):
@@ -504,6 +511,30 @@ def train_config_from_args(args: argparse.Namespace):
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "lr_schedule"]
     return TrainConfig(**{name: getattr(args, name) for name in names},
                        lr_schedule=lr_schedule_from_args(args))
+
+
+def apply_recipe(args: argparse.Namespace, data) -> None:
+    """With ``--recipe NAME`` (``dlrm.training.recipes``, sized by ``data``'s training split),
+    set every training setting still at its default to the recipe's value. Settings given as
+    flags or by ``--config`` win. The resolved values are the run's recorded settings, so its
+    ``config.json`` starts the same run again. (The recipe's model options, such as its
+    embedding initialisation, are applied by ``model_config_from_args``.)"""
+    if not getattr(args, "recipe", None):
+        return
+    from dlrm.training.loop import TrainConfig
+    from dlrm.training.recipes import resolve_recipe
+
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "lr_schedule"]
+    sources = args.setting_sources
+    given = {name: getattr(args, name) for name in names
+             if sources.get(name, "default") != "default"}
+    train, _ = resolve_recipe(getattr(args, "model", "dlrm"), args.recipe,
+                              data.num_samples("train"), base=train_config_from_args(args),
+                              **given)
+    for name in names:
+        if name not in given and getattr(train, name) != getattr(args, name):
+            setattr(args, name, getattr(train, name))
+            sources[name] = f"--recipe {args.recipe}"
 
 
 def take_legacy_positionals(args: argparse.Namespace) -> None:

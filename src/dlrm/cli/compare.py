@@ -45,6 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     resolve_settings(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     optimizers = args.optimizers.split(",") if args.optimizers else None
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()] if args.recipes else None
     lr = {}
     for item in args.lr or []:
         name, _, value = item.partition("=")
@@ -53,7 +54,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               "embedding_dim": args.embedding_dim, "optimizers": optimizers,
               "batch_size": args.batch_size, "epochs": args.epochs, "lr": lr or None,
               "precision": args.precision, "threads": args.threads,
-              "curve_points": args.curve_points}
+              "curve_points": args.curve_points, "recipes": recipes}
     if args.paper:
         config = paper_config(**{k: v for k, v in common.items() if v is not None})
     else:
@@ -97,6 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training samples per run (default: --epochs passes over the train split)")
     p.add_argument("--seeds", type=int, default=None, help="runs per model (default 3)")
     p.add_argument("--optimizers", default=None, help="e.g. sgd,adagrad (default adagrad)")
+    p.add_argument("--recipes", default=None, metavar="NAMES",
+                   help="instead of --optimizers: train every model with its own recipe of "
+                        "each name (small: tuned by `dlrm tune`, reference, auto), e.g. "
+                        "small,reference")
     p.add_argument("--lr", action="append", metavar="OPT=LR",
                    help="learning rate of an optimizer, e.g. --lr adagrad=0.02")
     p.add_argument("--batch-size", type=int, default=None)

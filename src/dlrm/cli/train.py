@@ -35,6 +35,7 @@ from dlrm.cli.common import (
     add_observer_args,
     add_setting,
     add_training_args,
+    apply_recipe,
     check_new_output,
     data_for_checkpoint,
     fan_out,
@@ -147,6 +148,7 @@ def _session(args: argparse.Namespace, record: dict[str, Any] | None,
         return _Session(data, record.get("model_kind", "dlrm"), record["model_config"],
                         config, Path(args.resume))
     data = open_data_from_args(args)
+    apply_recipe(args, data)
     kind, model_config = model_config_from_args(args, data)
     config = train_config_from_args(args)
     check_before_training(data, config)  # before a run directory is made for it
@@ -290,6 +292,7 @@ def _train_on_rank(args: argparse.Namespace, record: dict[str, Any] | None,
             placement=record["placement"], resume=True, watchdog=session.watchdog,
             progress=progress(kind, config, data, resume=True), extra=_extra(args))
     data = open_data_from_args(args)
+    apply_recipe(args, data)
     kind, model_config = model_config_from_args(args, data)
     config = train_config_from_args(args)
     # One new run directory for all ranks, made by rank 0.
@@ -357,6 +360,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the run in RUN_DIR from its last checkpoint, with its own "
                         "settings")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_setting(g, "--recipe", default=None, metavar="NAME",
+                help="train as recipe NAME of the model kind (dlrm.training.recipes): "
+                     "reference (the reference DLRM's SGD recipe), small (tuned by `dlrm "
+                     "tune` on ~10k rows), auto (by the training split's size), or a "
+                     "recipe.json; settings given as flags or by --config win over it")
     g.add_argument("--memory-report", action="store_true",
                    help="print parameter memory per table before training (total always)")
     g = p.add_argument_group("distributed (hybrid parallel; see docs/distributed.md)")

@@ -9,8 +9,8 @@ from typing import Any
 from dlrm.data.source import DataSource
 
 
-def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSource:
-    """A data source from a CLI string or a stored ``spec()`` dict.
+def open_data(spec: str | Path | dict[str, Any], **synthetic_options: Any) -> DataSource:
+    """A data source from a CLI string, a folder path, or a stored ``spec()`` dict.
 
     Strings: ``synthetic:planted`` / ``synthetic:random`` (``synthetic_options`` are
     ``SyntheticConfig`` fields such as ``table_sizes``, ``seed``), or a folder written by
@@ -34,6 +34,7 @@ def open_data(spec: str | dict[str, Any], **synthetic_options: Any) -> DataSourc
 
             return TableDataSource(spec["path"])
         raise ValueError(f"unknown data spec kind {kind!r}")
+    spec = str(spec)
     if spec.startswith("synthetic:"):
         kind = spec.split(":", 1)[1]
         return SyntheticData(SyntheticConfig(kind=kind, **synthetic_options))

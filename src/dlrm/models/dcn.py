@@ -18,7 +18,14 @@ from dlrm.models.common import CTRModel, flat_input
 from dlrm.models.cross import CrossNet, CrossNetV2
 from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.mlp import MLP
-from dlrm.models.registry import ModelSpec, deep_widths, register
+from dlrm.models.registry import (
+    INIT_SEARCH_SPACE,
+    TRAINING_SEARCH_SPACE,
+    ModelSpec,
+    deep_widths,
+    register,
+)
+from dlrm.models.tuned_recipes import TUNED_RECIPES
 
 
 @dataclass
@@ -169,9 +176,13 @@ _DCN_OPTIONS = {"embedding_dim": "D of every table", "deep_mlp": "deep network w
                 "cross_layers": "cross layers", "embedding_init": "how embedding rows start"}
 register(ModelSpec("dcn", "Deep & Cross Network (Wang et al. 2017)",
                    build=lambda cfg: DCN(DCNConfig.from_dict(cfg)),
-                   config_for=_dcn_config_for("dcn"), options=_DCN_OPTIONS))
+                   config_for=_dcn_config_for("dcn"), options=_DCN_OPTIONS,
+                   search_space={**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE},
+                   recipes=TUNED_RECIPES.get("dcn", {})))
 register(ModelSpec("dcnv2", "DCN-v2 (Wang et al. 2020): matrix cross layers, full or low rank",
                    build=lambda cfg: DCNv2(DCNConfig.from_dict(cfg)),
                    config_for=_dcn_config_for("dcnv2"),
                    options={**_DCN_OPTIONS, "low_rank": "rank of W_l (none: full rank)",
-                            "structure": "parallel or stacked"}))
+                            "structure": "parallel or stacked"},
+                   search_space={**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE},
+                   recipes=TUNED_RECIPES.get("dcnv2", {})))

@@ -27,7 +27,13 @@ from dlrm.models.interactions import build_interaction
 from dlrm.models.mixed_dim import MixedDimEmbeddingBag, md_dimensions
 from dlrm.models.mlp import MLP
 from dlrm.models.qr_embeddings import QREmbeddingBag
-from dlrm.models.registry import ModelSpec, register
+from dlrm.models.registry import (
+    INIT_SEARCH_SPACE,
+    TRAINING_SEARCH_SPACE,
+    ModelSpec,
+    register,
+)
+from dlrm.models.tuned_recipes import TUNED_RECIPES
 
 
 def build_embeddings(config: DLRMConfig) -> nn.Module:
@@ -149,9 +155,12 @@ def _rename_cross_keys(state_dict, prefix, *_args) -> None:
 register(ModelSpec(
     "dlrm", "DLRM (Naumov et al. 2019): bottom MLP, embeddings, dot interaction, top MLP",
     build=lambda cfg: DLRM(DLRMConfig.from_dict(cfg)), config_for=_dlrm_config_for,
-    options=_DLRM_OPTIONS))
+    options=_DLRM_OPTIONS, search_space={**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE},
+    recipes=TUNED_RECIPES.get("dlrm", {})))
 register(ModelSpec(
     "dlrm_dcnv2", "MLPerf DLRM-DCNv2: DLRM with a low-rank DCN-v2 cross network as interaction",
     build=_build_dcnv2, config_for=_dcnv2_config_for,
     options={k: v for k, v in _DLRM_OPTIONS.items()
-             if k not in ("interaction", "interaction_self")}))
+             if k not in ("interaction", "interaction_self")},
+    search_space={**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE},
+    recipes=TUNED_RECIPES.get("dlrm_dcnv2", {})))

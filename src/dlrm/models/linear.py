@@ -17,7 +17,14 @@ from dlrm.features import SparseFeatures
 from dlrm.models.common import CTRModel, first_order, flat_input
 from dlrm.models.embeddings import FusedEmbeddingBag, RowInit
 from dlrm.models.mlp import MLP
-from dlrm.models.registry import ModelSpec, deep_widths, register
+from dlrm.models.registry import (
+    INIT_SEARCH_SPACE,
+    TRAINING_SEARCH_SPACE,
+    ModelSpec,
+    deep_widths,
+    register,
+)
+from dlrm.models.tuned_recipes import TUNED_RECIPES
 
 
 @dataclass
@@ -174,12 +181,21 @@ def _linear_config_for(preset: Preset, table_sizes: list[int], num_dense: int,
 
 _DEEP_OPTIONS = {"embedding_dim": "D of the deep part's tables",
                  "deep_mlp": "deep network widths", "embedding_init": "how embedding rows start"}
+_DEEP_SPACE = {**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE}
+# Logistic regression is convex: one adaptive optimizer, its lr and batch size, and early
+# stopping on validation (dlrm.tune) find its optimum; tests/training/test_tune.py checks the
+# result against scikit-learn's L2-regularized solution on the same one-hot features.
+_LR_SPACE = {"lr": {"float": [3e-3, 1.0], "log": True},
+             "batch_size": {"choices": [64, 128, 256, 512]}}
 register(ModelSpec("wdl", "Wide & Deep (Cheng et al. 2016)",
                    build=lambda cfg: WideAndDeep(LinearDeepConfig.from_dict(cfg)),
-                   config_for=_linear_config_for, options=_DEEP_OPTIONS))
+                   config_for=_linear_config_for, options=_DEEP_OPTIONS,
+                   search_space=_DEEP_SPACE, recipes=TUNED_RECIPES.get("wdl", {})))
 register(ModelSpec("deepfm", "DeepFM (Guo et al. 2017)",
                    build=lambda cfg: DeepFM(LinearDeepConfig.from_dict(cfg)),
-                   config_for=_linear_config_for, options=_DEEP_OPTIONS))
+                   config_for=_linear_config_for, options=_DEEP_OPTIONS,
+                   search_space=_DEEP_SPACE, recipes=TUNED_RECIPES.get("deepfm", {})))
 register(ModelSpec("lr", "logistic regression on one-hot ids and dense values",
                    build=lambda cfg: LogisticRegression(LinearDeepConfig.from_dict(cfg)),
-                   config_for=_linear_config_for))
+                   config_for=_linear_config_for, search_space=_LR_SPACE,
+                   recipes=TUNED_RECIPES.get("lr", {})))

@@ -37,8 +37,13 @@ class ModelSpec:
             kind shaped by a preset (D and widths) and a data set (tables, dense width).
         options: override name -> help; what ``--model-option`` and ``config_for`` accept.
         trainable: False for inference-only kinds (quantized checkpoints).
-        search_space: hyperparameter search space for ``dlrm tune`` (name -> distribution
-            description), None where the kind has none yet.
+        search_space: what ``dlrm tune`` searches for this kind: parameter name ->
+            distribution (the vocabulary is ``SEARCH_SPACE_DOC`` below). Names that are
+            ``TrainConfig`` fields set training, the others are options of the kind.
+        recipes: named training recipes chosen by ``dlrm tune`` (``dlrm.training.recipes``):
+            name -> ``{"train": TrainConfig fields (+ ``evals_per_epoch``), "model": options,
+            "source": how it was chosen}``. ``reference`` (the reference DLRM's recipe) is
+            there for every kind without being listed.
     """
 
     name: str
@@ -48,6 +53,34 @@ class ModelSpec:
     options: dict[str, str] = field(default_factory=dict)
     trainable: bool = True
     search_space: dict[str, Any] | None = None
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+SEARCH_SPACE_DOC = """A search space maps parameter names to distributions, searched in order:
+    {"choices": [a, b, ...]}                      one of the values
+    {"float": [low, high], "log": true}           a float (log-uniform with "log")
+    {"int": [low, high]}                          an integer
+    {"float": ..., "per": NAME, "ranges": {value: [low, high], ...}}
+        the range depends on the value already drawn for NAME (e.g. the lr per optimizer)
+"""
+
+# The part of every trainable kind's search space that is about training (dlrm.tune): dense
+# optimizer and lr, the embedding rows' optimizer and lr, L2 on dense weights, batch size.
+# Ranges: around each optimizer's usual values (Adam 1e-3, Adagrad 0.01-0.1, SGD 0.1-1).
+TRAINING_SEARCH_SPACE: dict[str, Any] = {
+    "optimizer": {"choices": ["adagrad", "adam"]},
+    "lr": {"float": [1e-4, 0.3], "log": True, "per": "optimizer",
+           "ranges": {"adagrad": [3e-3, 0.3], "adam": [1e-4, 1e-2], "sgd": [1e-2, 1.0]}},
+    "sparse_optimizer": {"choices": ["rowwise_adagrad", "sgd"]},
+    "sparse_lr": {"float": [1e-3, 1.0], "log": True, "per": "sparse_optimizer",
+                  "ranges": {"rowwise_adagrad": [3e-3, 0.3], "sgd": [1e-2, 1.0]}},
+    "weight_decay": {"float": [1e-8, 1e-3], "log": True},
+    "batch_size": {"choices": [64, 128, 256, 512]},
+}
+# How embedding rows start: the reference's U(+-sqrt(1/n)) suits tables of millions of rows;
+# small data sets often do better with small normal rows (DeepCTR's N(0, 1e-4)).
+INIT_SEARCH_SPACE: dict[str, Any] = {
+    "embedding_init": {"choices": ["uniform", "normal:1e-4", "normal:1e-3", "normal:1e-2"]}}
 
 
 _SPECS: dict[str, ModelSpec] = {}

@@ -1,0 +1,116 @@
+"""Named training recipes: how a model kind is trained (optimizer, lr, batch size, epochs with
+early stopping, embedding initialisation), resolved into a ``TrainConfig`` and model options.
+
+A recipe is a plain dict::
+
+    {"train": {"optimizer": "adam", "lr": 5e-4, "batch_size": 128, "epochs": 10,
+               "patience": 4, "evals_per_epoch": 4, ...},     # TrainConfig fields (+ cadence)
+     "model": {"embedding_init": "normal:1e-4"},              # options of the kind
+     "source": "dlrm tune, 24 trials on criteo head10k ..."}
+
+Names: ``reference`` for every kind (the reference DLRM's Criteo Kaggle recipe: SGD, lr 0.1,
+batch 128, one epoch, U(+-sqrt(1/n)) rows), the kind's own recipes from its ``ModelSpec``
+(``small``: tuned by ``dlrm tune`` on a ~10k-row sample, ``dlrm.models.tuned_recipes``), and
+``auto``: ``small`` where the kind has one and the training split has at most
+``SMALL_DATA_ROWS`` rows, else ``reference``. A name ending in ``.json`` is a recipe file,
+such as the ``recipe.json`` that ``dlrm tune`` writes.
+
+Example:
+    >>> train, options = resolve_recipe("lr", "reference", train_samples=9000)
+    >>> train.optimizer, train.lr, options
+    ('sgd', 0.1, {})
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from dlrm.models import get_spec
+from dlrm.training.loop import TrainConfig
+
+# The reference DLRM's Criteo Kaggle run (dlrm_s_pytorch.py, run_and_time.sh): plain SGD at
+# lr 0.1, mini-batches of 128, one pass, embedding rows U(-sqrt(1/n), sqrt(1/n)).
+REFERENCE_RECIPE: dict[str, Any] = {
+    "train": {"optimizer": "sgd", "lr": 0.1, "sparse_optimizer": "sgd", "batch_size": 128,
+              "epochs": 1, "patience": 0, "weight_decay": 0.0},
+    "model": {"embedding_init": "uniform"},
+    "source": "the reference DLRM's Criteo Kaggle recipe (facebookresearch/dlrm)",
+}
+# Recipes tuned on samples of ~10k rows are used up to this many training rows by ``auto``.
+SMALL_DATA_ROWS = 1_000_000
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+CADENCE_KEYS = ("evals_per_epoch",)
+
+
+def recipe_names(kind: str) -> list[str]:
+    """The recipes ``kind`` has: ``reference``, its tuned ones, and ``auto``."""
+    return ["reference", *get_spec(kind).recipes, "auto"]
+
+
+def get_recipe(kind: str, name: str, train_samples: int | None = None) -> dict[str, Any]:
+    """The recipe dict ``name`` of ``kind`` (``auto`` picks by ``train_samples``; a ``.json``
+    name is read from that file)."""
+    spec = get_spec(kind)
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {path} does not exist")
+        recipe = json.loads(path.read_text())
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("train"), dict):
+            raise ValueError(f"recipe file {path}: expected a JSON object with a 'train' "
+                             f"object (as dlrm tune's recipe.json)")
+        return recipe
+    if name == "auto":
+        small = train_samples is not None and train_samples <= SMALL_DATA_ROWS
+        name = "small" if small and "small" in spec.recipes else "reference"
+    if name == "reference":
+        return copy.deepcopy(REFERENCE_RECIPE)
+    if name not in spec.recipes:
+        raise ValueError(f"--recipe {name!r}: model {kind!r} has the recipes "
+                         f"{', '.join(recipe_names(kind))}")
+    return copy.deepcopy(spec.recipes[name])
+
+
+def check_recipe(kind: str, recipe: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming a key of ``recipe`` that is neither a TrainConfig field nor
+    an option of ``kind``."""
+    unknown = set(recipe.get("train", {})) - TRAIN_FIELDS - set(CADENCE_KEYS)
+    if unknown:
+        raise ValueError(f"recipe for {kind!r}: {', '.join(sorted(unknown))} is not a "
+                         f"training setting (TrainConfig field)")
+
+
+def train_config_from_recipe(recipe: dict[str, Any], train_samples: int,
+                             base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """``base`` (default ``TrainConfig()``) with the recipe's training fields, then
+    ``overrides`` (None values ignored). ``evals_per_epoch`` becomes ``eval_every`` for a
+    training split of ``train_samples`` rows."""
+    settings = {**asdict(base or TrainConfig()), **{k: v for k, v in recipe["train"].items()
+                                                     if k in TRAIN_FIELDS}}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    per_epoch = recipe["train"].get("evals_per_epoch")
+    if per_epoch and "eval_every" not in overrides:
+        steps = max(1, train_samples // int(settings["batch_size"]))
+        settings["eval_every"] = max(1, steps // int(per_epoch))
+    return TrainConfig(**settings)
+
+
+def model_options_from_recipe(kind: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's model options that ``kind`` takes (logistic regression has no embedding
+    initialisation to choose, for instance)."""
+    options = get_spec(kind).options
+    return {k: v for k, v in recipe.get("model", {}).items() if k in options}
+
+
+def resolve_recipe(kind: str, name: str, train_samples: int, base: TrainConfig | None = None,
+                   **overrides: Any) -> tuple[TrainConfig, dict[str, Any]]:
+    """(TrainConfig, model options) of recipe ``name`` for ``kind`` on a training split of
+    ``train_samples`` rows; ``overrides`` are TrainConfig fields that win over the recipe."""
+    recipe = get_recipe(kind, name, train_samples)
+    check_recipe(kind, recipe)
+    return (train_config_from_recipe(recipe, train_samples, base, **overrides),
+            model_options_from_recipe(kind, recipe))
