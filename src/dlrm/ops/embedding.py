@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from dlrm.ops import native
+from dlrm.ops.autograd import register_lean_autograd
 
 _lib = torch.library.Library("dlrm", "FRAGMENT")
 _lib.define("embedding_bag(Tensor weight, Tensor values, Tensor offsets, Tensor table_offsets, "
@@ -158,8 +159,7 @@ def _lookup_backward(ctx, grad_pooled, _grad_ids):
     return (grad_weight, *_NO_GRADS[1:])
 
 
-torch.library.register_autograd("dlrm::embedding_bag", _lookup_backward,
-                                setup_context=_lookup_setup, lib=_lib)
+register_lean_autograd(_lib, "embedding_bag", _lookup_backward, _lookup_setup)
 
 
 def _sgd_torch(weight: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, lr: torch.Tensor

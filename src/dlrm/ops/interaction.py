@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from dlrm.ops import native
+from dlrm.ops.autograd import register_lean_autograd, register_no_second_derivative
 
 _lib = torch.library.Library("dlrm", "FRAGMENT")
 _lib.define("dot_interaction(Tensor dense, Tensor pooled, bool self_interaction) -> Tensor")
@@ -165,15 +166,10 @@ def _backward(ctx, grad):
     return grad_dense, grad_pooled, None
 
 
-def _no_second_derivative(ctx, *grads):
-    raise RuntimeError("dlrm::dot_interaction has no second derivative: its backward "
-                       "(dlrm::dot_interaction_backward) is not differentiable")
-
-
-torch.library.register_autograd("dlrm::dot_interaction_backward", _no_second_derivative,
-                                setup_context=lambda ctx, inputs, output: None, lib=_lib)
-torch.library.register_autograd("dlrm::dot_interaction", _backward,
-                                setup_context=_setup_context, lib=_lib)
+register_no_second_derivative(_lib, "dot_interaction_backward",
+                              "dlrm::dot_interaction has no second derivative: its backward "
+                              "(dlrm::dot_interaction_backward) is not differentiable")
+register_lean_autograd(_lib, "dot_interaction", _backward, _setup_context)
 
 
 @register_flop_formula([torch.ops.dlrm.dot_interaction, torch.ops.dlrm.dot_interaction_backward])

@@ -28,6 +28,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from dlrm.ops import native
+from dlrm.ops.autograd import register_no_second_derivative
 
 _lib = torch.library.Library("dlrm", "FRAGMENT")
 _lib.define("mlp(Tensor x, Tensor[] weights, Tensor[] biases, bool final_relu) -> Tensor[]")
@@ -158,38 +159,49 @@ def _backward_fake(grad, x, activations, weights, final_relu, input_grad):
     return out
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weights, _biases, final_relu = inputs
-    ctx.save_for_backward(x, *output, *weights)
-    ctx.layers = len(weights)
-    ctx.final_relu = final_relu
-    ctx.input_grad = x.requires_grad
-    ctx.set_materialize_grads(False)  # the gradients of h_1 .. h_{L-1} are not used
+# Autograd at the Autograd key, lean (see dlrm.ops.autograd: register_autograd's generic
+# handling of the Tensor[] arguments cost ~90 us per call each way, ~0.3 ms per MLP per step).
+class _MLPFunction(torch.autograd.Function):
+    """``dlrm::mlp`` with its tensors flat: ``apply(x, final_relu, L, W_0..W_{L-1},
+    b_0..b_{L-1}) -> (h_1, ..., h_L)``; the backward is ``dlrm::mlp_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, final_relu, layers, *params):
+        weights, biases = list(params[:layers]), list(params[layers:])
+        with torch._C._AutoDispatchBelowAutograd():
+            activations = torch.ops.dlrm.mlp(x, weights, biases, final_relu)
+        ctx.save_for_backward(x, *activations, *weights)
+        ctx.layers, ctx.final_relu = layers, final_relu
+        ctx.set_materialize_grads(False)  # the gradients of h_1 .. h_{L-1} are not used
+        return tuple(activations)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        layers = ctx.layers
+        grad = grads[-1]
+        if grad is None:
+            return (None,) * (3 + 2 * layers)
+        saved = ctx.saved_tensors
+        x, activations, weights = saved[0], saved[1:layers + 1], saved[layers + 1:]
+        input_grad = ctx.needs_input_grad[0]
+        out = torch.ops.dlrm.mlp_backward(grad, x, list(activations), list(weights),
+                                          ctx.final_relu, input_grad)
+        return (out[-1] if input_grad else None, None, None, *out[0:2 * layers:2],
+                *out[1:2 * layers:2])
 
 
-def _autograd_backward(ctx, grads):
-    saved = ctx.saved_tensors
-    layers = ctx.layers
-    x, activations, weights = saved[0], saved[1:layers + 1], saved[layers + 1:]
-    grad = grads[-1]
-    if grad is None:
-        return None, [None] * layers, [None] * layers, None
-    out = torch.ops.dlrm.mlp_backward(grad, x, list(activations), list(weights),
-                                      ctx.final_relu, ctx.input_grad)
-    grad_x = out[-1] if ctx.input_grad else None
-    return grad_x, list(out[0:2 * layers:2]), list(out[1:2 * layers:2]), None
+def _mlp_autograd(x, weights, biases, final_relu):
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)
+                                    or any(b.requires_grad for b in biases)):
+        return list(_MLPFunction.apply(x, final_relu, len(weights), *weights, *biases))
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.dlrm.mlp(x, weights, biases, final_relu)
 
 
-def _no_second_derivative(ctx, *grads):
-    raise RuntimeError("dlrm::mlp has no second derivative: its backward "
-                       "(dlrm::mlp_backward) is not differentiable. Differentiate the PyTorch "
-                       "modules instead.")
-
-
-torch.library.register_autograd("dlrm::mlp_backward", _no_second_derivative,
-                                setup_context=lambda ctx, inputs, output: None, lib=_lib)
-torch.library.register_autograd("dlrm::mlp", _autograd_backward, setup_context=_setup_context,
-                                lib=_lib)
+_lib.impl("mlp", _mlp_autograd, "Autograd")
+register_no_second_derivative(
+    _lib, "mlp_backward", "dlrm::mlp has no second derivative: its backward "
+    "(dlrm::mlp_backward) is not differentiable. Differentiate the PyTorch modules instead.")
 
 
 @register_flop_formula(torch.ops.dlrm.mlp)
