@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 import numpy as np
 import pytest
@@ -162,3 +163,70 @@ def test_cli_renders_progress_bars_with_rate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "read synth.tsv" in err and "B/s" in err  # bytes read, with a rate
     assert "vocabulary" in err and "26/26" in err
+
+
+HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="needs the optional extra `onnx` "
+                                "(onnx, onnxscript, onnxruntime)")
+
+
+def _checkpoint(path, kind: str, head: MemmapDataSource) -> str:
+    from dlrm.models import build_model, model_config_for
+    from dlrm.training.checkpoint import FORMAT, save_atomic
+    from dlrm.training.data_identity import data_identity
+
+    config = model_config_for(kind, "tiny", head.table_sizes, head.num_dense)
+    torch.manual_seed(0)
+    model = build_model(kind, config)
+    save_atomic({"format": FORMAT, "model_kind": kind, "model_config": config,
+                 "model": model.state_dict(), "data_spec": head.spec(),
+                 "data_identity": data_identity(head)}, path)
+    return str(path)
+
+
+@needs_onnx
+def test_cli_predict_on_onnxruntime_writes_the_pytorch_scores(head, tmp_path, capsys):
+    """`dlrm predict --backend onnxruntime` (a fresh export, or the file of `dlrm export
+    --format onnx`) writes the scores file of `--backend pytorch`, line for line, NaN for the
+    same unparseable lines; a file of other tables is refused."""
+    from dlrm.cli import main
+
+    lines = require(KAGGLE_SPREAD).read_text().splitlines()[:600]
+    lines[7] = "broken"
+    raw = write_lines(tmp_path / "rows.txt", lines)
+    checkpoint = _checkpoint(tmp_path / "last.pt", "dcnv2", head)
+    scores = {}
+    for backend, extra in (("pytorch", []), ("onnxruntime", []),
+                           ("onnxruntime-file", ["--onnx", str(tmp_path / "m.onnx")])):
+        if extra:
+            assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "m.onnx"),
+                         "--format", "onnx"]) == 0
+        out = tmp_path / f"{backend}.txt"
+        assert main(["predict", "--checkpoint", checkpoint, "--input", str(raw), "--out",
+                     str(out), "--backend", backend.split("-")[0], *extra]) == 0
+        printed = capsys.readouterr().out
+        assert "wrote 600 probabilities" in printed
+        assert ("(ONNX Runtime)" in printed) == backend.startswith("onnxruntime")
+        scores[backend] = np.loadtxt(out)
+        assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no leftovers
+    eager = scores["pytorch"]
+    assert np.isnan(eager[7]) and np.isfinite(np.delete(eager, 7)).all()
+    assert np.nanstd(eager) > 1e-2  # the rows get different scores: a real comparison
+    for backend in ("onnxruntime", "onnxruntime-file"):
+        np.testing.assert_allclose(scores[backend], eager, atol=1e-5, rtol=0)
+        assert np.isnan(scores[backend][7])
+
+    other = preset("tiny")  # tables that are not the vocabulary's
+    from dlrm.export import export_model
+
+    export_model(DLRM(other), 13, other.table_sizes, "onnx", tmp_path / "other.onnx")
+    assert main(["predict", "--checkpoint", checkpoint, "--input", str(raw), "--out",
+                 str(tmp_path / "x.txt"), "--backend", "onnxruntime", "--onnx",
+                 str(tmp_path / "other.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other.onnx: a model of 13 dense features and tables " \
+        "[200, 100" in err
+    assert main(["predict", "--checkpoint", checkpoint, "--input", str(raw), "--out",
+                 str(tmp_path / "x.txt"), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    assert "--onnx FILE is run by --backend onnxruntime" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists()

@@ -16,7 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dlrm.cli.common import add_deprecated_alias
+from dlrm.bench.runtimes import BACKENDS
+from dlrm.cli.common import add_deprecated_alias, load_checkpoint_model
 from dlrm.config import PRESETS
 from dlrm.models import model_kinds
 
@@ -82,7 +83,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--rounds", type=int, default=3,
                    help="`locality`: round-robin rounds over the three sources (medians)")
     r = p.add_argument_group("run")
-    r.add_argument("--mode", choices=["train", "infer"], default="train")
+    r.add_argument("--mode", choices=["train", "infer"], default=None,
+                   help="train steps or inference (default: train; --backend onnxruntime: "
+                        "infer, its only mode)")
+    r.add_argument("--backend", choices=list(BACKENDS), default="pytorch",
+                   help="onnxruntime: the model exported to ONNX and run by ONNX Runtime beside "
+                        "eager PyTorch on the same batches (inference, CPU, fp32): samples/s "
+                        "of each and the largest output difference, which must be <= 1e-5 "
+                        "(extra `onnx`)")
     r.add_argument("--batch-size", type=int, default=2048)
     r.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
                    help="tf32 and fp16: CUDA only")
@@ -106,7 +114,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         "num_tables, rows_per_table, ids_per_bag, zipf, threads")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     lg = p.add_argument_group("loadgen (`dlrm bench loadgen`; docs/benchmarks.md)")
-    lg.add_argument("--checkpoint", default=None, help="the model to serve (a last.pt)")
+    lg.add_argument("--checkpoint", default=None,
+                    help="the model to serve, or with --backend onnxruntime to compare (a "
+                         "last.pt, any kind)")
     lg.add_argument("--scenario", choices=["Offline", "Server"], default="Offline")
     lg.add_argument("--target-qps", type=float, default=None,
                     help="Offline: expected QPS; Server: arrival rate (default: measured "
@@ -135,7 +145,7 @@ def bench_config_from_args(args: argparse.Namespace):
         embedding_dim=args.embedding_dim, bottom_mlp=args.bottom_mlp, top_mlp=args.top_mlp,
         interaction=args.interaction, num_tables=args.num_tables,
         rows_per_table=args.rows_per_table, ids_per_bag=1 if args.one_hot else args.ids_per_bag,
-        ids=args.ids, zipf=args.zipf, mode=args.mode, batch_size=args.batch_size,
+        ids=args.ids, zipf=args.zipf, mode=args.mode or "train", batch_size=args.batch_size,
         precision=args.precision, threads=args.threads, tune_allocator=args.tune_allocator,
         device=args.device, warmup=args.warmup,
         trials=args.trials, steps=args.steps, seed=args.seed, ceilings=not args.no_ceilings)
@@ -157,6 +167,9 @@ def _profile_data(args: argparse.Namespace, cfg):
 def cmd_bench(args: argparse.Namespace) -> int:
     from dlrm.bench.report import format_result
 
+    if args.backend != "pytorch" and args.action != "run":
+        raise ValueError(f"--backend {args.backend} belongs to `dlrm bench` (one run), not "
+                         f"`dlrm bench {args.action}`")
     if args.action == "sweep":
         return cmd_sweep(args)
     if args.action == "locality":
@@ -165,6 +178,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_loadgen(args)
     if args.vary:
         raise ValueError("--vary belongs to `dlrm bench sweep`")
+    if args.backend == "onnxruntime":
+        return cmd_runtimes(args)
+    if args.checkpoint:
+        raise ValueError("--checkpoint belongs to `dlrm bench loadgen` and `dlrm bench "
+                         "--backend onnxruntime`; `dlrm bench` times a model built from the "
+                         "flags")
     from dlrm.bench.runner import run_bench
 
     cfg = bench_config_from_args(args)
@@ -202,6 +221,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
             roofline_chart(result, out / "roofline.png")
         breakdown_chart([result], [f"{cfg.preset} B={cfg.batch_size}"], out / "breakdown.png")
         print(f"wrote {out / 'roofline.png'} and {out / 'breakdown.png'}")
+    return 0
+
+
+# Flags that shape a model from the preset: a --checkpoint brings its own.
+SHAPE_FLAGS = ("model", "embedding_dim", "bottom_mlp", "top_mlp", "interaction", "num_tables",
+               "rows_per_table")
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    """`dlrm bench --backend onnxruntime`: eager PyTorch and ONNX Runtime on the same model
+    and batches; exits with an error when their outputs differ by more than 1e-5."""
+    from dlrm.bench.runtimes import check_agreement, format_comparison, run_runtime_comparison
+
+    if args.mode == "train":
+        raise ValueError("--backend onnxruntime compares inference; --mode train is for "
+                         "--backend pytorch")
+    for name, given in (("--peer", args.peer), ("--out", args.out)):
+        if given:
+            raise ValueError(f"{name} belongs to --backend pytorch; --backend onnxruntime "
+                             f"prints one table (and --json)")
+    if args.profile and args.data:
+        raise ValueError("--profile and --data: give one data source")
+    cfg = bench_config_from_args(args)
+    cfg.mode = "infer"
+    model, label = None, None
+    if args.checkpoint:
+        shaped = [f"--{n.replace('_', '-')}" for n in SHAPE_FLAGS if getattr(args, n)]
+        if shaped:
+            raise ValueError(f"{', '.join(shaped)}: the model comes from --checkpoint "
+                             f"{args.checkpoint}; drop the shape flags")
+        model, _ = load_checkpoint_model(args.checkpoint)
+        label = str(args.checkpoint)
+    data, data_label = None, None
+    if args.profile:
+        data, data_label = _profile_data(args, cfg), f"profile:{args.profile}"
+    elif args.data:
+        from dlrm.data import open_data
+
+        data, data_label = open_data(args.data), args.data
+    result = run_runtime_comparison(cfg, model=model, data=data, data_label=data_label,
+                                    model_label=label, progress=BenchProgress(args.quiet))
+    print(format_comparison(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    check_agreement(result)
     return 0
 
 
@@ -304,7 +370,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`dlrm bench sweep --vary batch_size=128,512` sweeps one setting; "
                     "`dlrm bench locality --data SRC` times the lookup on SRC, on data drawn "
                     "from its profile and on i.i.d. ids; `dlrm bench loadgen --checkpoint C "
-                    "--scenario Offline|Server` runs MLPerf Inference's LoadGen on a model.")
+                    "--scenario Offline|Server` runs MLPerf Inference's LoadGen on a model; "
+                    "`dlrm bench --backend onnxruntime` runs it in eager PyTorch and ONNX "
+                    "Runtime side by side.")
     p.add_argument("action", nargs="?", choices=["run", "sweep", "locality", "loadgen"],
                    default="run")
     add_bench_args(p)

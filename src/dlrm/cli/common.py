@@ -363,7 +363,8 @@ def check_checkpoint_data(args: argparse.Namespace) -> None:
 
 
 def check_outputs(args: argparse.Namespace, inputs: tuple[str, ...] = (
-        "checkpoint", "input", "data", "profile", "schema", "config", "resume")) -> None:
+        "checkpoint", "input", "data", "profile", "schema", "config", "resume", "onnx")
+        ) -> None:
     """``--out`` is never one of the command's inputs (``--checkpoint``, ``--input``, ...)."""
     from dlrm.training.checkpoint import check_output_path
 

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pred.add_argument("--strict", action="store_true", help="stop at the first bad line")
     pred.add_argument("--allow-data-mismatch", action="store_true",
                       help="score with a vocabulary other than the model's own")
+    pred.add_argument("--backend", choices=["pytorch", "onnxruntime"], default="pytorch",
+                      help="onnxruntime: score with the checkpoint's model exported to ONNX "
+                           "(a temporary file) and run by ONNX Runtime (extra `onnx`)")
+    pred.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                      help="--backend onnxruntime: this file from `dlrm export --format onnx` "
+                           "instead of a fresh export (the checkpoint still gives the "
+                           "vocabulary)")
     pred.set_defaults(func=_run_predict)
 
     synth = subparsers.add_parser(
@@ -245,26 +252,42 @@ def _run_predict(args: argparse.Namespace) -> int:
     from dlrm.data.loader import MemmapDataSource
     from dlrm.data.predict import score_raw_file, write_scores
 
+    if args.onnx is not None and args.backend != "onnxruntime":
+        raise ValueError("--onnx FILE is run by --backend onnxruntime; add it")
     check_checkpoint_data(args)  # another data set than the model's: refused unless allowed
-    model, checkpoint = load_checkpoint_model(args.checkpoint)
-    data = args.data
-    if data is None:
-        spec = checkpoint.get("data_spec") or {}
-        if spec.get("kind") != "memmap":
-            print(f"error: {args.checkpoint} was trained on {spec.get('kind')!r} data, not a "
-                  "preprocessed Criteo folder; pass --data DIR with the vocabulary to use",
-                  file=sys.stderr)
+    with ExitStack() as stack:
+        if args.onnx is not None:
+            from dlrm.training.checkpoint import load
+
+            model, checkpoint = None, load(args.checkpoint, mmap=True)  # its records only
+        else:
+            model, checkpoint = load_checkpoint_model(args.checkpoint)
+        data = args.data
+        if data is None:
+            spec = checkpoint.get("data_spec") or {}
+            if spec.get("kind") != "memmap":
+                print(f"error: {args.checkpoint} was trained on {spec.get('kind')!r} data, not "
+                      "a preprocessed Criteo folder; pass --data DIR with the vocabulary to use",
+                      file=sys.stderr)
+                return 2
+            data = Path(spec["path"])
+        source = MemmapDataSource(data)
+        scorer: Any = model
+        if args.backend == "onnxruntime":
+            from dlrm.export import onnx_file_serving, onnx_serving
+
+            scorer = (onnx_file_serving(args.onnx, source.num_dense, list(source.table_sizes))
+                      if args.onnx is not None else stack.enter_context(onnx_serving(model)))
+        try:
+            result = score_raw_file(scorer, source, args.input, batch_size=args.batch_size,
+                                    strict=args.strict)
+        except (DataError, FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
-        data = Path(spec["path"])
-    try:
-        result = score_raw_file(model, MemmapDataSource(data), args.input,
-                                batch_size=args.batch_size, strict=args.strict)
-    except (DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     write_scores(args.out, result.probabilities)
     report = result.report
-    print(f"wrote {result.probabilities.size:,} probabilities to {args.out}")
+    print(f"wrote {result.probabilities.size:,} probabilities to {args.out}"
+          + (" (ONNX Runtime)" if args.backend == "onnxruntime" else ""))
     for line in _format_skips(report):
         print(line)
     if report.get("unseen_values"):

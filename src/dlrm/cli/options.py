@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from dlrm.cli.common import add_checkpoint_io_args, check_new_output, take_legacy_positionals
+from dlrm.cli.common import (
+    add_checkpoint_io_args,
+    check_new_output,
+    load_checkpoint_model,
+    take_legacy_positionals,
+)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -23,21 +28,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dlrm.export import export_model
-    from dlrm.training.checkpoint import load_model
+    from dlrm.export import export_model, serving_shape
 
     take_legacy_positionals(args)
     check_new_output(args)
-    model, ckpt = load_model(args.checkpoint)
-    config = ckpt["model_config"]
-    base = config.get("base_config", config)  # quantized checkpoints wrap the base config
-    if "table_sizes" not in base or "bottom_mlp" not in base:
-        raise ValueError(f"{args.checkpoint}: model kind {ckpt['model_kind']!r} has no DLRM "
-                         f"config to export")
-    path = export_model(model, base["bottom_mlp"][0], base["table_sizes"], args.format,
-                        args.out)
-    print(f"wrote {path} ({args.format}): forward(dense (B, {base['bottom_mlp'][0]}) float32, "
-          f"values (N,) int64, offsets ({len(base['table_sizes'])}*B+1,) int64) -> "
+    model, ckpt = load_checkpoint_model(args.checkpoint)
+    num_dense, sizes = serving_shape(model)  # every kind, quantized or not
+    path = export_model(model, num_dense, sizes, args.format, args.out)
+    print(f"wrote {path} ({args.format}, model kind {ckpt['model_kind']}): forward(dense "
+          f"(B, {num_dense}) float32, values (N,) int64, offsets ({len(sizes)}*B+1,) int64) -> "
           f"click probability (B,)")
     return 0
 
@@ -49,8 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, choices=[8, 4], default=8)
     p.set_defaults(func=cmd_quantize)
 
-    p = subparsers.add_parser("export", help="export a checkpoint for serving")
-    add_checkpoint_io_args(p, "a `dlrm train` or `dlrm quantize` checkpoint",
+    p = subparsers.add_parser("export", help="export a checkpoint for serving",
+                              description="Any model kind, quantized or not, as forward(dense, "
+                                          "values, offsets) -> click probability.")
+    add_checkpoint_io_args(p, "a `dlrm train` or `dlrm quantize` checkpoint (any model kind)",
                            "the file to write (*.pt2 for --format export, *.onnx for onnx)")
     p.add_argument("--format", choices=["export", "onnx"], default="export",
                    help="export: torch.export program; onnx: needs pip install 'dlrm[onnx]'")

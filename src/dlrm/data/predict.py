@@ -5,10 +5,15 @@ mapped through the vocabulary of the folder the model was trained on, exactly as
 preprocessing did, then scored in batches. The result has one probability per input line, in
 order; a line that cannot be parsed gets NaN (so line ``i`` of the scores always belongs to
 line ``i`` of the input) and is counted in the report, or with ``strict`` stops the run.
+
+The scorer is the model itself (eager PyTorch) or any call with the serving signature
+``(dense (B, 13), values (F*B,), offsets (F*B+1,)) -> probabilities (B,)``, such as an ONNX
+Runtime session of the exported model (``dlrm.export.onnx_serving``, ``load_exported``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,9 @@ import torch
 from dlrm.data.loader import MemmapDataSource
 from dlrm.data.pipeline.raw import RawRows
 from dlrm.features import SparseFeatures
+
+# A serving call: (dense (B, num_dense), values (N,), offsets (F*B+1,)) -> probabilities (B,)
+Scorer = torch.nn.Module | Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -53,20 +61,27 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def score_rows(model: torch.nn.Module, rows: RawRows, batch_size: int = 65536) -> np.ndarray:
-    """Click probabilities for parsed rows: ``sigmoid(model(dense, one-hot ids))``."""
+def score_rows(model: Scorer, rows: RawRows, batch_size: int = 65536) -> np.ndarray:
+    """Click probabilities for parsed rows: ``sigmoid(model(dense, one-hot ids))`` for a
+    model (``nn.Module``), ``model(dense, values, offsets)`` for a serving call."""
     out = np.empty(rows.dense.shape[0], dtype=np.float64)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    eager = isinstance(model, torch.nn.Module)
+    device = next((p.device for p in model.parameters()), torch.device("cpu")) if eager \
+        else torch.device("cpu")
     for start in range(0, out.size, batch_size):
         stop = min(start + batch_size, out.size)
         dense = torch.from_numpy(np.ascontiguousarray(rows.dense[start:stop])).to(device)
         ids = torch.from_numpy(np.ascontiguousarray(rows.ids[start:stop])).to(device)
-        logits = model(dense, SparseFeatures.from_ids(ids))
-        out[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
+        sparse = SparseFeatures.from_ids(ids)
+        if eager:
+            probabilities = torch.sigmoid(model(dense, sparse).float())
+        else:
+            probabilities = model(dense, sparse.values, sparse.offsets)
+        out[start:stop] = probabilities.cpu().numpy()
     return out
 
 
-def score_raw_file(model: torch.nn.Module, source: MemmapDataSource, path: str | Path,
+def score_raw_file(model: Scorer, source: MemmapDataSource, path: str | Path,
                    batch_size: int = 65536, strict: bool = False) -> Scores:
     """Parse ``path`` with ``source``'s vocabulary and score every line (see module doc)."""
     rows = source.encode_raw_file(path, strict=strict)

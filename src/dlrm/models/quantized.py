@@ -28,6 +28,7 @@ from torch import nn
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.registry import ModelSpec, build_model, register
+from dlrm.ops.embedding import bag_of_values
 
 QUANTIZED_BITS = (8, 4)
 
@@ -127,19 +128,21 @@ class QuantizedEmbeddingBag(nn.Module):
     def forward(self, sparse: SparseFeatures) -> torch.Tensor:
         sparse.expect_features(self.num_features)
         batch = sparse.batch_size
-        bounds = sparse.offsets[::batch]
-        per_feature = bounds[1:] - bounds[:-1]
-        ids = sparse.values + torch.repeat_interleave(self.table_offsets[:-1], per_feature)
+        # Bag f*B + b of every value (feature-major), without repeat_interleave: ONNX exports
+        # of that build an (N, F*B) matrix, gigabytes at serving batch sizes.
+        if sparse.one_hot:
+            bag = torch.arange(sparse.values.numel(), device=sparse.values.device)
+        else:
+            bag = bag_of_values(sparse.offsets, sparse.values.numel())
+        ids = sparse.values + self.table_offsets.index_select(0, bag // batch)
         rows = dequantize_rows(self.codes.index_select(0, ids), self.scale.index_select(0, ids),
                                self.bias.index_select(0, ids), self.bits,
                                self.embedding_dim)  # (N, D)
         if sparse.one_hot:
             pooled = rows  # (F*B, D)
         else:
-            bag_of_value = torch.repeat_interleave(
-                torch.arange(sparse.lengths.numel(), device=ids.device), sparse.lengths)
-            pooled = rows.new_zeros(sparse.lengths.numel(), self.embedding_dim)
-            pooled.index_add_(0, bag_of_value, rows)  # (F*B, D)
+            pooled = rows.new_zeros(sparse.offsets.numel() - 1, self.embedding_dim).index_add(
+                0, bag, rows)  # (F*B, D)
         return pooled.view(self.num_features, batch, self.embedding_dim).transpose(0, 1)
 
 

@@ -28,9 +28,10 @@ from dlrm.ops.native import KernelError, active_on, available, status, use_nativ
 def export_decompositions() -> dict:
     """``{operator: PyTorch implementation}`` for ``ExportedProgram.run_decompositions``:
     serving artifacts (``dlrm export``) hold plain ATen ops, so ONNX and a ``.pt2`` loaded
-    without this package both run them."""
+    without this package both run them. The lookup is the loop-free form
+    (``embedding._lookup_export``): gather, then one scatter-add per batch."""
     return {torch.ops.dlrm.dot_interaction.default: interaction._forward_functional,
-            torch.ops.dlrm.embedding_bag.default: embedding._lookup_torch,
+            torch.ops.dlrm.embedding_bag.default: embedding._lookup_export,
             torch.ops.dlrm.mlp.default: mlp._forward_functional}
 
 

@@ -93,6 +93,41 @@ def _lookup_cpu(weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tenso
     return _lookup_torch(weight, values, offsets, table_offsets, one_hot)
 
 
+def bag_of_values(offsets: torch.Tensor, num_values: int) -> torch.Tensor:
+    """(N,) index of the bag holding each value, from (F*B + 1,) offsets (empty bags allowed).
+
+    Counts, for position i, the bag starts ``offsets[1:-1]`` at or before i: one scatter-add and
+    a cumulative sum, where ``repeat_interleave`` would be a loop over bags in ONNX.
+    """
+    inner = offsets[1:-1]
+    starts = torch.zeros(num_values + 1, dtype=torch.int64, device=offsets.device).index_add(
+        0, inner, torch.ones_like(inner))  # out of place: decompositions must be functional
+    return starts.cumsum(0)[:num_values]
+
+
+def _lookup_export(weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                   table_offsets: torch.Tensor, one_hot: bool, lr: torch.Tensor | None = None,
+                   accumulator: torch.Tensor | None = None, eps: float = 1e-8
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lookup for serving exports (``dlrm.ops.export_decompositions``, forward only): gather
+    every value's row, then sum the rows of each bag with one scatter-add.
+
+    The same result as ``_lookup_torch`` (sums in another order: equal to ~1e-7), in ops ONNX
+    runs as single kernels: ONNX exporters turn ``embedding_bag`` and ``repeat_interleave``
+    into ``Loop``s over bags, which ONNX Runtime runs one bag at a time (~50 us each).
+    """
+    num_features, dim = table_offsets.numel() - 1, weight.shape[1]
+    if one_hot:
+        ids = global_ids(values, offsets, table_offsets, one_hot)
+        return weight.index_select(0, ids).view(-1, num_features, dim), ids
+    num_bags = offsets.numel() - 1
+    batch = num_bags // num_features
+    bag = bag_of_values(offsets, values.numel())  # (N,), feature-major: bag f*B + b
+    ids = values + table_offsets.index_select(0, bag // batch)
+    pooled = weight.new_zeros(num_bags, dim).index_add(0, bag, weight.index_select(0, ids))
+    return pooled.view(num_features, batch, dim).transpose(0, 1), ids  # (B, F, D)
+
+
 _lib.impl("embedding_bag", _lookup_cpu, "CPU")
 _lib.impl("embedding_bag", _lookup_torch, "CompositeExplicitAutograd")
 
