@@ -96,13 +96,14 @@ def _lookup_cpu(weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tenso
 def bag_of_values(offsets: torch.Tensor, num_values: int) -> torch.Tensor:
     """(N,) index of the bag holding each value, from (F*B + 1,) offsets (empty bags allowed).
 
-    Counts, for position i, the bag starts ``offsets[1:-1]`` at or before i: one scatter-add and
-    a cumulative sum, where ``repeat_interleave`` would be a loop over bags in ONNX.
+    Counts, for position i, the bag starts at or before i (every offset, the first one 0 too,
+    hence the -1): one scatter-add and a cumulative sum, where ``repeat_interleave`` would be a
+    loop over bags in ONNX. No slice of ``offsets`` either: ``torch.export`` turns a slice of
+    a batch-sized tensor into a guard on the batch size.
     """
-    inner = offsets[1:-1]
     starts = torch.zeros(num_values + 1, dtype=torch.int64, device=offsets.device).index_add(
-        0, inner, torch.ones_like(inner))  # out of place: decompositions must be functional
-    return starts.cumsum(0)[:num_values]
+        0, offsets, torch.ones_like(offsets))  # out of place: decompositions must be functional
+    return starts.cumsum(0)[:num_values] - 1
 
 
 def _lookup_export(weight: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
