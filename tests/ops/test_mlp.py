@@ -17,8 +17,9 @@ needs_kernels = pytest.mark.skipif(not native.available(),
                                    reason="native kernels unavailable (no C++ compiler)")
 
 # The bottom-MLP shape (ReLU at the end; 13 inputs take the transposed weight-gradient
-# layout) and a top-MLP shape ending in a logit.
-CASES = [("13-40-32-16", True), ("37-48-64-1", False)]
+# layout), a top-MLP shape ending in a logit, and widths of 64 or more that are not multiples
+# of 16 (the input and both hidden layers run zero-padded to 80, 112, 80 columns).
+CASES = [("13-40-32-16", True), ("37-48-64-1", False), ("67-100-72-1", False)]
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"ceilings: matmul GFLOP/s {peaks}; stream {c['stream_gbps']:.1f} GB/s; "
                      f"random {c['gather_row_bytes']:.0f}-byte-row gather "
                      f"{c['gather_gbps']:.1f} GB/s")
+    lines += _peak_lines(result)
     header = (f"{'component':<18}{'ms':>9}{'min':>9}{'max':>9}{'share':>7}{'FLOPs':>9}"
               f"{'bytes':>9}{'GFLOP/s':>9}{'GB/s':>7}  {'bound':<16}{'of bound':>8}")
     lines += ["", header, "-" * len(header)]
@@ -54,4 +55,46 @@ def format_result(result: dict[str, Any]) -> str:
                       f"{100 * lim['fraction_of_bound']:.0f}% of its bound); model step at "
                       f"{100 * result['fraction_of_roofline']:.0f}% of the roofline time "
                       f"({result['roofline_step_ms']:.2f} ms ideal)"]
+    lines += _layer_lines(result)
     return "\n".join(lines)
+
+
+def _peak_lines(result: dict[str, Any]) -> list[str]:
+    """The step as a fraction of the matmul peak measured in the same run."""
+    peak = result.get("peak")
+    if not peak:
+        return []
+    cfg = result["config"]
+    what = "forward + backward" if cfg["mode"] == "train" else "forward"
+    return [f"peak: {peak['matmul_flops_per_sample'] / 1e6:.3f} MFLOP/sample of dense-layer "
+            f"matmuls ({what}) x {result['samples_per_s']:,.0f} samples/s = "
+            f"{peak['achieved_gflops']:.0f} GFLOP/s = {peak['fraction_of_peak']:.2f} of the "
+            f"{cfg['precision']} matmul peak ({peak['peak_gflops']:.0f} GFLOP/s); the same "
+            f"GEMMs alone: {peak['gemm_fraction_of_peak']:.2f} (per layer below)"]
+
+
+def _layer_lines(result: dict[str, Any]) -> list[str]:
+    """One row per dense layer: its bare GEMMs' time and fraction of the peak."""
+    layers = result.get("layers")
+    if not layers:
+        return []
+    train = result["config"]["mode"] == "train"
+    header = (f"{'layer':<22}{'K->N':>11}{'fwd ms':>9}{'of peak':>8}"
+              + (f"{'bwd ms':>9}{'of peak':>8}" if train else "")
+              + f"  {'bound':<16}{'shape':<16}")
+    lines = ["", f"dense layers as bare GEMMs, B={result['config']['batch_size']} "
+                 f"(fraction of the {result['config']['precision']} matmul peak):",
+             header, "-" * len(header)]
+    for r in layers:
+        row = (f"{r['name']:<22}{str(r['fan_in']) + '->' + str(r['fan_out']):>11}"
+               f"{r['fwd_ms']:>9.3f}{r['fwd_fraction']:>8.2f}")
+        if train:
+            row += f"{r['bwd_ms']:>9.3f}{r['bwd_fraction']:>8.2f}"
+        lines.append(row + f"  {r['bound']:<16}{r['shape']:<16}")
+    worst = min(layers, key=lambda r: r.get("bwd_fraction", r["fwd_fraction"])
+                if train else r["fwd_fraction"])
+    slowest = max(layers, key=lambda r: r["fwd_ms"] + r.get("bwd_ms", 0.0))
+    lines += ["", f"most time: {slowest['name']} ({slowest['fan_in']}->{slowest['fan_out']}); "
+                  f"furthest from the peak: {worst['name']} ({worst['fan_in']}->"
+                  f"{worst['fan_out']}, {worst['shape']})"]
+    return lines

@@ -29,6 +29,7 @@ from dlrm.allocator import tune_cpu_allocator
 from dlrm.bench import roofline
 from dlrm.bench.ceilings import machine_description, measure_ceilings
 from dlrm.bench.inputs import GeneratedBatches, cycle_batches
+from dlrm.bench.layers import summarize_layers, time_layers
 from dlrm.bench.timing import ComponentTimer, median_min_max, synchronize
 from dlrm.config import DLRMConfig, get_preset, parse_arch
 from dlrm.features import Batch
@@ -385,6 +386,15 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         "embedding_megabytes": sum(config.table_sizes) * config.embedding_dim * 4 / 2 ** 20,
         "machine": machine_description(device),
     }
+    if ceilings and device.type == "cpu":
+        # Every dense layer alone at this batch: the step's distance from the matmul peak,
+        # and the part of it that the library's GEMMs at these shapes already account for.
+        layers = time_layers(model, cfg.batch_size, cfg.precision, ceilings, cfg.mode,
+                             reps=3 if cfg.quick_ceilings else 10, seed=cfg.seed)
+        if layers:
+            result["layers"] = layers
+            result["peak"] = summarize_layers(layers, result["samples_per_s"], cfg.batch_size,
+                                              cfg.precision, ceilings, cfg.mode)
     if analysis:
         ideal = sum(a["ideal_ms"] for a in analysis.values())
         result["roofline_step_ms"] = ideal

@@ -78,6 +78,32 @@ def _weight_grad(grad: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return grad.t().mm(inputs)
 
 
+# MKL's float32 input-gradient GEMM ``dY W`` (B, N) @ (N, K) slows down when its output width K
+# is not a multiple of 16: at B=2048 the kaggle top MLP's first layer (K = 367) ran it at ~145
+# GFLOP/s and K = 368 at ~188. The backward multiplies by the weight zero-padded to the next
+# multiple of ``PAD_TO`` columns and drops them (a view); padding the forward and the weight
+# gradient too (copies of the (B, K) input) gained nothing measurable. Both MLPs forward +
+# backward: 1.024x (benchmarks/mlp_padding.py). Native float32 path, K >= PAD_MIN_WIDTH only.
+PAD_TO = 16
+PAD_MIN_WIDTH = 64
+
+
+def _padded_width(width: int, use_native: bool) -> int:
+    if not use_native or width < PAD_MIN_WIDTH or width % PAD_TO == 0:
+        return width
+    return width + PAD_TO - width % PAD_TO
+
+
+def _pad_columns(t: torch.Tensor, width: int) -> torch.Tensor:
+    """``t`` (R, K) with zero columns appended up to ``width`` (a copy), or ``t`` itself.
+    Only the (N, K) weights are padded, a small copy per step."""
+    if t.shape[1] == width:
+        return t
+    out = t.new_zeros(t.shape[0], width)
+    out[:, :t.shape[1]] = t
+    return out
+
+
 def _forward(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
              final_relu: bool, use_native: bool) -> list[torch.Tensor]:
     activations = []
@@ -100,11 +126,13 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, activations: list[torch.Tenso
     for i in reversed(range(layers)):
         relu = final_relu or i < layers - 1
         grad, bias_grad = _act_bias_backward(grad, activations[i], relu, owned, use_native)
+        fan_in = inputs[i].shape[1]
+        width = _padded_width(fan_in, use_native)
         grads[2 * i] = _weight_grad(grad, inputs[i])
         grads[2 * i + 1] = bias_grad
         if i == 0 and not input_grad:
             return grads
-        grad = grad.mm(weights[i])  # (B, width_i)
+        grad = grad.mm(_pad_columns(weights[i], width))[:, :fan_in]  # (B, width_i), strided
         owned = True
     return [*grads, grad]
 
