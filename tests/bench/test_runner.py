@@ -160,3 +160,41 @@ def test_cuda_bench_runs_with_events(precision):
     assert result["samples_per_s"] > 0 and result["machine"]["device_name"]
     assert all(c["ms"] >= 0 for c in result["components"].values())
     assert "matmul_fp16_gflops" in result["ceilings"]
+
+
+def test_fraction_of_peak_counts_every_dense_layer(capsys):
+    """The step's fraction of the matmul peak: FLOPs per sample counted by hand from the tiny
+    preset's layer widths (no input gradient for the first bottom layer), times samples/s,
+    over the peak measured in the same run; one table row per nn.Linear; for every kind."""
+    from dlrm.bench.layers import layer_flops
+    from dlrm.bench.report import format_result
+
+    result = run_bench(BenchConfig(**TINY))
+    model = build_model("dlrm", result["model"])
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert [r["name"] for r in result["layers"]] == [n for n, _ in linears]
+    batch = TINY["batch_size"]
+    flops = 0
+    for name, m in linears:
+        k, n = m.in_features, m.out_features
+        first = name == "bottom_mlp.0"
+        flops += (2 * batch * k * n + batch * n) * 2 + (0 if first else 2 * batch * k * n)
+        assert layer_flops(batch, k, n, not first) == (2 * batch * k * n + batch * n,
+                                                      2 * batch * k * n * (1 if first else 2)
+                                                      + batch * n)
+    peak = result["peak"]
+    assert peak["matmul_flops_per_sample"] == pytest.approx(flops / batch)
+    assert peak["fraction_of_peak"] == pytest.approx(
+        result["samples_per_s"] * flops / batch / 1e9 / result["ceilings"]["matmul_fp32_gflops"])
+    assert 0 < peak["fraction_of_peak"] < peak["gemm_fraction_of_peak"]
+    for row in result["layers"]:
+        assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["bound"] in (
+            "compute", "memory (stream)")
+    text = format_result(result)
+    assert "of the fp32 matmul peak" in text and "bottom_mlp.0" in text
+    infer = run_bench(BenchConfig(**{**TINY, "mode": "infer"}))
+    assert infer["peak"]["matmul_flops_per_sample"] == pytest.approx(
+        sum(2 * m.in_features * m.out_features + m.out_features for _, m in linears))
+    assert "bwd_ms" not in infer["layers"][0]
+    dcn = run_bench(BenchConfig(**{**TINY, "model": "dcnv2"}))
+    assert dcn["layers"] and dcn["peak"]["fraction_of_peak"] > 0
