@@ -78,15 +78,41 @@ def test_operator_gradcheck_float64(final_activation):
     assert torch.autograd.gradcheck(op, (x, *params))
 
 
+@pytest.mark.usefixtures("native_for_small_batches")
 def test_opcheck_schema_fake_and_autograd_registrations():
     """torch.library.opcheck: the fake implementation matches the real one (shapes, strides,
-    dtypes), the schema's aliasing is truthful, autograd is registered."""
+    dtypes), the schema's aliasing is truthful, autograd is registered. 67 inputs take the
+    backward's padded weight (native kernels): its input gradient must still be contiguous,
+    as the fake says (Inductor asserts it)."""
     torch.manual_seed(2)
-    for x, final in ((torch.randn(5, 13), True), (torch.randn(300, 40), False)):
+    for x, final in ((torch.randn(5, 13), True), (torch.randn(300, 40), False),
+                     (torch.randn(300, 67), False)):
         weights = [torch.randn(32, x.shape[1], requires_grad=True), torch.randn(8, 32)]
         biases = [torch.randn(32), torch.randn(8, requires_grad=True)]
         torch.library.opcheck(torch.ops.dlrm.mlp.default,
                               (x.requires_grad_(), weights, biases, final))
+
+
+@pytest.mark.usefixtures("native_for_small_batches")
+@pytest.mark.parametrize("fan_in", [13, 67, 80])
+def test_backward_outputs_have_the_fake_strides(fan_in):
+    """Every gradient dlrm::mlp_backward returns is laid out as its fake says (contiguous),
+    the padded-weight path (67 inputs) included: a compiled step (Inductor) asserts it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(4)
+    x = torch.randn(300, fan_in)
+    weights = [torch.randn(96, fan_in), torch.randn(1, 96)]
+    biases = [torch.randn(96), torch.randn(1)]
+    activations = torch.ops.dlrm.mlp(x, weights, biases, False)
+    grad = torch.randn(300, 1)
+    real = torch.ops.dlrm.mlp_backward(grad, x, activations, weights, False, True)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.dlrm.mlp_backward(*(mode.from_tensor(t) for t in (grad, x)),
+                                           [mode.from_tensor(a) for a in activations],
+                                           [mode.from_tensor(w) for w in weights], False, True)
+    assert [t.shape for t in real] == [t.shape for t in fake]
+    assert [t.stride() for t in real] == [t.stride() for t in fake]
 
 
 @needs_kernels

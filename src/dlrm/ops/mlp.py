@@ -134,7 +134,7 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, activations: list[torch.Tenso
             return grads
         grad = grad.mm(_pad_columns(weights[i], width))[:, :fan_in]  # (B, width_i), strided
         owned = True
-    return [*grads, grad]
+    return [*grads, grad.contiguous()]  # contiguous, as the fake says (Inductor checks)
 
 
 def _forward_functional(x, weights, biases, final_relu):
