@@ -332,6 +332,28 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
     return write_report(study, config, data, out)
 
 
+def trial_observer(writer: Any) -> Progress:
+    """A ``tune`` progress callback that hands a ``TensorBoardWriter`` each trial's training
+    events as a run of its own (``trial 3`` -> ``DIR/trial-3``) and, when the trial ends, its
+    searched settings beside its final validation AUC (TensorBoard's HParams tab)."""
+    params: dict[int, dict[str, Any]] = {}
+
+    def observe(event: dict[str, Any]) -> None:
+        kind, trial = event["event"], event.get("trial")
+        if trial is None:
+            return
+        run = f"trial {trial}"
+        if kind == "trial_start":
+            params[trial] = event["params"]
+        elif kind == "trial_end":
+            if event["state"] == "COMPLETE" and event["value"] is not None:
+                writer.add_hparams(run, params.pop(trial, {}), {"val_auc": event["value"]})
+        else:
+            writer({**event, "run": run})
+
+    return observe
+
+
 def _finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 

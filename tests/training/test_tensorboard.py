@@ -1,5 +1,6 @@
-"""`--tensorboard DIR` for `dlrm train` and `dlrm compare`: the event files TensorBoard's own
-reader loads back hold the run's loss, lr, samples/s and every evaluation's metrics."""
+"""`--tensorboard DIR` for `dlrm train`, `dlrm compare` and `dlrm tune`: the event files
+TensorBoard's own reader loads back hold the run's loss, lr, samples/s and every evaluation's
+metrics."""
 
 import json
 
@@ -101,3 +102,26 @@ def test_hparams_for_a_search(tmp_path):
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
     assert [e.value for e in acc.Scalars("hparam/auc")] == pytest.approx([0.75])
+
+
+def test_tune_writes_a_folder_per_trial_with_its_hparams(tmp_path):
+    """`dlrm tune --tensorboard DIR`: each trial's evaluations in DIR/trial-N, equal to the
+    trial's own metrics.jsonl, and its searched settings + final AUC in the HParams tab."""
+    pytest.importorskip("optuna", reason="dlrm tune needs Optuna: pip install 'dlrm[tune]'")
+    tb, out = tmp_path / "tb", tmp_path / "study"
+    rc = main(["tune", "--model", "lr", "--preset", "tiny", "--data", "synthetic:planted",
+               "--tables", "200,100,500,50", "--train-samples", "2048", "--val-samples",
+               "512", "--trials", "2", "--epochs", "1", "--evals-per-epoch", "2",
+               "--pruner", "none", "--quiet", "--out", str(out), "--tensorboard", str(tb)])
+    assert rc == 0
+    assert sorted(p.name for p in tb.iterdir()) == ["trial-0", "trial-1"]
+    for trial in (0, 1):
+        got = scalars(tb / f"trial-{trial}")
+        evals = [r for r in jsonl(out / "trials" / f"{trial:04d}" / "metrics.jsonl")
+                 if r["event"] == "eval"]
+        assert [s for s, _ in got["val/auc"]] == [r["step"] for r in evals]
+        assert [v for _, v in got["val/auc"]] == pytest.approx([r["auc"] for r in evals],
+                                                                rel=1e-6)
+        acc = EventAccumulator(str(tb / f"trial-{trial}"))
+        acc.Reload()
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 from dlrm.cli.common import (
     TrainProgress,
     add_data_args,
+    add_observer_args,
+    fan_out,
     finish_settings,
     open_data_from_args,
+    open_observers,
     resolve_settings,
 )
 from dlrm.config import PRESETS
@@ -48,7 +52,7 @@ class TuneProgress:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from dlrm.models import parse_model_options
-    from dlrm.tune import TuneConfig, tune
+    from dlrm.tune import TuneConfig, trial_observer, tune
 
     resolve_settings(args)  # the data flags: given, else their defaults
     space = json.loads(Path(args.space).read_text()) if args.space else None
@@ -62,7 +66,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         startup_trials=args.startup_trials, threads=args.threads,
         keep_checkpoints=args.keep_checkpoints)
     data = open_data_from_args(args)
-    summary = tune(data, config, args.out, progress=TuneProgress(disable=args.quiet))
+    with contextlib.ExitStack() as stack:  # --tensorboard: a folder per trial
+        observers = [trial_observer(tb) for tb in open_observers(args, stack, args.model,
+                                                                  None, data)]
+        summary = tune(data, config, args.out,
+                       progress=fan_out(TuneProgress(disable=args.quiet), *observers))
     out = Path(args.out)
     print((out / "trials.md").read_text(), end="")
     if summary["best"] is None:
@@ -111,5 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="keep every trial's checkpoints (default: the best trial's only)")
     p.add_argument("--out", default="runs/tune", help="study folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_observer_args(p, mlperf=False)
     finish_settings(p)
     p.set_defaults(func=cmd_tune)
