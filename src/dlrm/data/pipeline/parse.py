@@ -459,7 +459,8 @@ class RowParser:
                    first_line: int = 1) -> ParsedBlock:
         """Parse whole lines; ``first_line`` is the 1-based number of the block's first line
         relative to where the stage counts from (0-based offsets are added later)."""
-        assert self.column_names is not None
+        if self.column_names is None:
+            raise RuntimeError("parse_text needs the column names (from the schema or a header)")
         index = [self.column_names.index(c) for c in self.wanted]
         quote = 34 if self.schema.quote else None
         lines = tokenize(block, len(self.column_names), index, ord(delimiter), quote)

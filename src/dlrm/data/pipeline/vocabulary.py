@@ -128,17 +128,21 @@ class Vocabulary:
     def unseen_id(self) -> int:
         return RARE_ID if self.mode == "min-count" else MISSING_ID
 
+    def _check_built(self) -> None:
+        if self.kept is None:
+            raise RuntimeError("the vocabulary was used before it was built or loaded")
+
     def table_sizes(self) -> list[int]:
         if self.mode == "hash":
             return [int(self.hash_buckets) + 1] * len(self.names)
-        assert self.kept is not None
+        self._check_built()
         return [len(k) + self.first_value_id for k in self.kept]
 
     def lut(self, k: int, dictionary: pa.Array) -> np.ndarray:
         """int32 id of each value of ``dictionary`` under feature ``k``."""
         if self.mode == "hash":
             return hash_ids(_as_column(dictionary, self.kinds[k]), int(self.hash_buckets))
-        assert self.kept is not None
+        self._check_built()
         index = pc.index_in(dictionary, value_set=self.kept[k])
         rank = pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int32)
         return np.where(rank < 0, self.unseen_id, rank + self.first_value_id).astype(np.int32)
