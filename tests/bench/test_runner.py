@@ -125,6 +125,12 @@ def test_presets():
     assert config.bottom_mlp == [13, 512, 256, 64, 32]
     with pytest.raises(ValueError, match="needs a CUDA device"):
         BenchConfig(precision="fp16")
+    # A data set's tables are its own: the cap (default 1M rows) would leave its ids outside.
+    config, _ = model_shape(BenchConfig(preset="kaggle", table_rows_cap=1000), 13,
+                            [5000, 20, 3_000_000])
+    assert config.table_sizes == [5000, 20, 3_000_000]
+    with pytest.raises(ValueError, match="rows_per_table cannot change the tables"):
+        model_shape(BenchConfig(rows_per_table=10), 13, [5000, 20])
 
 
 def test_generated_batches_layout_and_skew():

@@ -37,6 +37,11 @@ def test_training_on_planted_data_beats_a_constant_predictor(tmp_path):
         assert key in saved
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["event"] == "eval" and lines[0]["event"] == "train"
+    # the validation passes' rate: every val sample of every evaluation over their seconds
+    evals = [x for x in lines if x["event"] == "eval"]
+    assert saved["eval_seconds"] > 0
+    assert saved["eval_samples_per_s"] == pytest.approx(
+        20_000 * len(evals) / saved["eval_seconds"])
 
 
 def test_checkpoint_round_trip_and_same_seed_same_metrics(tmp_path):

@@ -56,7 +56,8 @@ class BenchConfig:
             (``dlrm.config.PRESETS``, the same recipes as ``dlrm train``).
         model: the model kind (``dlrm.models.model_kinds()``; None: the preset's). DLRM and
             DLRM-DCNv2 get per-component timers and a roofline; other kinds their step time.
-        table_rows_cap: cap on every table's rows, to fit memory (None: full sizes).
+        table_rows_cap: cap on every table's rows, to fit memory (None: full sizes); not
+            applied to a data set's tables (its ids index them whole).
         embedding_dim, bottom_mlp, top_mlp, interaction: overrides of the preset ("512-256-64";
             the bottom MLP gets the dense width prepended and D appended when missing).
         num_tables: use this many tables (the preset's, cycled); rows_per_table: all tables
@@ -127,8 +128,10 @@ def model_shape(cfg: BenchConfig, num_dense: int = 13,
         sizes = [sizes[k % len(sizes)] for k in range(cfg.num_tables)]
         bags = [bags[k % len(bags)] for k in range(cfg.num_tables)]
     if cfg.rows_per_table is not None:
+        if table_sizes is not None:
+            raise ValueError("rows_per_table cannot change the tables of a data set")
         sizes = [cfg.rows_per_table] * len(sizes)
-    if cfg.table_rows_cap:
+    if cfg.table_rows_cap and table_sizes is None:  # a data set's ids need its own tables
         sizes = [min(n, cfg.table_rows_cap) for n in sizes]
     if cfg.ids_per_bag is not None:
         bags = [cfg.ids_per_bag] * len(sizes)

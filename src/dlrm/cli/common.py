@@ -582,7 +582,11 @@ def print_summary(summary: dict) -> None:
     if summary.get("test_auc") is not None:
         print(f"test AUC {summary['test_auc']:.4f}  log loss {summary['test_logloss']:.4f}")
     if summary.get("samples_per_s"):
-        print(f"training throughput {summary['samples_per_s']:,.0f} samples/s")
+        line = f"training throughput {summary['samples_per_s']:,.0f} samples/s"
+        if summary.get("eval_samples_per_s"):
+            line += (f"; validation {summary['eval_samples_per_s']:,.0f} samples/s "
+                     f"({summary['eval_samples_per_s'] / summary['samples_per_s']:.1f}x)")
+        print(line)
     print(f"run directory: {summary['run_dir']}")
 
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -645,10 +646,15 @@ def _train_steps(strategy: TrainingStrategy, data: DataSource, config: TrainConf
     schedule = build_schedule(config.lr_schedule)
     device = strategy.device
 
+    eval_time = {"seconds": 0.0, "samples": 0}  # this session's validation passes
+
     def run_eval() -> dict[str, float]:
         emit({"event": "eval_start", "step": state["step"],
               "samples_seen": state["samples_seen"]})
+        started = time.perf_counter()
         metrics = strategy.evaluate("val")
+        eval_time["seconds"] += time.perf_counter() - started
+        eval_time["samples"] += int(metrics.get("samples", 0))
         record = {"event": "eval", "split": "val", "step": state["step"],
                   "samples_seen": state["samples_seen"], **metrics}
         run_log.write(record)
@@ -740,6 +746,10 @@ def _train_steps(strategy: TrainingStrategy, data: DataSource, config: TrainConf
         **{f"val_{k}": v for k, v in final_val.items()},
         "samples_per_s": (steps_this_session * batch_size / train_time) if train_time else None,
         "train_seconds": train_time, "final_train_loss": last_loss,
+        # Validation passes of this session (the metrics computed included): rate and time.
+        "eval_samples_per_s": (eval_time["samples"] / eval_time["seconds"]
+                               if eval_time["seconds"] else None),
+        "eval_seconds": eval_time["seconds"],
         "native_kernels": ops.active_on(config.device),
         **strategy.summary_extra(steps_this_session),
         **{k: v for k, v in record.items()
