@@ -53,8 +53,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="model kind (default: the preset's); DLRM kinds get per-component "
                         "timers and a roofline")
     g.add_argument("--rows-cap", type=int, default=1_000_000,
-                   help="cap on every table's rows, to fit memory (0: no cap; a --data set's "
-                        "tables are never capped)")
+                   help="cap on generated tables' rows, to fit memory (0: no cap)")
     add_deprecated_alias(g, "--table-rows-cap", "--rows-cap", dest="rows_cap", type=int)
     g.add_argument("--embedding-dim", type=int, default=None)
     g.add_argument("--bottom-mlp", default=None, help="e.g. 512-256-64 (D appended if missing)")
