@@ -134,10 +134,12 @@ def test_the_callers_gradient_is_not_overwritten_and_expanded_gradients_work():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("native_for_small_batches")
 def test_modules_run_where_the_operator_would_change_behaviour():
     mlp = MLP("6-8-4")
     x = torch.randn(3, 6)
-    assert "MLPFunction" in mlp(x).grad_fn.name()
+    if native.available():
+        assert "MLPFunction" in mlp(x).grad_fn.name()
     seen = []
     mlp[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
     assert mlp(x).grad_fn.name() == "ReluBackward0"  # a hook must still run
@@ -169,12 +171,24 @@ def test_changing_the_output_in_place_before_backward_is_caught():
         out.sum().backward()
 
 
-def test_a_second_derivative_fails_loudly_and_works_on_the_modules():
+@needs_kernels
+def test_a_second_derivative_fails_loudly_on_the_native_path_and_is_exact_elsewhere(
+        monkeypatch):
+    torch.manual_seed(5)
     mlp = MLP("6-8-4")
     x = torch.randn(3, 6, requires_grad=True)
+
+    def second_derivative(forward):
+        x.grad = None
+        (grad,) = torch.autograd.grad(forward(x).pow(2).sum(), x, create_graph=True)
+        grad.sum().backward()
+        return x.grad.clone()
+
+    # Below the native size the operator's PyTorch ops are recorded by autograd: the same
+    # second derivative as the plain modules.
+    assert "MLPFunction" not in mlp(x).grad_fn.name()
+    torch.testing.assert_close(second_derivative(mlp), second_derivative(modules(mlp)))
+    monkeypatch.setattr(mlp_op, "NATIVE_MIN_ELEMENTS", 0)
     (grad,) = torch.autograd.grad(mlp(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="dlrm::mlp has no second derivative"):
         grad.sum().backward()
-    (grad,) = torch.autograd.grad(modules(mlp)(x).pow(2).sum(), x, create_graph=True)
-    grad.sum().backward()  # the plain modules have one
-    assert x.grad is not None

@@ -28,8 +28,9 @@ class MLP(nn.Sequential):
     parameters and state dict stay a plain ``nn.Linear``/``nn.ReLU`` sequence, which runs as
     such when a layer was swapped or hooked (users quantize or inspect layers that way).
     Under autocast the input and parameters are cast to the autocast dtype first, as
-    ``nn.Linear`` would be. The operator has no second derivative (differentiating a
-    ``create_graph=True`` gradient raises, as for DLRM's interaction and lookup).
+    ``nn.Linear`` would be. On its native path (CPU float32, large batches) the operator has no
+    second derivative (differentiating a ``create_graph=True`` gradient raises, as for DLRM's
+    interaction and lookup); elsewhere autograd records its PyTorch ops, which have one.
 
     Args:
         widths: ``[in, h1, ..., out]`` or the string ``"in-h1-...-out"``.
