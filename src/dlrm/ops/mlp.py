@@ -17,9 +17,12 @@ gradient of narrow inputs (the 13 dense features) takes the transposed order
 ``(h^T g)^T``, 3.2x faster at B=2048 (benchmarks/mlp_fusion.py).
 
 Every other case (CUDA, float64, bfloat16, small batches where the per-layer native calls cost
-more than they save) runs the same structure on PyTorch ops: ``addmm`` + ``relu_`` and
-``threshold_backward`` + ``sum``. bfloat16 stays on those: fused, both MLPs measured 1.02x in
-isolation and 0.98-1.00x through autocast, not worth rounding every pre-activation twice.
+more than they save) runs the same structure on PyTorch ops: ``addmm`` + ``relu_``. With
+gradients, autograd records those ops itself (the ``Autograd`` kernel, ``_mlp_autograd``):
+its C++ backward nodes cost less than a Function with a Python backward loop, and they have a
+second derivative; without, the kernels below run them. bfloat16 stays on PyTorch ops: fused,
+both MLPs measured 1.02x in isolation and 0.98-1.00x through autocast, not worth rounding
+every pre-activation twice.
 """
 
 from __future__ import annotations
