@@ -3,7 +3,7 @@
 `dlrm train` in one process and `dlrm train --nproc N` (torchrun, gloo) with the same flags build
 the same weights (embedding rows drawn per (seed, table, row block), the dense part from the
 same seed), read the same global batches and end with the same validation metrics, for every
-model kind tried and an embedding option, without loading one state into both.
+model kind and every embedding option, without loading one state into both.
 """
 
 from __future__ import annotations
@@ -45,10 +45,18 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if r["event"] == "train"]
 
 
+# Every registered kind, and each embedding option of the reference (QR, mixed dimensions,
+# lookup-time hashing) on DLRM.
 CASES = {"dlrm": ["--model", "dlrm"],
+         "dlrm_dcnv2": ["--model", "dlrm_dcnv2"],
+         "dcn": ["--model", "dcn"],
          "dcnv2": ["--model", "dcnv2"],
+         "wdl": ["--model", "wdl"],
          "deepfm": ["--model", "deepfm"],
-         "dlrm-qr": ["--model", "dlrm", "--qr-threshold", "200", "--qr-collisions", "4"]}
+         "lr": ["--model", "lr"],
+         "dlrm-qr": ["--model", "dlrm", "--qr-threshold", "200", "--qr-collisions", "4"],
+         "dlrm-md": ["--model", "dlrm", "--md-alpha", "0.3"],
+         "dlrm-hashed": ["--model", "dlrm", "--max-ind-range", "300"]}
 
 
 @pytest.fixture(scope="module")
