@@ -192,6 +192,9 @@ def test_fraction_of_peak_counts_every_dense_layer(capsys):
     assert peak["matmul_flops_per_sample"] == pytest.approx(flops / batch)
     assert peak["fraction_of_peak"] == pytest.approx(
         result["samples_per_s"] * flops / batch / 1e9 / result["ceilings"]["matmul_fp32_gflops"])
+    assert peak["model_fraction_of_peak"] == pytest.approx(
+        result["model_samples_per_s"] * flops / batch / 1e9
+        / result["ceilings"]["matmul_fp32_gflops"])
     assert 0 < peak["fraction_of_peak"] < peak["gemm_fraction_of_peak"]
     for row in result["layers"]:
         assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0 and row["bound"] in (

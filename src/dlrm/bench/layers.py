@@ -127,11 +127,13 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
 
 
 def summarize_layers(layers: list[dict[str, Any]], samples_per_s: float, batch: int,
-                     precision: str, ceilings: dict[str, float], mode: str = "train"
-                     ) -> dict[str, Any]:
+                     precision: str, ceilings: dict[str, float], mode: str = "train",
+                     model_samples_per_s: float | None = None) -> dict[str, Any]:
     """The step's distance from the peak: its matmul FLOPs per sample, the fraction of the
-    peak the whole step reaches (``fraction_of_peak``), and the fraction the same GEMMs reach
-    alone (``gemm_fraction_of_peak``, the step's cap with this library's GEMMs)."""
+    peak the whole step reaches (``fraction_of_peak``), the fraction the model's part of it
+    reaches (``model_fraction_of_peak``, from ``model_samples_per_s``: the component times
+    without making the batch and copying it), and the fraction the same GEMMs reach alone
+    (``gemm_fraction_of_peak``, the step's cap with this library's GEMMs)."""
     peak = peak_gflops(ceilings, precision) * 1e9
     flops = sum(r["fwd_flops"] + (r.get("bwd_flops", 0) if mode == "train" else 0)
                 for r in layers)
@@ -142,6 +144,8 @@ def summarize_layers(layers: list[dict[str, Any]], samples_per_s: float, batch: 
         "matmul_flops_per_sample": per_sample,
         "achieved_gflops": samples_per_s * per_sample / 1e9,
         "fraction_of_peak": samples_per_s * per_sample / peak,
+        "model_fraction_of_peak": (model_samples_per_s * per_sample / peak
+                                   if model_samples_per_s else None),
         "gemm_ms": gemm_ms,
         "gemm_fraction_of_peak": flops / (gemm_ms / 1e3) / peak if gemm_ms > 0 else 0.0,
         "peak_gflops": peak / 1e9,

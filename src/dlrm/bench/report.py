@@ -69,8 +69,10 @@ def _peak_lines(result: dict[str, Any]) -> list[str]:
     return [f"peak: {peak['matmul_flops_per_sample'] / 1e6:.3f} MFLOP/sample of dense-layer "
             f"matmuls ({what}) x {result['samples_per_s']:,.0f} samples/s = "
             f"{peak['achieved_gflops']:.0f} GFLOP/s = {peak['fraction_of_peak']:.2f} of the "
-            f"{cfg['precision']} matmul peak ({peak['peak_gflops']:.0f} GFLOP/s); the same "
-            f"GEMMs alone: {peak['gemm_fraction_of_peak']:.2f} (per layer below)"]
+            f"{cfg['precision']} matmul peak ({peak['peak_gflops']:.0f} GFLOP/s)"
+            + (f", {peak['model_fraction_of_peak']:.2f} for the model's components (no data)"
+               if peak.get("model_fraction_of_peak") else "")
+            + f"; the same GEMMs alone: {peak['gemm_fraction_of_peak']:.2f} (per layer below)"]
 
 
 def _layer_lines(result: dict[str, Any]) -> list[str]:

@@ -396,8 +396,9 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
                              reps=3 if cfg.quick_ceilings else 10, seed=cfg.seed)
         if layers:
             result["layers"] = layers
-            result["peak"] = summarize_layers(layers, result["samples_per_s"], cfg.batch_size,
-                                              cfg.precision, ceilings, cfg.mode)
+            result["peak"] = summarize_layers(
+                layers, result["samples_per_s"], cfg.batch_size, cfg.precision, ceilings,
+                cfg.mode, model_samples_per_s=result["model_samples_per_s"] or None)
     if analysis:
         ideal = sum(a["ideal_ms"] for a in analysis.values())
         result["roofline_step_ms"] = ideal
