@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from dlrm.data.source import DataSource
+from dlrm.extras import require
 from dlrm.features import Batch
 from dlrm.models import get_spec, model_config_for
+from dlrm.training.checkpoint import write_json_atomic
 from dlrm.training.loop import train
 from dlrm.training.recipes import TRAIN_FIELDS, get_recipe, train_config_from_recipe
 
@@ -49,12 +51,7 @@ BASE_TRAIN = {"optimizer": "adagrad", "lr": 0.05, "batch_size": 128}
 
 def optuna_module():
     """``optuna``, or an ImportError that says how to install it."""
-    try:
-        import optuna
-    except ImportError as err:
-        raise ImportError("dlrm tune needs Optuna: pip install 'dlrm[tune]' "
-                          "(or pip install optuna)") from err
-    return optuna
+    return require("optuna", "dlrm tune", "tune", "optuna")
 
 
 class TrainValOnly:
@@ -461,12 +458,12 @@ def write_report(study: Any, config: TuneConfig, data: DataSource,
         source = (f"dlrm tune: best of {len(rows)} trials ({counts['complete']} complete, "
                   f"{counts['pruned']} pruned), validation AUC {best.value:.4f}")
         recipe = as_recipe(config, params, source)
-        (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+        write_json_atomic(out / "recipe.json", recipe)
         run_config = {"model_kind": config.model, "model_config": best.user_attrs["model_config"],
                       "train": best.user_attrs["train_config"], "data": data.spec(),
                       "tune": {"study": str(out / "study.db"), "trial": best.number,
                                "val_auc": best.value, "recipe": recipe}}
-        (out / "best_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        write_json_atomic(out / "best_config.json", run_config)
         summary["best"] = {"trial": best.number, "val_auc": best.value, "params": params,
                            "run_dir": best.user_attrs.get("run_dir"), "recipe": recipe}
     return summary

@@ -9,7 +9,6 @@ Data profiles are made and used by `dlrm synth profile DIR` / `dlrm synth --prof
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -164,6 +163,14 @@ def _profile_data(args: argparse.Namespace, cfg):
                        locality=args.locality)
 
 
+def write_json(path: str, result: Any) -> None:
+    """``--json``: the result, written beside ``path`` and published by one rename."""
+    from dlrm.training.checkpoint import write_json_atomic
+
+    write_json_atomic(path, result)
+    print(f"wrote {path}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from dlrm.bench.report import format_result
 
@@ -209,9 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"{peer['ours_samples_per_s_same_trials']:,.0f} samples/s: ours / peer = "
               f"{peer['ours_over_peer']:.2f}x")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     if args.out:
         from dlrm.bench.plots import breakdown_chart, roofline_chart
 
@@ -264,9 +269,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
                                     model_label=label, progress=BenchProgress(args.quiet))
     print(format_comparison(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     check_agreement(result)
     return 0
 
@@ -306,9 +309,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     result = run_loadgen(args.checkpoint, cfg, out, data=data, data_label=label)
     print(result["line"])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
@@ -331,9 +332,7 @@ def cmd_locality(args: argparse.Namespace) -> int:
     print(f"{cfg.preset} {cfg.mode}, B={cfg.batch_size}, {cfg.precision}, data {args.data}")
     print(format_localities(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
@@ -354,7 +353,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     write_csv(rows, out / f"sweep_{name}.csv")
     sweep_chart(rows, results, name, out / f"sweep_{name}.png")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
     print(f"{name:>14} {'samples/s':>12} {'step ms':>9}  largest component")
     for row in rows:
         print(f"{row['value']!s:>14} {row['samples_per_s']:>12,.0f} {row['step_ms']:>9.2f}  "
