@@ -41,13 +41,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm.extras import require
 from dlrm.features import SparseFeatures
 from dlrm.ops import export_decompositions
 
 EXPORT_FORMATS = ("export", "onnx")
 # (dense (B, num_dense), values (N,), offsets (F*B+1,)) -> click probabilities (B,)
 Serving = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-ONNX_EXTRA = "pip install 'dlrm[onnx]' (onnx, onnxscript, onnxruntime)"
+ONNX_PACKAGES = "onnx, onnxscript, onnxruntime"  # what the `onnx` extra installs
 
 
 class ServingDLRM(nn.Module):
@@ -104,10 +105,7 @@ def export_model(model: nn.Module, num_dense: int, table_sizes: list[int], fmt: 
     wrapper = ServingDLRM(model, len(table_sizes))
     inputs = example_inputs(num_dense, table_sizes)
     if fmt == "onnx":
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError(f"ONNX export needs the optional extra: {ONNX_EXTRA}") from err
+        require("onnxscript", "ONNX export", "onnx", ONNX_PACKAGES)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = staging / path.name
@@ -176,12 +174,8 @@ def _torch_export(wrapper: nn.Module, inputs: tuple[torch.Tensor, ...]
 
 
 def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or ``RuntimeError`` saying which extra to install."""
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise RuntimeError(f"ONNX Runtime needs the optional extra: {ONNX_EXTRA}") from err
-    return onnxruntime
+    """The ``onnxruntime`` module, or ``MissingExtraError`` saying which extra to install."""
+    return require("onnxruntime", "ONNX Runtime", "onnx", ONNX_PACKAGES)
 
 
 def onnxruntime_session(path: str | Path, threads: int | None = None):

@@ -48,6 +48,7 @@ import torch
 
 from dlrm.bench.inputs import head_rows
 from dlrm.bench.runner import autocast_context
+from dlrm.extras import require
 from dlrm.metrics import roc_auc
 from dlrm.training.checkpoint import load_model
 
@@ -56,12 +57,8 @@ SUMMARY_FILE = "mlperf_log_summary.txt"
 
 
 def _loadgen():
-    try:
-        import mlperf_loadgen
-    except ImportError as err:  # the optional extra
-        raise RuntimeError("dlrm bench loadgen needs MLPerf's LoadGen: "
-                           "pip install 'dlrm[loadgen]' (mlcommons-loadgen)") from err
-    return mlperf_loadgen
+    return require("mlperf_loadgen", "dlrm bench loadgen (MLPerf's LoadGen)", "loadgen",
+                   "mlcommons-loadgen")
 
 
 @dataclass

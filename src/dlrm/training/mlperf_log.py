@@ -40,6 +40,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from dlrm.extras import require
 from dlrm.training.optim import build_optimizer
 from dlrm.training.schedule import build_schedule
 
@@ -50,12 +51,7 @@ _ids = itertools.count()
 
 
 def _mllog():
-    try:
-        from mlperf_logging.mllog import mllog
-    except ImportError as err:  # the optional extra
-        raise RuntimeError("--mlperf-log needs the mlperf-logging package: "
-                           "pip install 'dlrm[mlperf]'") from err
-    return mllog
+    return require("mlperf_logging.mllog.mllog", "--mlperf-log", "mlperf", "mlperf-logging")
 
 
 def mlperf_hyperparameters(config: Any, data: Any) -> dict[str, Any]:

@@ -30,16 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dlrm.extras import require
+
 EVAL_METRICS = ("auc", "logloss", "accuracy", "optimal_auc")
 
 
 def _summary_writer_class():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:  # the optional extra
-        raise RuntimeError("--tensorboard needs the tensorboard package: "
-                           "pip install 'dlrm[tensorboard]'") from err
-    return SummaryWriter
+    return require("torch.utils.tensorboard", "--tensorboard", "tensorboard").SummaryWriter
 
 
 def run_folder(label: str) -> str:
