@@ -93,8 +93,7 @@ def _layer_lines(result: dict[str, Any]) -> list[str]:
         if train:
             row += f"{r['bwd_ms']:>9.3f}{r['bwd_fraction']:>8.2f}"
         lines.append(row + f"  {r['bound']:<16}{r['shape']:<16}")
-    worst = min(layers, key=lambda r: r.get("bwd_fraction", r["fwd_fraction"])
-                if train else r["fwd_fraction"])
+    worst = min(layers, key=lambda r: r.get("bwd_fraction", r["fwd_fraction"]))
     slowest = max(layers, key=lambda r: r["fwd_ms"] + r.get("bwd_ms", 0.0))
     lines += ["", f"most time: {slowest['name']} ({slowest['fan_in']}->{slowest['fan_out']}); "
                   f"furthest from the peak: {worst['name']} ({worst['fan_in']}->"

@@ -44,11 +44,20 @@ _lib.define("mlp_backward(Tensor grad, Tensor x, Tensor[] activations, Tensor[] 
 NATIVE_MIN_ELEMENTS = 1 << 17
 
 
+def _native_shape(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """Whether the native epilogues run for inputs of this shape, dtype and device (decided
+    without looking at the tensors' values or types, so fake tensors under ``torch.compile``
+    decide as real ones do)."""
+    if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2):
+        return False
+    widest = max([x.shape[1], *(w.shape[0] for w in weights)])
+    return x.shape[0] * widest >= NATIVE_MIN_ELEMENTS and native.available()
+
+
 def _use_native(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
                 ) -> bool:
-    widest = max([x.shape[1], *(w.shape[0] for w in weights)])
-    return (x.dtype == torch.float32 and x.dim() == 2
-            and x.shape[0] * widest >= NATIVE_MIN_ELEMENTS
+    """``_native_shape``, and tensors the kernels take (plain, float32, contiguous rows)."""
+    return (_native_shape(x, weights)
             and all(w.dtype == torch.float32 and w.is_contiguous() for w in weights)
             and all(b.dtype == torch.float32 for b in biases)
             and native.takes(x))
@@ -219,15 +228,6 @@ class _MLPFunction(torch.autograd.Function):
                                           ctx.final_relu, input_grad)
         return (out[-1] if input_grad else None, None, None, *out[0:2 * layers:2],
                 *out[1:2 * layers:2])
-
-
-def _native_shape(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
-    """Whether the native epilogues run for inputs of this shape, dtype and device (decided
-    without looking at the tensors' values or types, so fake tensors under ``torch.compile``
-    decide as real ones do)."""
-    widest = max([x.shape[1], *(w.shape[0] for w in weights)])
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
-            and x.shape[0] * widest >= NATIVE_MIN_ELEMENTS and native.available())
 
 
 def _mlp_autograd(x, weights, biases, final_relu):
