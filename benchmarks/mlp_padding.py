@@ -16,25 +16,18 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 
 from dlrm.allocator import tune_cpu_allocator
+from dlrm.bench import timing
 from dlrm.bench.ceilings import machine_description
 from dlrm.models.mlp import MLP
 from dlrm.ops import mlp as mlp_op
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return timing.median_ms(fn, repeats, warmup=3)
 
 
 def gemm_rates(batch: int, width: int, fan_out: int, repeats: int) -> tuple[float, ...]:

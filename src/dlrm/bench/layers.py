@@ -24,14 +24,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from dlrm.bench.roofline import WEIGHT_BYTES, activation_bytes, peak_gflops
+from dlrm.bench.timing import median_ms
 
 # A GEMM dimension below this many elements leaves the CPU kernels' register tiles (16-64
 # wide with AVX-512) partly empty: such layers are flagged in the table's shape column.
@@ -55,16 +54,6 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, input_g
     grad.sum(0)  # db (N,)
     if input_grad:
         torch.mm(grad, weight)  # dX (B, K)
-
-
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def layer_flops(batch: int, fan_in: int, fan_out: int, input_grad: bool) -> tuple[int, int]:
@@ -104,7 +93,7 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
         grad = torch.randn(batch, n, generator=gen).to(dtype)
         input_grad = not any(name.endswith(d) or name == d for d in DATA_INPUT_LAYERS)
         fwd_flops, bwd_flops = layer_flops(batch, k, n, input_grad)
-        fwd_ms = _median_ms(functools.partial(_forward, x, weight, bias), reps)
+        fwd_ms = median_ms(functools.partial(_forward, x, weight, bias), reps)
         row: dict[str, Any] = {
             "name": name, "fan_in": k, "fan_out": n, "input_grad": input_grad,
             "shape": _shape_note(batch, k, n),
@@ -114,7 +103,7 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
         fwd_bytes = e * (batch * k + k * n + n + batch * n)
         flops, bytes_ = fwd_flops, fwd_bytes
         if mode == "train":
-            bwd_ms = _median_ms(functools.partial(_backward, grad, x, weight, input_grad), reps)
+            bwd_ms = median_ms(functools.partial(_backward, grad, x, weight, input_grad), reps)
             bwd_bytes = (e * (batch * n + batch * k + k * n) + WEIGHT_BYTES * (k * n + n)
                          + (e * batch * k if input_grad else 0))
             row.update({"bwd_flops": bwd_flops, "bwd_ms": bwd_ms,
