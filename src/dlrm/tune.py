@@ -193,12 +193,17 @@ def split_params(kind: str, params: dict[str, Any]) -> tuple[dict[str, Any], dic
     return train_part, {k: v for k, v in params.items() if k not in TRAIN_FIELDS}
 
 
-def as_recipe(config: TuneConfig, params: dict[str, Any], source: str) -> dict[str, Any]:
-    """A recipe (``dlrm.training.recipes``) of the best parameters and the study's cadence."""
+def as_recipe(config: TuneConfig, params: dict[str, Any], source: str,
+              train_rows: int | None = None) -> dict[str, Any]:
+    """A recipe (``dlrm.training.recipes``) of the best parameters and the study's cadence.
+    A full-batch L-BFGS recipe also records the ``train_rows`` its L2 strength was chosen on
+    (``weight_decay_rows``), so that it scales to other sizes as scikit-learn's C does."""
     train_part, model_part = split_params(config.model, params)
-    return {"train": {**BASE_TRAIN, **train_part, "epochs": config.epochs,
-                      "patience": config.patience, "evals_per_epoch": config.evals_per_epoch},
-            "model": model_part, "source": source}
+    train = {**BASE_TRAIN, **train_part, "epochs": config.epochs,
+             "patience": config.patience, "evals_per_epoch": config.evals_per_epoch}
+    if train.get("optimizer") == "lbfgs" and train_rows:
+        train["weight_decay_rows"] = int(train_rows)
+    return {"train": train, "model": model_part, "source": source}
 
 
 def _baseline_params(config: TuneConfig) -> dict[str, Any]:
@@ -272,7 +277,7 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
     def objective(trial: Any) -> float:
         params = suggest(trial, config.space)
         train_part, model_part = split_params(config.model, params)
-        recipe = as_recipe(config, params, "")
+        recipe = as_recipe(config, params, "", train_rows)
         train_config = train_config_from_recipe(
             recipe, train_rows, seed=config.seed, max_samples=config.max_samples,
             threads=config.threads, log_every=10**9)
@@ -457,7 +462,7 @@ def write_report(study: Any, config: TuneConfig, data: DataSource,
         params = {k.split("@")[0]: v for k, v in best.params.items()}
         source = (f"dlrm tune: best of {len(rows)} trials ({counts['complete']} complete, "
                   f"{counts['pruned']} pruned), validation AUC {best.value:.4f}")
-        recipe = as_recipe(config, params, source)
+        recipe = as_recipe(config, params, source, data.num_samples("train"))
         write_json_atomic(out / "recipe.json", recipe)
         run_config = {"model_kind": config.model, "model_config": best.user_attrs["model_config"],
                       "train": best.user_attrs["train_config"], "data": data.spec(),

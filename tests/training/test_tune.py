@@ -15,6 +15,7 @@ import pytest
 
 from dlrm.cli import main
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData
+from dlrm.models.tuned_recipes import TUNED_RECIPES
 from dlrm.training.loop import TrainConfig, train
 from dlrm.training.recipes import REFERENCE_RECIPE, recipe_names, resolve_recipe
 
@@ -192,6 +193,22 @@ def test_recipes_resolve_for_every_kind_and_flags_win():
     assert options == REFERENCE_RECIPE["model"]
     with pytest.raises(ValueError, match="has the recipes reference"):
         resolve_recipe("dlrm", "bogus", 9000)
+
+
+def test_full_batch_recipe_keeps_its_prior_at_any_size():
+    """The LR recipe's L2 was chosen on 9,000 rows: on 90,000 it is 10 times weaker (the
+    penalty on the mean loss; scikit-learn's C held fixed), on 9,000 it is as chosen, and a
+    weight decay given as a flag wins; batch 0 is the whole split."""
+    lr_recipe = TUNED_RECIPES["lr"]["small"]["train"]
+    assert lr_recipe["optimizer"] == "lbfgs" and lr_recipe["weight_decay_rows"] == 9000
+    same, _ = resolve_recipe("lr", "small", 9000)
+    bigger, _ = resolve_recipe("lr", "small", 90000)
+    assert same.weight_decay == lr_recipe["weight_decay"]
+    assert bigger.weight_decay == pytest.approx(lr_recipe["weight_decay"] / 10)
+    assert same.batch_size == bigger.batch_size == 0
+    assert same.eval_every == 1  # one evaluation per epoch: one full-batch step per epoch
+    given, _ = resolve_recipe("lr", "small", 90000, weight_decay=0.5)
+    assert given.weight_decay == 0.5
 
 
 def test_cli_train_with_a_recipe(tmp_path):

@@ -59,6 +59,8 @@ USER_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError, KeyError, 
                pickle.UnpicklingError, ImportError)  # ImportError: an extra not installed
 # Count flags of any command: below 1 is refused before the command runs.
 COUNT_FLAGS = ("batch_size", "eval_batch_size", "nproc", "rows", "trials", "steps")
+# Commands whose --batch-size is TrainConfig.batch_size, where 0 means the whole training split.
+TRAINING_COMMANDS = ("train", "compare")
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, prefix: str = ""
@@ -94,7 +96,10 @@ def preflight(args: argparse.Namespace) -> None:
     """Checks every command gets before it runs: counts of at least 1, ``--out`` never one of
     the inputs. (A checkpoint scored on another data set than its own is refused by the
     command: ``eval``, ``predict``.)"""
-    common.check_positive(args, *COUNT_FLAGS)
+    counts = COUNT_FLAGS
+    if args.command in TRAINING_COMMANDS:  # TrainConfig checks it: 0 is the whole split
+        counts = tuple(name for name in COUNT_FLAGS if name != "batch_size")
+    common.check_positive(args, *counts)
     common.check_outputs(args)
 
 

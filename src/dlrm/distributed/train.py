@@ -54,7 +54,14 @@ from dlrm.models import build_model, deferred_tables
 from dlrm.models.memory import check_memory
 from dlrm.training import checkpoint as ckpt_io
 from dlrm.training.data_identity import data_identity
-from dlrm.training.loop import TrainConfig, autocast, check_before_training, run_loop
+from dlrm.training.loop import (
+    ConfigError,
+    TrainConfig,
+    autocast,
+    check_before_training,
+    resolve_batch_size,
+    run_loop,
+)
 from dlrm.training.optim import HybridOptimizer, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -302,10 +309,14 @@ def train_distributed(kind: str, model_config: dict[str, Any], data: DataSource,
     ctx = RankContext(dist.get_rank(), dist.get_world_size())
     run_dir = Path(run_dir)
     device, _ = device_and_backend(config.device, local_rank())  # as distributed_session
+    if config.optimizer == "lbfgs":
+        raise ConfigError("optimizer", "lbfgs", "full-batch L-BFGS runs in one process (its "
+                          "models are small: logistic regression); train without --nproc")
+    check_before_training(data, config)  # the same on every rank: all stop, before building
+    config = resolve_batch_size(config, data)
     if config.batch_size < ctx.world_size:
         raise ValueError(f"batch size {config.batch_size} is smaller than the "
                          f"{ctx.world_size} ranks")
-    check_before_training(data, config)  # the same on every rank: all stop, before building
 
     def check(deferred: nn.Module, plans: dict[str, ShardingPlan]) -> None:
         report = rank_memory(deferred, plans, ctx.rank, config.optimizer,

@@ -182,11 +182,13 @@ def _linear_config_for(preset: Preset, table_sizes: list[int], num_dense: int,
 _DEEP_OPTIONS = {"embedding_dim": "D of the deep part's tables",
                  "deep_mlp": "deep network widths", "embedding_init": "how embedding rows start"}
 _DEEP_SPACE = {**TRAINING_SEARCH_SPACE, **INIT_SEARCH_SPACE}
-# Logistic regression is convex: one adaptive optimizer, its lr and batch size, and early
-# stopping on validation (dlrm.tune) find its optimum; tests/training/test_tune.py checks the
-# result against scikit-learn's L2-regularized solution on the same one-hot features.
-_LR_SPACE = {"lr": {"float": [3e-3, 1.0], "log": True},
-             "batch_size": {"choices": [64, 128, 256, 512]}}
+# Logistic regression is convex: full-batch L-BFGS (batch_size 0) reaches the optimum of the
+# L2-penalized loss, so the L2 strength is all there is to choose on validation (as one
+# chooses scikit-learn's C); tests/training/test_lr_optimum.py checks the optimum against
+# scikit-learn's on the same one-hot features.
+_LR_SPACE = {"optimizer": {"choices": ["lbfgs"]}, "lr": {"choices": [1.0]},
+             "batch_size": {"choices": [0]},
+             "weight_decay": {"float": [1e-7, 0.1], "log": True}}
 register(ModelSpec("wdl", "Wide & Deep (Cheng et al. 2016)",
                    build=lambda cfg: WideAndDeep(LinearDeepConfig.from_dict(cfg)),
                    config_for=_linear_config_for, options=_DEEP_OPTIONS,

@@ -32,6 +32,10 @@ from dlrm.models.registry import build_model
 FLOAT_BYTES = 4
 GIB = 1024 ** 3
 DENSE_STATE_FLOATS = {"sgd": 0, "adagrad": 1, "adam": 2}
+# Full-batch L-BFGS (dlrm.training.optim.FullBatchLBFGS) holds, per parameter, embedding rows
+# included: a dense gradient, 10 curvature pairs (20 floats), the direction, the previous
+# gradient and the flat gradient it gathers: 24 floats.
+LBFGS_STATE_FLOATS = 24
 
 
 class InsufficientMemoryError(RuntimeError):
@@ -139,11 +143,15 @@ def embedding_containers(model: nn.Module) -> dict[str, nn.Module]:
 def report_for_model(model: nn.Module, optimizer: str = "sgd",
                      sparse_optimizer: str | None = None) -> MemoryReport:
     """The memory of an already built model (on any device, ``meta`` included)."""
-    if optimizer not in DENSE_STATE_FLOATS:
-        raise ValueError(f"optimizer {optimizer!r}: expected one of {sorted(DENSE_STATE_FLOATS)}")
+    states = {**DENSE_STATE_FLOATS, "lbfgs": LBFGS_STATE_FLOATS}
+    if optimizer not in states:
+        raise ValueError(f"optimizer {optimizer!r}: expected one of {sorted(states)}")
     if sparse_optimizer is None:
         sparse_optimizer = "sgd" if optimizer == "sgd" else "rowwise_adagrad"
     per_row = FLOAT_BYTES if sparse_optimizer == "rowwise_adagrad" else 0
+    per_value = 0  # optimizer bytes per table value (not per row): L-BFGS's dense state
+    if optimizer == "lbfgs":
+        per_row, per_value = 0, LBFGS_STATE_FLOATS * FLOAT_BYTES
     report = MemoryReport()
     data_rows = getattr(model, "table_sizes", None)  # the data's tables, before any hashing
     for name, container in embedding_containers(model).items():
@@ -152,11 +160,11 @@ def report_for_model(model: nn.Module, optimizer: str = "sgd",
         for f, shapes in enumerate(container.feature_storage()):
             report.tables.append(TableMemory(
                 f, int(rows[f]), shapes,
-                sum(r * d for r, d in shapes) * FLOAT_BYTES, sum(r for r, _ in shapes) * per_row,
-                name))
+                sum(r * d for r, d in shapes) * FLOAT_BYTES,
+                sum(r * per_row + r * d * per_value for r, d in shapes), name))
     dense = sum(p.numel() for p in model.parameters() if not getattr(p, "sparse_rows", False))
     report.dense_param_bytes = report.dense_grad_bytes = dense * FLOAT_BYTES
-    report.dense_optimizer_bytes = DENSE_STATE_FLOATS[optimizer] * dense * FLOAT_BYTES
+    report.dense_optimizer_bytes = states[optimizer] * dense * FLOAT_BYTES
     return report
 
 
@@ -166,7 +174,8 @@ def parameter_memory(kind: str, config: dict[str, Any], optimizer: str = "sgd",
     device (see the module doc).
 
     Args:
-        optimizer: the dense optimizer, ``sgd``, ``adagrad`` or ``adam``.
+        optimizer: the dense optimizer, ``sgd``, ``adagrad`` or ``adam``; or ``lbfgs``
+            (``LBFGS_STATE_FLOATS`` per value of every parameter).
         sparse_optimizer: ``sgd`` or ``rowwise_adagrad``; None picks as ``build_optimizer``.
     """
     with torch.device("meta"):

@@ -82,16 +82,18 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                'source': 'dlrm tune tune-criteo-deepfm on criteo '
                          '(benchmarks/tune_recipes.sh): best of 20 trials, '
                          'validation AUC 0.7630'}},
-    'lr': {'small': {'train': {'optimizer': 'adagrad',
-                         'lr': 0.02853,
-                         'batch_size': 128,
-                         'epochs': 10,
-                         'patience': 4,
-                         'evals_per_epoch': 4},
+    'lr': {'small': {'train': {'optimizer': 'lbfgs',
+                         'lr': 1.0,
+                         'batch_size': 0,
+                         'weight_decay': 0.004184,
+                         'epochs': 30,
+                         'patience': 0,
+                         'evals_per_epoch': 1,
+                         'weight_decay_rows': 9000},
                'model': {},
                'source': 'dlrm tune tune-criteo-lr on criteo '
                          '(benchmarks/tune_recipes.sh): best of 20 trials, '
-                         'validation AUC 0.7616'}},
+                         'validation AUC 0.7572'}},
     'dlrm': {'small': {'train': {'optimizer': 'adam',
                          'lr': 0.004682,
                          'batch_size': 64,

@@ -23,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Protocol, Union, get_args, get_origin, get_type_hints
@@ -74,12 +74,16 @@ class TrainConfig:
     (``--batch-size`` is ``batch_size``; help from these lines, choices from the metadata).
 
     Args:
-        batch_size: samples per step (the reference Kaggle recipe: 128).
+        batch_size: samples per step (the reference Kaggle recipe: 128); 0: the whole
+            training split, one full-batch step per epoch.
         lr: learning rate of dense parameters and (unless sparse_lr) embedding rows.
-        optimizer: optimizer of the dense parameters.
+        optimizer: optimizer of the dense parameters; ``lbfgs``: full-batch L-BFGS of every
+            parameter (batch_size 0; each step up to 10 iterations; for convex models such as
+            ``lr``, where it reaches the optimum of the L2-penalized loss).
         sparse_optimizer: optimizer of the embedding rows (None: the one matching optimizer).
         sparse_lr: learning rate of the embedding rows (None: lr).
-        weight_decay: L2 weight decay of the dense parameters.
+        weight_decay: L2 weight decay of the dense parameters (lbfgs: of every weight but
+            the biases, embedding rows included; 1 / (C * N) is scikit-learn's C).
         epochs: passes over the training split; max_samples stops earlier.
         max_samples: stop after this many training samples (None: after the epochs).
         eval_every: evaluate on validation every this many steps (0: only at the end).
@@ -128,7 +132,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise ConfigError(f.name, value, f"expected one of {', '.join(choices)}")
-        at_least = {"batch_size": 1, "epochs": 1, "eval_batch_size": 1, "log_every": 1,
+        at_least = {"batch_size": 0, "epochs": 1, "eval_batch_size": 1, "log_every": 1,
                     "eval_every": 0, "checkpoint_every": 0, "patience": 0}
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -215,11 +219,24 @@ def check_before_training(data: DataSource, config: TrainConfig) -> int:
                     if split == "val" else "there is nothing to train on")
             counts = ", ".join(f"{s} {data.num_samples(s)}" for s in data.splits())
             raise ValueError(f"the data has no {split} samples ({counts}): {hint}")
-    steps_per_epoch = data.num_samples("train") // config.batch_size
+    rows = data.num_samples("train")
+    if config.optimizer == "lbfgs" and config.batch_size not in (0, rows):
+        raise ConfigError("batch_size", config.batch_size,
+                          f"lbfgs is a full-batch method: use 0 (the whole training split, "
+                          f"{rows} rows)")
+    steps_per_epoch = rows // (config.batch_size or rows)
     if steps_per_epoch == 0:
         raise ValueError(f"training split has {data.num_samples('train')} samples, fewer than "
                          f"one batch of {config.batch_size}")
     return steps_per_epoch
+
+
+def resolve_batch_size(config: TrainConfig, data: DataSource) -> TrainConfig:
+    """``config`` with ``batch_size`` 0 made the training split's number of rows (what the run
+    records, so a resumed run compares the real batch)."""
+    if config.batch_size:
+        return config
+    return replace(config, batch_size=data.num_samples("train"))
 
 
 def total_steps_of(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -343,18 +360,20 @@ class SingleProcessStrategy:
 
     def train_step(self, batch: Batch, step: int) -> float:
         batch = batch.to(self.device)
-        with autocast(self.device, self.config.precision):
-            logits = self.model(batch.dense, batch.sparse)
-        loss = self.loss_fn(logits.float(), batch.labels)
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(
-                f"training diverged: the loss is {float(loss.detach())} at step {step}; lower "
-                f"--lr or use --optimizer adagrad. The last checkpoint, if any, is "
-                f"{self.path('last')}")
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return float(loss.detach())
+
+        def forward_backward() -> torch.Tensor:
+            with autocast(self.device, self.config.precision):
+                logits = self.model(batch.dense, batch.sparse)
+            loss = self.loss_fn(logits.float(), batch.labels)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(
+                    f"training diverged: the loss is {float(loss.detach())} at step {step}; "
+                    f"lower --lr or use --optimizer adagrad. The last checkpoint, if any, is "
+                    f"{self.path('last')}")
+            loss.backward()
+            return loss.detach()
+
+        return float(self.optimizer.minimize(forward_backward))
 
     def evaluate(self, split: str) -> dict[str, float]:
         return evaluate(self.model, self.data, split, self.config.eval_batch_size,
@@ -420,6 +439,7 @@ def train(model_kind: str, model_config: dict[str, Any], data: DataSource, confi
     run_dir = Path(run_dir)
     emit = progress or (lambda _event: None)
     check_before_training(data, config)
+    config = resolve_batch_size(config, data)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = config.device
@@ -536,6 +556,7 @@ def run_loop(strategy: TrainingStrategy, data: DataSource, config: TrainConfig,
     """
     run_dir = Path(run_dir)
     steps_per_epoch = check_before_training(data, config)
+    config = resolve_batch_size(config, data)
     total_steps = total_steps_of(config, steps_per_epoch)
     with contextlib.ExitStack() as owned:
         _on_writer(strategy, lambda: owned.enter_context(runs.claim(run_dir, resume)))

@@ -1,4 +1,5 @@
-"""One optimizer object for dense parameters (SGD, Adagrad, Adam) and sparse embedding rows.
+"""One optimizer object for dense parameters (SGD, Adagrad, Adam) and sparse embedding rows,
+and a full-batch L-BFGS over every parameter (for convex models such as logistic regression).
 
 Embedding weights (parameters marked ``sparse_rows``) are updated only on the rows a batch
 looked up:
@@ -18,11 +19,14 @@ that still receive a sparse gradient — replicated tables of a distributed job,
 gradients are summed over ranks first, or a model that got its optimizer after the backward —
 are updated by ``step()`` with the same operators.
 
-Usage is a plain PyTorch loop: ``loss.backward(); opt.step(); opt.zero_grad()``.
+Usage is a plain PyTorch loop: ``loss.backward(); opt.step(); opt.zero_grad()``, or
+``opt.minimize(forward_backward)``, which every optimizer here takes (L-BFGS needs it: it
+evaluates the batch several times per step).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -119,7 +123,7 @@ class RowWiseAdagrad(_RowOptimizer):
             acc.copy_(saved)
 
 
-DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam", "lbfgs")
 SPARSE_OPTIMIZERS = ("sgd", "rowwise_adagrad")
 
 
@@ -144,6 +148,14 @@ class HybridOptimizer:
             self.dense.step()
         if self.sparse is not None:
             self.sparse.step()
+
+    def minimize(self, forward_backward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """One step: ``forward_backward()`` computes the batch loss and its backward (the
+        embedding rows update inside it), then the dense parameters step. Returns the loss."""
+        loss = forward_backward()
+        self.step()
+        self.zero_grad()
+        return loss
 
     def set_lr(self, dense_lr: float, sparse_lr: float | None = None) -> None:
         """Change the learning rates (for schedules)."""
@@ -171,11 +183,13 @@ def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1,
 
     Args:
         name: dense optimizer, ``sgd`` (default, lr 0.1 as the reference Kaggle recipe),
-            ``adagrad`` or ``adam``.
+            ``adagrad`` or ``adam``; or ``lbfgs`` for every parameter (``FullBatchLBFGS``:
+            the embedding rows too, so ``sparse_name`` and ``sparse_lr`` do not apply).
         lr: dense learning rate; also the embeddings' unless ``sparse_lr`` is given.
         sparse_name: ``sgd`` or ``rowwise_adagrad``; default ``rowwise_adagrad`` when the dense
             optimizer is adaptive, else ``sgd``.
-        weight_decay: L2 on dense parameters only (embedding rows stay sparse).
+        weight_decay: L2 on dense parameters only (embedding rows stay sparse); with
+            ``lbfgs`` an L2 penalty on every weight but the biases.
     """
     if name not in DENSE_OPTIMIZERS:
         raise ValueError(f"optimizer {name!r}: expected one of {DENSE_OPTIMIZERS}")
@@ -185,6 +199,8 @@ def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1,
         raise ValueError(f"sparse optimizer {sparse_name!r}: expected one of {SPARSE_OPTIMIZERS}")
     if lr <= 0:
         raise ValueError(f"learning rate {lr}: must be positive")
+    if name == "lbfgs":
+        return FullBatchLBFGS(model, lr=lr, weight_decay=weight_decay)
     sparse_params = [p for p in model.parameters() if getattr(p, "sparse_rows", False)]
     sparse_ids = {id(p) for p in sparse_params}
     dense_params = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
@@ -207,3 +223,78 @@ def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1,
                        and id(m.weight) in sparse_ids
                        and not getattr(m.weight, "replicated", False)])
     return HybridOptimizer(dense, sparse, sparse_params)
+
+
+class FullBatchLBFGS(HybridOptimizer):
+    """L-BFGS with a strong-Wolfe line search over every parameter, embedding rows included,
+    for a batch that is the whole training split: the way to a convex model's optimum (a
+    logistic regression's, as scikit-learn's default ``lbfgs`` solver finds it).
+
+    Objective, for weights w (every parameter but those named ``*bias``, which, as in
+    scikit-learn, are not penalized)::
+
+        mean_b BCE(logit_b, y_b) + weight_decay / 2 * sum ||w||^2
+
+    so ``weight_decay = 1 / (C * N)`` is scikit-learn's ``LogisticRegression(C=C)`` on N rows.
+    One ``minimize`` call runs up to ``iterations`` L-BFGS iterations (each one gradient plus
+    its line search's evaluations) and returns the data loss at its start. The lookup's
+    gradient arrives as a sparse tensor (no row update is attached) and is made dense here:
+    L-BFGS keeps ``history`` dense copies of every parameter, so this is for models whose
+    parameters fit ~2 * history times over in memory.
+
+    Args:
+        model: any model; all its trainable parameters are optimized.
+        lr: the step scale of each iteration (1.0: the line search's own step).
+        weight_decay: the L2 strength above.
+        iterations: L-BFGS iterations per ``minimize`` (per training step).
+        history: curvature pairs kept (scikit-learn's lbfgs keeps 10).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, weight_decay: float = 0.0,
+                 iterations: int = 10, history: int = 10) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        lbfgs = torch.optim.LBFGS(params, lr=lr, max_iter=iterations, history_size=history,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-9,
+                                  tolerance_change=1e-12)
+        super().__init__(lbfgs, None, [])
+        self.params = params
+        self.weight_decay = float(weight_decay)
+        self.penalized = [p for name, p in model.named_parameters()
+                          if p.requires_grad and not name.endswith("bias")]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        raise RuntimeError("L-BFGS evaluates the batch several times per step: call "
+                           "minimize(forward_backward) instead of backward() + step()")
+
+    def minimize(self, forward_backward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        first: list[torch.Tensor] = []
+
+        def objective() -> torch.Tensor:
+            self.zero_grad()
+            loss = forward_backward().detach()
+            if not first:
+                first.append(loss)
+            penalty = torch.zeros((), dtype=torch.float64)
+            with torch.no_grad():
+                for p in self.params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    elif p.grad.is_sparse:
+                        p.grad = p.grad.to_dense()
+                if self.weight_decay:
+                    for p in self.penalized:
+                        p.grad.add_(p, alpha=self.weight_decay)
+                        penalty += 0.5 * self.weight_decay * p.double().pow(2).sum()
+            return loss + penalty.to(loss.dtype)
+
+        self.dense.step(objective)
+        self.zero_grad()
+        return first[0]
+
+    def set_lr(self, dense_lr: float, sparse_lr: float | None = None) -> None:
+        for group in self.dense.param_groups:
+            group["lr"] = dense_lr

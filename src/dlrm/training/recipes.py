@@ -43,7 +43,9 @@ REFERENCE_RECIPE: dict[str, Any] = {
 # Recipes tuned on samples of ~10k rows are used up to this many training rows by ``auto``.
 SMALL_DATA_ROWS = 1_000_000
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
-CADENCE_KEYS = ("evals_per_epoch",)
+# Recipe keys that are not TrainConfig fields: the evaluation cadence, and the training rows a
+# full-batch recipe's weight_decay was chosen on (``train_config_from_recipe`` scales it).
+CADENCE_KEYS = ("evals_per_epoch", "weight_decay_rows")
 
 
 def recipe_names(kind: str) -> list[str]:
@@ -88,13 +90,19 @@ def train_config_from_recipe(recipe: dict[str, Any], train_samples: int,
                              base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """``base`` (default ``TrainConfig()``) with the recipe's training fields, then
     ``overrides`` (None values ignored). ``evals_per_epoch`` becomes ``eval_every`` for a
-    training split of ``train_samples`` rows."""
+    training split of ``train_samples`` rows; a ``weight_decay`` chosen on
+    ``weight_decay_rows`` rows (a full-batch L2 penalty on the mean loss) is scaled by
+    ``weight_decay_rows / train_samples``: the same prior on the weights, scikit-learn's C held
+    fixed, whatever the data's size."""
     settings = {**asdict(base or TrainConfig()), **{k: v for k, v in recipe["train"].items()
                                                      if k in TRAIN_FIELDS}}
+    chosen_on = recipe["train"].get("weight_decay_rows")
+    if chosen_on and "weight_decay" in recipe["train"]:
+        settings["weight_decay"] = recipe["train"]["weight_decay"] * chosen_on / train_samples
     settings.update({k: v for k, v in overrides.items() if v is not None})
     per_epoch = recipe["train"].get("evals_per_epoch")
     if per_epoch and "eval_every" not in overrides:
-        steps = max(1, train_samples // int(settings["batch_size"]))
+        steps = max(1, train_samples // (int(settings["batch_size"]) or train_samples))
         settings["eval_every"] = max(1, steps // int(per_epoch))
     return TrainConfig(**settings)
 
