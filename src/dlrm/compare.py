@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,16 @@ def count_parameters(kind: str, model_config: dict[str, Any]) -> int:
         return sum(p.numel() for p in build_model(kind, model_config).parameters())
 
 
+def run_dir_label(setting: str) -> str:
+    """An optimizer or recipe name as one folder-name part: a recipe file
+    (``runs/tune-avazu-lr/recipe.json``) by its folder and stem (``tune-avazu-lr.recipe``),
+    never a path that nests the run's folder."""
+    if setting.endswith(".json"):
+        path = Path(setting)
+        setting = f"{path.parent.name}.{path.stem}" if path.parent.name else path.stem
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
+
+
 def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
             progress: Progress | None = None) -> dict[str, Any]:
     """Run every (model, optimizer, seed); write results.md, auc_curve.png, results.json.
@@ -138,7 +149,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
     if config.budget:  # a budget larger than the training split takes several epochs
         epochs = max(epochs, math.ceil(config.budget / train_samples))
     per_run = config.budget or train_samples * epochs
-    steps = max(1, min(per_run, train_samples * epochs) // config.batch_size)
+    steps = max(1, min(per_run, train_samples * epochs) // (config.batch_size or train_samples))
     eval_every = max(1, steps // config.curve_points) if config.curve_points else 0
     runs: list[dict[str, Any]] = []
     for index, (kind, opt, seed) in enumerate(plan):
@@ -154,7 +165,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
                 seed=seed, max_samples=config.budget)
             if not train_config.eval_every and config.curve_points:
                 run_steps = (config.budget or train_samples * train_config.epochs) \
-                    // train_config.batch_size
+                    // (train_config.batch_size or train_samples)
                 train_config.eval_every = max(1, run_steps // config.curve_points)
             train_config.log_every = max(1, train_config.eval_every or 100)
             options = {**recipe_options, **options}
@@ -171,7 +182,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
         def relay(event: dict[str, Any], label: str = label, index: int = index) -> None:
             emit({**event, "run": label, "run_index": index, "runs": len(plan)})
 
-        run_dir = out / f"{kind}-{opt}-seed{seed}"
+        run_dir = out / f"{kind}-{run_dir_label(opt)}-seed{seed}"
         try:
             summary = train(kind, model_config, data, train_config, run_dir, progress=relay,
                             extra={"compare": label})

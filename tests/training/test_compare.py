@@ -103,6 +103,18 @@ def test_cli_preprocess_table_then_compare_and_train_a_baseline(tmp_path, capsys
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_kind"] == "dcnv2" and saved["model_config"]["low_rank"] == 2
     assert saved["data"] == {"kind": "memmap", "path": str(tmp_path / "data")}
+    # A recipe file as `dlrm tune` writes it (here full-batch L-BFGS): its runs get flat
+    # folders named after the study, not the file's path nested inside the output.
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "recipe.json").write_text(json.dumps(
+        {"train": {"optimizer": "lbfgs", "lr": 1.0, "batch_size": 0, "weight_decay": 1e-3,
+                   "epochs": 5, "patience": 0, "evals_per_epoch": 1}, "model": {}}))
+    assert main(["compare", "--data", str(tmp_path / "data"), "--models", "lr", "--recipes",
+                 str(tmp_path / "study" / "recipe.json"), "--seeds", "1", "--out",
+                 str(tmp_path / "cmp-lr"), "--quiet"]) == 0
+    assert (tmp_path / "cmp-lr" / "lr-study.recipe-seed0" / "summary.json").is_file()
+    results = json.loads((tmp_path / "cmp-lr" / "results.json").read_text())
+    assert results["runs"][0]["auc"] > 0.6 and results["runs"][0]["summary"]["steps"] == 5
 
 
 def test_diverged_runs_are_counted_not_averaged():
