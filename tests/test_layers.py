@@ -3,7 +3,7 @@
 Every ``import dlrm...`` counts, at module level or inside a function (an import inside a
 function is still a dependency; it only hides a cycle). Layers, lowest first:
 
-    base       features, config, metrics, timing, allocator, extras, ops/
+    base       features, config, metrics, timing, allocator, extras, files, ops/
     models/, data/
     training/  (and export, compat)
     distributed/, bench/, compare, tune
@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "dlrm"
 
 LAYER = {"features": 0, "config": 0, "metrics": 0, "timing": 0, "allocator": 0, "extras": 0,
-         "ops": 0,
+         "files": 0, "ops": 0,
          "models": 1, "data": 1, "training": 2, "export": 2, "compat": 2,
          "distributed": 3, "bench": 3, "compare": 3, "tune": 3, "cli": 4,
          "__main__": 5}

@@ -37,8 +37,8 @@ from typing import Any
 from dlrm.data.source import DataSource
 from dlrm.extras import require
 from dlrm.features import Batch
+from dlrm.files import write_json_atomic
 from dlrm.models import get_spec, model_config_for
-from dlrm.training.checkpoint import write_json_atomic
 from dlrm.training.loop import train
 from dlrm.training.recipes import TRAIN_FIELDS, get_recipe, train_config_from_recipe
 

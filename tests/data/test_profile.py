@@ -343,3 +343,20 @@ def test_distinct_rows_per_batch_against_naive():
     naive = [sum(len(set(ids[f][starts[f][b * batch]:starts[f][(b + 1) * batch]].tolist()))
                  for f in range(3)) for b in range(n // batch)]
     assert distinct_rows_per_batch(data, batch) == pytest.approx(np.mean(naive))
+
+
+def test_save_profile_replaces_a_profile_whole_or_not_at_all(tmp_path):
+    """A profile write that fails half-way (here: a value JSON cannot hold) leaves the earlier
+    profile as it was, and no temporary file beside it."""
+    from dlrm.data.profile import save_profile
+
+    path = tmp_path / "profile.json"
+    data = SyntheticData(SyntheticConfig(table_sizes=[50, 20], train_samples=500,
+                                         val_samples=100, test_samples=0))
+    profile = fit_profile(data)
+    save_profile(profile, path)
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        save_profile({**profile, "broken": object()}, path)
+    assert path.read_bytes() == before and load_profile(path)["rows"] == 500
+    assert [p.name for p in tmp_path.iterdir()] == ["profile.json"]

@@ -165,7 +165,7 @@ def _profile_data(args: argparse.Namespace, cfg):
 
 def write_json(path: str, result: Any) -> None:
     """``--json``: the result, written beside ``path`` and published by one rename."""
-    from dlrm.training.checkpoint import write_json_atomic
+    from dlrm.files import write_json_atomic
 
     write_json_atomic(path, result)
     print(f"wrote {path}")

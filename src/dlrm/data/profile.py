@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from dlrm.data.arrays import DEFAULT_SPLITS, ArrayDataSource
+from dlrm.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +393,9 @@ def fit_profile(data: Any, split: str = "train", max_rows: int | None = None) ->
 
 
 def save_profile(profile: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(profile, indent=1))
+    """Write ``profile`` as JSON, atomically: an interrupted run leaves no half profile."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(profile, indent=1).encode())
 
 
 def load_profile(path: str | Path) -> dict[str, Any]:

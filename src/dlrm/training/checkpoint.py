@@ -13,19 +13,16 @@ empty, truncated, random bytes, a pickle of Python objects, another program's fi
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from dlrm.files import atomic_file
 from dlrm.models import build_model
 from dlrm.models.quantized import embedding_bytes, quantize_model
 
@@ -36,51 +33,10 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint; the message names it and says why."""
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file object whose contents replace ``path`` only when the block completes.
-
-    Writes go to a temporary file in the same folder, which is fsynced and renamed over
-    ``path`` (and the folder fsynced): a process killed at any moment leaves either the old
-    complete file or the new one, never a mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it (mkstemp makes 0600)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` through ``atomic_file``."""
     with atomic_file(path) as f:
         torch.save(obj, f)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """JSON (indented) through ``atomic_file``."""
-    with atomic_file(path) as f:
-        f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
 def check_output_path(out: str | Path, inputs: list[str | Path | None],

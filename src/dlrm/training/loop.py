@@ -35,6 +35,7 @@ from dlrm import ops
 from dlrm.allocator import tune_cpu_allocator
 from dlrm.data.source import DataSource
 from dlrm.features import Batch
+from dlrm.files import write_json_atomic
 from dlrm.metrics import MetricAccumulator
 from dlrm.models import build_model
 from dlrm.models.memory import check_memory, parameter_memory
@@ -599,7 +600,7 @@ def _run_owned(strategy: TrainingStrategy, data: DataSource, config: TrainConfig
                                           prepared["summary"])
     else:
         record = {**run_record, **extra}
-        _on_writer(strategy, lambda: ckpt_io.write_json_atomic(run_dir / runs.CONFIG_NAME,
+        _on_writer(strategy, lambda: write_json_atomic(run_dir / runs.CONFIG_NAME,
                                                                record))
     if config.tune_allocator and config.device == "cpu":
         tune_cpu_allocator()  # before the first step; process-wide, for every strategy
@@ -647,7 +648,7 @@ def _run_owned(strategy: TrainingStrategy, data: DataSource, config: TrainConfig
                           "changed": changes}]}
             if "args" in extra:
                 record["args"] = extra["args"]
-            _on_writer(strategy, lambda: ckpt_io.write_json_atomic(
+            _on_writer(strategy, lambda: write_json_atomic(
                 run_dir / runs.CONFIG_NAME, record))
         log.info("resumed %s at step %d", run_dir, state["step"])
         emit({"event": "resumed", "step": state["step"], "changes": changes,
@@ -784,6 +785,6 @@ def _train_steps(strategy: TrainingStrategy, data: DataSource, config: TrainConf
         if f"val_optimal_{key}" in summary:
             summary[f"optimal_{key}"] = summary.pop(f"val_optimal_{key}")
     if writer:
-        ckpt_io.write_json_atomic(run_dir / runs.SUMMARY_NAME, summary)
+        write_json_atomic(run_dir / runs.SUMMARY_NAME, summary)
     emit({"event": "end", **summary})
     return summary

@@ -17,7 +17,7 @@ Rules (``dlrm train``, single-process and distributed alike):
 - **Read back tolerantly.** ``read_json`` names the file of a damaged JSON file;
   ``read_jsonl`` drops a torn last record (a write cut by a kill) with a warning naming the
   file and line. Everything else the loop reads back is written atomically
-  (``dlrm.training.checkpoint.write_json_atomic``, ``save_atomic``).
+  (``dlrm.files.write_json_atomic``, ``dlrm.training.checkpoint.save_atomic``).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict[str, Any
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
     """Replace ``path`` with ``records``, atomically."""
-    from dlrm.training.checkpoint import atomic_file
+    from dlrm.files import atomic_file
 
     with atomic_file(path) as f:
         for record in records:
