@@ -1,11 +1,9 @@
-"""Why bfloat16 inference runs oneDNN's fused linear (``ops.mlp._ONEDNN_LINEAR``) and keeps its
-weight casts (``MLP._cast_parameters``).
+"""Why bfloat16 inference runs oneDNN's fused linear (``ops.mlp._ONEDNN_LINEAR``).
 
 Each `kaggle` DLRM layer alone at batch B, bf16, no gradients: ``addmm`` + ``relu_`` (what
 runs with gradients) against oneDNN's linear with the bias and ReLU in its epilogue; then the
-whole bf16 inference forward of both MLPs through autocast, in three forms: every weight cast
-per call (as before), the casts kept (``MLP``'s cache) with addmm + relu_, and both (what runs
-now). Medians of --repeats calls, alternating rounds in one process; ratios > 1: faster.
+bf16 inference forward of both MLPs through autocast and ``MLP``, with the fused linear off
+and on. Medians of --repeats calls, alternating rounds in one process; ratios > 1: faster.
 
     python benchmarks/mlp_bf16_inference.py [--batch-size 2048] [--repeats 30] [--rounds 5]
 """
@@ -17,7 +15,6 @@ import platform
 import statistics
 
 import torch
-from torch import nn
 
 from dlrm.allocator import tune_cpu_allocator
 from dlrm.bench import timing
@@ -59,20 +56,16 @@ def forward_times(batch: int, repeats: int, rounds: int) -> None:
             bottom(dense)
             top(interactions)
 
-    def per_call_casts() -> None:  # what autocast gives without the cache, addmm + relu_
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            for mlp, x in ((bottom, dense), (top, interactions)):
-                nn.Sequential.forward(mlp, x)
-
-    fused_state = mlp_op._ONEDNN_LINEAR
-    results: dict[str, list[float]] = {"casts per call": [], "kept casts": [], "now": []}
-    for _ in range(rounds):
-        results["casts per call"].append(timing.median_ms(per_call_casts, repeats, 3))
-        mlp_op._ONEDNN_LINEAR = False
-        results["kept casts"].append(timing.median_ms(forward, repeats, 3))
-        mlp_op._ONEDNN_LINEAR = fused_state
-        results["now"].append(timing.median_ms(forward, repeats, 3))
-    base = statistics.median(results["casts per call"])
+    available = mlp_op._ONEDNN_LINEAR
+    results: dict[str, list[float]] = {"addmm + relu_": [], "fused oneDNN linear": []}
+    try:
+        for _ in range(rounds):
+            for name, fused in (("addmm + relu_", False), ("fused oneDNN linear", True)):
+                mlp_op._ONEDNN_LINEAR = fused
+                results[name].append(timing.median_ms(forward, repeats, 3))
+    finally:
+        mlp_op._ONEDNN_LINEAR = available
+    base = statistics.median(results["addmm + relu_"])
     print("\n| both MLPs, bf16 inference forward | ms (median of rounds) | speed-up |")
     print("|---|---|---|")
     for name, values in results.items():

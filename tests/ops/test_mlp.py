@@ -186,40 +186,6 @@ def test_bfloat16_inference_takes_the_fused_onednn_linear_with_the_same_bits(
         assert torch.equal(a, b)
 
 
-def test_inference_under_autocast_reuses_casts_until_a_weight_changes():
-    """Without gradients the bf16 casts of the weights are made once and reused: the same
-    bits as casting every call; an optimizer step or load_state_dict (which move the weights'
-    version counters) makes the next call cast again, so it never serves stale weights."""
-    torch.manual_seed(5)
-    mlp = MLP("13-64-16")
-    x = torch.randn(32, 13)
-
-    def fresh(module):  # what autocast's per-call casts give
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return nn.Sequential.forward(module, x)
-
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        first = mlp(x)
-        casts = mlp._inference_casts[1]
-        assert torch.equal(mlp(x), first) and mlp._inference_casts[1] is casts  # reused
-    assert torch.equal(first, fresh(mlp))
-    # A training step changes the weights: the next inference sees them.
-    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mlp(x).float().square().sum().backward()
-    optimizer.step()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        after_step = mlp(x)
-    assert not torch.equal(after_step, first) and torch.equal(after_step, fresh(mlp))
-    # Weights loaded from elsewhere, too.
-    other = MLP("13-64-16")
-    mlp.load_state_dict(other.state_dict())
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(mlp(x), fresh(other))
-    # Nothing of the cache enters the state dict.
-    assert set(mlp.state_dict()) == set(other.state_dict())
-
-
 @needs_kernels
 def test_changing_the_output_in_place_before_backward_is_caught():
     mlp = MLP("6-8-4")
