@@ -22,6 +22,12 @@ $DLRM compare --data "$OUT/data/movielens" --models "$DEEP" --recipes small "${C
 for data in avazu movielens; do
   $DLRM compare --data "$OUT/data/$data" --models lr --recipes "$OUT/tune-$data-lr/recipe.json" \
     "${COMMON[@]}" --out "$OUT/results-$data-lr"
+  # Each deep kind at the recipe its own study chose on this data set.
+  for kind in ${DEEP//,/ }; do
+    $DLRM compare --data "$OUT/data/$data" --models "$kind" \
+      --recipes "$OUT/tune-$data-$kind/recipe.json" "${COMMON[@]}" \
+      --out "$OUT/results-$data-$kind"
+  done
 done
 # Planted data (tiny tables, D=16 as the recipes were tuned with; DLRM's recipe sets its MLPs):
 # one epoch of 100k samples (the recipes' early stopping
