@@ -206,7 +206,7 @@ def as_recipe(config: TuneConfig, params: dict[str, Any], source: str,
     return {"train": train, "model": model_part, "source": source}
 
 
-def _baseline_params(config: TuneConfig) -> dict[str, Any]:
+def _baseline_params(config: TuneConfig, train_rows: int) -> dict[str, Any]:
     """The kind's current ``small`` recipe, else the compare defaults, as a first trial, so the
     study never ends below the settings it started from (only values inside the space)."""
     start: dict[str, Any] = dict(BASE_TRAIN)
@@ -214,6 +214,8 @@ def _baseline_params(config: TuneConfig) -> dict[str, Any]:
     if "small" in spec.recipes:
         recipe = get_recipe(config.model, "small")
         start.update({**recipe["train"], **recipe.get("model", {})})
+        if "weight_decay_rows" in recipe["train"]:  # its L2 as it applies to these rows
+            start["weight_decay"] = train_config_from_recipe(recipe, train_rows).weight_decay
     start.setdefault("sparse_optimizer", "rowwise_adagrad")
     start.setdefault("sparse_lr", start["lr"])
     start.setdefault("weight_decay", 1e-8)
@@ -266,7 +268,7 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
-        study.enqueue_trial(_baseline_params(config), skip_if_exists=True)
+        study.enqueue_trial(_baseline_params(config, train_rows), skip_if_exists=True)
     elif stored != json.loads(json.dumps(identity, default=str)):
         changed = sorted(k for k in identity if stored.get(k) != json.loads(
             json.dumps(identity[k], default=str)))

@@ -209,6 +209,11 @@ def test_full_batch_recipe_keeps_its_prior_at_any_size():
     assert same.eval_every == 1  # one evaluation per epoch: one full-batch step per epoch
     given, _ = resolve_recipe("lr", "small", 90000, weight_decay=0.5)
     assert given.weight_decay == 0.5
+    # A study's first trial (the current recipe) starts from the scaled value too.
+    from dlrm.tune import TuneConfig, _baseline_params
+
+    first = _baseline_params(TuneConfig(model="lr"), 90000)
+    assert first["weight_decay"] == pytest.approx(lr_recipe["weight_decay"] / 10)
 
 
 def test_cli_train_with_a_recipe(tmp_path):
