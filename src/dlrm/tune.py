@@ -86,6 +86,11 @@ class TrainValOnly:
         return optimal(split) if optimal and split in ("train", "val") else None
 
 
+# A study's cadence when neither the caller nor the kind (ModelSpec.tune_settings) sets it.
+STUDY_DEFAULTS: dict[str, Any] = {"epochs": 10, "evals_per_epoch": 4, "patience": 4,
+                                  "pruner": "median"}
+
+
 @dataclass
 class TuneConfig:
     """A study.
@@ -101,6 +106,8 @@ class TuneConfig:
         epochs: most passes over the training split per trial (early stopping ends sooner).
         evals_per_epoch: validation evaluations per epoch (pruning and early stopping points).
         patience: evaluations without a better validation AUC before a trial stops.
+            (These three and ``pruner``, when None: the kind's ``ModelSpec.tune_settings``,
+            else ``STUDY_DEFAULTS``.)
         max_samples: most training samples per trial (None: ``epochs`` passes).
         seed: the training seed of every trial (same initialisation and data order for all,
             so trials differ by their parameters only) and the sampler's seed.
@@ -116,12 +123,12 @@ class TuneConfig:
     space: dict[str, Any] | None = None
     trials: int | None = 20
     timeout_s: float | None = None
-    epochs: int = 10
-    evals_per_epoch: int = 4
-    patience: int = 4
+    epochs: int | None = None
+    evals_per_epoch: int | None = None
+    patience: int | None = None
     max_samples: int | None = None
     seed: int = 0
-    pruner: str = "median"
+    pruner: str | None = None
     startup_trials: int = 5
     threads: int | None = None
     keep_checkpoints: bool = False
@@ -130,6 +137,9 @@ class TuneConfig:
         spec = get_spec(self.model)
         if not spec.trainable:
             raise ValueError(f"model {self.model!r} cannot be trained, so it cannot be tuned")
+        for name, value in {**STUDY_DEFAULTS, **spec.tune_settings}.items():
+            if getattr(self, name) is None:  # not given: the kind's default, else the general
+                setattr(self, name, value)
         if self.space is None:
             if not spec.search_space:
                 raise ValueError(f"model {self.model!r} has no search space; pass one")

@@ -108,13 +108,27 @@ def test_pruner_stops_trials_below_the_median(tmp_path):
     # the small one fall below the median at their first reports and are pruned.
     space = {"lr": {"choices": [0.05, 1e-6]}}
     config = TuneConfig(model="lr", preset="tiny", space=space, trials=8, epochs=3,
-                        evals_per_epoch=4, patience=20, startup_trials=2, seed=0)
+                        evals_per_epoch=4, patience=20, startup_trials=2, seed=0,
+                        pruner="median")
     summary = tune(planted(), config, tmp_path)
     states = {(r["state"], r["params"]["lr"]) for r in summary["trials"]}
     assert ("pruned", 1e-6) in states
     pruned = [r for r in summary["trials"] if r["state"] == "pruned"]
     assert all(r["evaluations"] < 12 for r in pruned)  # stopped before the end
     assert summary["best"]["params"]["lr"] == 0.05
+
+
+def test_a_kind_sets_its_own_study_cadence_and_given_values_win():
+    """Logistic regression's trials run to the optimum (no early stopping, no pruning); the
+    deep kinds keep the general cadence; a value given explicitly wins over both."""
+    lr = TuneConfig(model="lr")
+    assert (lr.epochs, lr.evals_per_epoch, lr.patience, lr.pruner) == (30, 1, 0, "none")
+    deep = TuneConfig(model="dlrm")
+    assert (deep.epochs, deep.evals_per_epoch, deep.patience, deep.pruner) == \
+        (10, 4, 4, "median")
+    given = TuneConfig(model="lr", epochs=5, patience=2, pruner="median")
+    assert (given.epochs, given.evals_per_epoch, given.patience, given.pruner) == \
+        (5, 1, 2, "median")
 
 
 def test_search_space_errors_name_the_parameter():

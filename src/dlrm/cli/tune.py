@@ -104,14 +104,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--timeout and no --trials: as many as fit)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no trial after this many seconds of this session")
-    p.add_argument("--epochs", type=int, default=10, help="most epochs per trial")
-    p.add_argument("--evals-per-epoch", type=int, default=4,
-                   help="validation evaluations per epoch (pruning / early stopping points)")
-    p.add_argument("--patience", type=int, default=4,
-                   help="evaluations without a better validation AUC before a trial stops")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="most epochs per trial (default 10; lr: 30)")
+    p.add_argument("--evals-per-epoch", type=int, default=None,
+                   help="validation evaluations per epoch (pruning / early stopping points; "
+                        "default 4; lr: 1)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="evaluations without a better validation AUC before a trial stops "
+                        "(default 4; lr: 0, never)")
     p.add_argument("--max-samples", type=int, default=None, help="most samples per trial")
     p.add_argument("--seed", type=int, default=0, help="training and sampler seed")
-    p.add_argument("--pruner", choices=["median", "none"], default="median")
+    p.add_argument("--pruner", choices=["median", "none"], default=None,
+                   help="default median; lr: none")
     p.add_argument("--startup-trials", type=int, default=5,
                    help="random trials before the TPE sampler and the pruner act")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

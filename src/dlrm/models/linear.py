@@ -197,7 +197,10 @@ register(ModelSpec("deepfm", "DeepFM (Guo et al. 2017)",
                    build=lambda cfg: DeepFM(LinearDeepConfig.from_dict(cfg)),
                    config_for=_linear_config_for, options=_DEEP_OPTIONS,
                    search_space=_DEEP_SPACE, recipes=TUNED_RECIPES.get("deepfm", {})))
+# Its trials run to the optimum: 30 steps of up to 10 L-BFGS iterations, an evaluation after
+# each, no early stopping or pruning (a convex run's early AUCs say little about its end).
+_LR_TUNE = {"epochs": 30, "evals_per_epoch": 1, "patience": 0, "pruner": "none"}
 register(ModelSpec("lr", "logistic regression on one-hot ids and dense values",
                    build=lambda cfg: LogisticRegression(LinearDeepConfig.from_dict(cfg)),
                    config_for=_linear_config_for, search_space=_LR_SPACE,
-                   recipes=TUNED_RECIPES.get("lr", {})))
+                   recipes=TUNED_RECIPES.get("lr", {}), tune_settings=_LR_TUNE))

@@ -44,6 +44,9 @@ class ModelSpec:
             name -> ``{"train": TrainConfig fields (+ ``evals_per_epoch``), "model": options,
             "source": how it was chosen}``. ``reference`` (the reference DLRM's recipe) is
             there for every kind without being listed.
+        tune_settings: this kind's defaults for a ``dlrm tune`` study (``TuneConfig`` fields:
+            ``epochs``, ``evals_per_epoch``, ``patience``, ``pruner``) where they differ from
+            the general ones; flags and explicit values win.
     """
 
     name: str
@@ -54,6 +57,7 @@ class ModelSpec:
     trainable: bool = True
     search_space: dict[str, Any] | None = None
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_settings: dict[str, Any] = field(default_factory=dict)
 
 
 SEARCH_SPACE_DOC = """A search space maps parameter names to distributions, searched in order:
