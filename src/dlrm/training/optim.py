@@ -238,9 +238,10 @@ class FullBatchLBFGS(HybridOptimizer):
     so ``weight_decay = 1 / (C * N)`` is scikit-learn's ``LogisticRegression(C=C)`` on N rows.
     One ``minimize`` call runs up to ``iterations`` L-BFGS iterations (each one gradient plus
     its line search's evaluations) and returns the data loss at its start. The lookup's
-    gradient arrives as a sparse tensor (no row update is attached) and is made dense here:
-    L-BFGS keeps ``history`` dense copies of every parameter, so this is for models whose
-    parameters fit ~2 * history times over in memory.
+    gradient arrives as a sparse tensor (no row update is attached); torch's L-BFGS gathers it
+    dense (here too when the penalty's gradient is added to it). L-BFGS keeps ``history``
+    dense copies of every parameter, so this is for models whose parameters fit
+    ~2 * history times over in memory.
 
     Args:
         model: any model; all its trainable parameters are optimized.
@@ -278,17 +279,17 @@ class FullBatchLBFGS(HybridOptimizer):
             loss = forward_backward().detach()
             if not first:
                 first.append(loss)
+            if not self.weight_decay:  # torch's L-BFGS reads missing and sparse grads itself
+                return loss
             penalty = torch.zeros((), dtype=torch.float64)
             with torch.no_grad():
-                for p in self.params:
+                for p in self.penalized:  # the penalty's gradient needs a dense one
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     elif p.grad.is_sparse:
                         p.grad = p.grad.to_dense()
-                if self.weight_decay:
-                    for p in self.penalized:
-                        p.grad.add_(p, alpha=self.weight_decay)
-                        penalty += 0.5 * self.weight_decay * p.double().pow(2).sum()
+                    p.grad.add_(p, alpha=self.weight_decay)
+                    penalty += 0.5 * self.weight_decay * p.square().sum(dtype=torch.float64)
             return loss + penalty.to(loss.dtype)
 
         self.dense.step(objective)
