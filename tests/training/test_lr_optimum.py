@@ -103,7 +103,7 @@ def test_lbfgs_reaches_sklearns_optimum_on_the_same_features(tmp_path):
     assert objective(*trained(tmp_path / "early")) > best * (1 + 1e-3)
 
 
-def test_lbfgs_is_full_batch_only(tmp_path):
+def test_lbfgs_is_full_batch_only(tmp_path, capsys):
     data = SyntheticData(SyntheticConfig(table_sizes=[10, 5], train_samples=500,
                                          val_samples=100))
     with pytest.raises(ConfigError, match="batch_size 128: lbfgs is a full-batch method: "
@@ -123,6 +123,14 @@ def test_lbfgs_is_full_batch_only(tmp_path):
                  str(tmp_path / "one")]) == 0
     saved = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert saved["steps"] == 2 and saved["samples_seen"] == 1000
+    # 0 is the whole split; below it is refused before any work, by every training command
+    # (compare too, whose recipes would otherwise never read the flag).
+    capsys.readouterr()
+    assert main(["compare", "--data", "synthetic:planted", "--models", "lr", "--recipes",
+                 "small", "--batch-size", "-1", "--quiet", "--out", str(tmp_path / "c")]) == 2
+    assert "--batch-size -1: must be at least 0 (0: the whole training split)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_lbfgs_resumes_to_the_uninterrupted_run(tmp_path):

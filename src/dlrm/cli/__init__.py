@@ -97,8 +97,10 @@ def preflight(args: argparse.Namespace) -> None:
     the inputs. (A checkpoint scored on another data set than its own is refused by the
     command: ``eval``, ``predict``.)"""
     counts = COUNT_FLAGS
-    if args.command in TRAINING_COMMANDS:  # TrainConfig checks it: 0 is the whole split
+    if args.command in TRAINING_COMMANDS:
         counts = tuple(name for name in COUNT_FLAGS if name != "batch_size")
+        common.check_positive(args, "batch_size", minimum=0,
+                              meaning=" (0: the whole training split)")
     common.check_positive(args, *counts)
     common.check_outputs(args)
 

@@ -303,12 +303,14 @@ def error_line(err: BaseException, args: argparse.Namespace) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def check_positive(args: argparse.Namespace, *dests: str) -> None:
-    """Refuse a count flag below 1 (a batch of -1 samples is no batch)."""
+def check_positive(args: argparse.Namespace, *dests: str, minimum: int = 1,
+                   meaning: str = "") -> None:
+    """Refuse a count flag below ``minimum`` (a batch of -1 samples is no batch);
+    ``meaning`` says what the smallest value stands for when it is not an ordinary count."""
     for dest in dests:
         value = getattr(args, dest, None)
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"{flag(dest)} {value}: must be at least 1")
+        if isinstance(value, int) and value < minimum:
+            raise ValueError(f"{flag(dest)} {value}: must be at least {minimum}{meaning}")
 
 
 def load_checkpoint_model(path: str | Path, device: str = "cpu"):
