@@ -72,17 +72,17 @@ _ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
                   and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _onednn_shape(inputs: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the fused oneDNN linear runs: CPU bfloat16 (B, K) inputs and weights."""
+def _onednn_shape(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether the fused oneDNN linear runs: CPU bfloat16 (B, K) inputs, weight and bias."""
     return (_ONEDNN_LINEAR and inputs.device.type == "cpu" and inputs.dim() == 2
-            and inputs.dtype == weight.dtype == torch.bfloat16)
+            and inputs.dtype == weight.dtype == bias.dtype == torch.bfloat16)
 
 
 def _linear_act(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool,
                 use_native: bool, fused_onednn: bool = False) -> torch.Tensor:
     if use_native:
         return native.bias_act_(torch.mm(inputs, weight.t()), bias, relu)
-    if fused_onednn and bias.dtype == weight.dtype:
+    if fused_onednn:
         return torch.ops.mkldnn._linear_pointwise(inputs, weight.contiguous(), bias,
                                                   "relu" if relu else "none", [], "")
     out = torch.addmm(bias, inputs, weight.t())
@@ -141,7 +141,7 @@ def _forward(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Te
     h = x.contiguous()
     for i, (weight, bias) in enumerate(zip(weights, biases)):
         h = _linear_act(h, weight, bias, final_relu or i < len(weights) - 1, use_native,
-                        fused_onednn and _onednn_shape(h, weight))
+                        fused_onednn and _onednn_shape(h, weight, bias))
         activations.append(h)
     return activations
 
@@ -182,8 +182,9 @@ def _forward_functional(x, weights, biases, final_relu):
 
 
 def _forward_cpu(x, weights, biases, final_relu):
-    # Reached without gradients only (with them, _mlp_autograd runs addmm + relu_ or the
-    # Function), so bfloat16 may take the fused oneDNN linear.
+    # With gradients only the native float32 Function reaches this kernel (_mlp_autograd runs
+    # bfloat16 as addmm + relu_ under autograd), so a bfloat16 call here is inference and may
+    # take the fused oneDNN linear.
     return _forward(x, weights, biases, final_relu, _use_native(x, weights, biases),
                     fused_onednn=True)
 
