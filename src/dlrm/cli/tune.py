@@ -81,6 +81,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_default(name: str) -> str:
+    """A study setting's default as help text: the general one (``STUDY_DEFAULTS``), then the
+    kinds that set their own (``ModelSpec.tune_settings``)."""
+    from dlrm.models import get_spec, model_kinds
+    from dlrm.tune import STUDY_DEFAULTS
+
+    own = [f"{kind}: {get_spec(kind).tune_settings[name]}" for kind in model_kinds()
+           if name in get_spec(kind).tune_settings]
+    return "; ".join([f"default {STUDY_DEFAULTS[name]}", *own])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from dlrm.models import model_kinds
 
@@ -105,17 +116,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no trial after this many seconds of this session")
     p.add_argument("--epochs", type=int, default=None,
-                   help="most epochs per trial (default 10; lr: 30)")
+                   help=f"most epochs per trial ({_study_default('epochs')})")
     p.add_argument("--evals-per-epoch", type=int, default=None,
                    help="validation evaluations per epoch (pruning / early stopping points; "
-                        "default 4; lr: 1)")
+                        f"{_study_default('evals_per_epoch')})")
     p.add_argument("--patience", type=int, default=None,
                    help="evaluations without a better validation AUC before a trial stops "
-                        "(default 4; lr: 0, never)")
+                        f"(0: never; {_study_default('patience')})")
     p.add_argument("--max-samples", type=int, default=None, help="most samples per trial")
     p.add_argument("--seed", type=int, default=0, help="training and sampler seed")
     p.add_argument("--pruner", choices=["median", "none"], default=None,
-                   help="default median; lr: none")
+                   help=_study_default("pruner"))
     p.add_argument("--startup-trials", type=int, default=5,
                    help="random trials before the TPE sampler and the pruner act")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
