@@ -91,9 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc > 1:
         if args.out:  # refused here rather than by every rank after starting them
             check_usable(args.out, resume=False)
-        if getattr(args, "optimizer", None) == "lbfgs":
-            raise ValueError("--optimizer lbfgs: full-batch L-BFGS runs in one process (its "
-                             "models are small: logistic regression); leave out --nproc")
+        from dlrm.training.loop import check_distributable
+
+        check_distributable(getattr(args, "optimizer", None))  # refused before any rank starts
         return launch_local(args.nproc, _argv_without_nproc(args.argv))
     if distributed_run:
         # A distributed run resumed without --nproc: continue it on one process.

@@ -55,10 +55,10 @@ from dlrm.models.memory import check_memory
 from dlrm.training import checkpoint as ckpt_io
 from dlrm.training.data_identity import data_identity
 from dlrm.training.loop import (
-    ConfigError,
     TrainConfig,
     autocast,
     check_before_training,
+    check_distributable,
     resolve_batch_size,
     run_loop,
 )
@@ -309,9 +309,7 @@ def train_distributed(kind: str, model_config: dict[str, Any], data: DataSource,
     ctx = RankContext(dist.get_rank(), dist.get_world_size())
     run_dir = Path(run_dir)
     device, _ = device_and_backend(config.device, local_rank())  # as distributed_session
-    if config.optimizer == "lbfgs":
-        raise ConfigError("optimizer", "lbfgs", "full-batch L-BFGS runs in one process (its "
-                          "models are small: logistic regression); train without --nproc")
+    check_distributable(config.optimizer)
     check_before_training(data, config)  # the same on every rank: all stop, before building
     config = resolve_batch_size(config, data)
     if config.batch_size < ctx.world_size:

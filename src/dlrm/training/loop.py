@@ -232,6 +232,15 @@ def check_before_training(data: DataSource, config: TrainConfig) -> int:
     return steps_per_epoch
 
 
+def check_distributable(optimizer: str | None) -> None:
+    """Raise ``ConfigError`` for an optimizer that runs in one process only (``lbfgs``: a
+    full-batch method over every weight, for small convex models), before any rank starts."""
+    if optimizer == "lbfgs":
+        raise ConfigError("optimizer", optimizer, "full-batch L-BFGS runs in one process (its "
+                          "models are small: logistic regression); leave out --nproc and "
+                          "torchrun")
+
+
 def resolve_batch_size(config: TrainConfig, data: DataSource) -> TrainConfig:
     """``config`` with ``batch_size`` 0 made the training split's number of rows (what the run
     records, so a resumed run compares the real batch)."""
