@@ -65,7 +65,7 @@ def layer_flops(batch: int, fan_in: int, fan_out: int, input_grad: bool) -> tupl
     return fwd, bwd
 
 
-def _shape_note(batch: int, fan_in: int, fan_out: int) -> str:
+def _shape_note(fan_in: int, fan_out: int) -> str:
     narrow = [f"{label}={n}" for label, n in (("K", fan_in), ("N", fan_out)) if n < NARROW]
     return "narrow " + ", ".join(narrow) if narrow else "wide"
 
@@ -96,7 +96,7 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
         fwd_ms = median_ms(functools.partial(_forward, x, weight, bias), reps)
         row: dict[str, Any] = {
             "name": name, "fan_in": k, "fan_out": n, "input_grad": input_grad,
-            "shape": _shape_note(batch, k, n),
+            "shape": _shape_note(k, n),
             "fwd_flops": fwd_flops, "fwd_ms": fwd_ms,
             "fwd_gflops": fwd_flops / fwd_ms / 1e6, "fwd_fraction": fwd_flops / fwd_ms / 1e-3
             / peak}
