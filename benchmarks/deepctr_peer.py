@@ -33,9 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlrm.compare import auc_standard_error
 from dlrm.data import open_data
-from dlrm.metrics import roc_auc
+from dlrm.metrics import auc_standard_error, roc_auc
 from dlrm.models.tuned_recipes import TUNED_RECIPES
 
 KINDS = ("deepfm", "wdl", "dcn", "dcnv2")

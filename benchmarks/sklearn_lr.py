@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path)
     args = parser.parse_args()
-    from dlrm.compare import auc_standard_error
+    from dlrm.metrics import auc_standard_error
     from dlrm.data import open_data
 
     print("| data | C (chosen on val) | val AUC | test AUC | AUC SE |")

@@ -10,6 +10,14 @@ against samples seen, with the Bayes-optimal AUC when the data is planted) and
 Metrics are those of the ``test`` split when the data has one, else of ``val``. The spread
 over seeds covers initialization and data order; it does not cover the finite evaluation
 set, so the table also gives the AUC's standard error on that set (Hanley & McNeil 1982).
+
+That SE is of one AUC alone. Two models scored on the same rows stumble on the same hard
+rows, so whether one beats the other is a paired question: every run's scores on the split
+are kept (``RUN/{split}_scores.npy``, from the checkpoint it reported, float32 logits in the
+split's order; the labels once, ``{split}_labels.npy``), and a second table gives each row's
+mean AUC minus a reference row's (``against``, LR by default) with the SE of that difference
+on these rows (DeLong, DeLong & Clarke-Pearson 1988, ``dlrm.metrics.paired_auc_difference``),
+z and p.
 """
 
 from __future__ import annotations
@@ -24,11 +32,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlrm.data.source import DataSource
+from dlrm.files import atomic_file
+from dlrm.metrics import auc_standard_error, paired_auc_difference, roc_auc
 from dlrm.models import build_model, model_config_for, model_kinds
-from dlrm.training.loop import TrainConfig, train
+from dlrm.training.checkpoint import load_model
+from dlrm.training.loop import TrainConfig, score_split, train
 from dlrm.training.recipes import get_recipe, recipe_names, resolve_recipe
 
 Progress = Callable[[dict[str, Any]], None]
@@ -60,6 +72,9 @@ class CompareConfig:
         lr: learning rate per optimizer (default ``DEFAULT_LR``).
         batch_size, epochs, precision, threads: as ``TrainConfig``.
         curve_points: validation evaluations along each run, for the AUC curve.
+        against: the row every other row is tested against on the same rows (paired AUC
+            difference): ``KIND`` (its first optimizer or recipe) or ``KIND:SETTING``;
+            default: ``lr`` when it runs, else the first row.
     """
 
     models: list[str]
@@ -76,6 +91,7 @@ class CompareConfig:
     precision: str = "fp32"
     threads: int | None = None
     curve_points: int = 8
+    against: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in model_kinds()]
@@ -91,6 +107,14 @@ class CompareConfig:
                 if name not in recipe_names(kind) and not name.endswith(".json"):
                     raise ValueError(f"--recipes: model {kind!r} has no recipe {name!r} "
                                      f"(it has {', '.join(recipe_names(kind))})")
+        if self.against is not None:
+            kind, _, setting = self.against.partition(":")
+            settings = self.recipes or self.optimizers
+            if kind not in self.models or (setting and setting not in settings):
+                raise ValueError(f"--against {self.against!r}: not among the rows; give a "
+                                 f"kind of --models ({', '.join(self.models)}), optionally "
+                                 f"with one of its settings ({', '.join(settings)}) as "
+                                 f"KIND:SETTING")
 
 
 def paper_config(**overrides: Any) -> CompareConfig:
@@ -103,16 +127,6 @@ def paper_config(**overrides: Any) -> CompareConfig:
                                                           "deep_mlp": [512, 256]}}}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return CompareConfig(**base)
-
-
-def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
-    """Hanley & McNeil (1982) standard error of an AUC measured on a finite set."""
-    if positives <= 0 or negatives <= 0 or math.isnan(auc):
-        return math.nan
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc)
-           + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
-    return math.sqrt(max(var, 0.0))
 
 
 def count_parameters(kind: str, model_config: dict[str, Any]) -> int:
@@ -130,6 +144,44 @@ def run_dir_label(setting: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting)
 
 
+def _run_settings(kind: str, opt: str, seed: int, data: DataSource, config: CompareConfig
+                  ) -> tuple[dict[str, Any] | None, TrainConfig, dict[str, Any]]:
+    """(recipe or None, TrainConfig, model config) of one run of the comparison."""
+    train_samples = data.num_samples("train")
+    options = dict(config.model_options.get(kind, {}))
+    if config.embedding_dim is not None and kind != "lr":
+        options.setdefault("embedding_dim", config.embedding_dim)
+    recipe = None
+    if config.recipes:  # every kind at its own recipe (opt is the recipe's name)
+        recipe = get_recipe(kind, opt, train_samples)
+        train_config, recipe_options = resolve_recipe(
+            kind, opt, train_samples, TrainConfig(precision=config.precision,
+                                                  threads=config.threads),
+            seed=seed, max_samples=config.budget)
+        if not train_config.eval_every and config.curve_points:
+            run_steps = (config.budget or train_samples * train_config.epochs) \
+                // (train_config.batch_size or train_samples)
+            train_config.eval_every = max(1, run_steps // config.curve_points)
+        train_config.log_every = max(1, train_config.eval_every or 100)
+        options = {**recipe_options, **options}
+    else:
+        epochs = config.epochs
+        if config.budget:  # a budget larger than the training split takes several epochs
+            epochs = max(epochs, math.ceil(config.budget / train_samples))
+        per_run = config.budget or train_samples * epochs
+        steps = max(1, min(per_run, train_samples * epochs)
+                    // (config.batch_size or train_samples))
+        eval_every = max(1, steps // config.curve_points) if config.curve_points else 0
+        train_config = TrainConfig(
+            batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
+            optimizer=opt, epochs=epochs, max_samples=config.budget,
+            eval_every=eval_every, precision=config.precision, threads=config.threads,
+            seed=seed, log_every=max(1, steps // 20))
+    model_config = model_config_for(kind, config.preset, data.table_sizes, data.num_dense,
+                                    options)
+    return recipe, train_config, model_config
+
+
 def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
             progress: Progress | None = None) -> dict[str, Any]:
     """Run every (model, optimizer, seed); write results.md, auc_curve.png, results.json.
@@ -138,45 +190,19 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
     ``run`` (e.g. ``"dcn adagrad seed 1"``), ``run_index`` and ``runs`` added.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda _e: None)
     split = "test" if "test" in data.splits() and data.num_samples("test") > 0 else "val"
     settings = config.recipes or config.optimizers
     plan = [(kind, opt, seed) for kind in config.models for opt in settings
             for seed in range(config.seeds)]
-    train_samples = data.num_samples("train")
-    epochs = config.epochs
-    if config.budget:  # a budget larger than the training split takes several epochs
-        epochs = max(epochs, math.ceil(config.budget / train_samples))
-    per_run = config.budget or train_samples * epochs
-    steps = max(1, min(per_run, train_samples * epochs) // (config.batch_size or train_samples))
-    eval_every = max(1, steps // config.curve_points) if config.curve_points else 0
+    # Every run's settings and model are resolved before the first one trains: a recipe that
+    # does not fit the preset fails now, not after hours of the other runs.
+    prepared = [(kind, opt, seed, *_run_settings(kind, opt, seed, data, config))
+                for kind, opt, seed in plan]
+    out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    for index, (kind, opt, seed) in enumerate(plan):
-        options = dict(config.model_options.get(kind, {}))
-        if config.embedding_dim is not None and kind != "lr":
-            options.setdefault("embedding_dim", config.embedding_dim)
-        recipe = None
-        if config.recipes:  # every kind at its own recipe (opt is the recipe's name)
-            recipe = get_recipe(kind, opt, train_samples)
-            train_config, recipe_options = resolve_recipe(
-                kind, opt, train_samples, TrainConfig(precision=config.precision,
-                                                      threads=config.threads),
-                seed=seed, max_samples=config.budget)
-            if not train_config.eval_every and config.curve_points:
-                run_steps = (config.budget or train_samples * train_config.epochs) \
-                    // (train_config.batch_size or train_samples)
-                train_config.eval_every = max(1, run_steps // config.curve_points)
-            train_config.log_every = max(1, train_config.eval_every or 100)
-            options = {**recipe_options, **options}
-        else:
-            train_config = TrainConfig(
-                batch_size=config.batch_size, lr=config.lr.get(opt, DEFAULT_LR[opt]),
-                optimizer=opt, epochs=epochs, max_samples=config.budget,
-                eval_every=eval_every, precision=config.precision, threads=config.threads,
-                seed=seed, log_every=max(1, steps // 20))
-        model_config = model_config_for(kind, config.preset, data.table_sizes, data.num_dense,
-                                        options)
+    labels_saved = False
+    for index, (kind, opt, seed, recipe, train_config, model_config) in enumerate(prepared):
         label = f"{kind} {opt} seed {seed}"
 
         def relay(event: dict[str, Any], label: str = label, index: int = index) -> None:
@@ -190,21 +216,98 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
             log.warning("%s: %s", label, err)
             summary = diverged_summary(run_dir, split, str(err))
         curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(run_dir)]
+        scores = None
+        if "diverged" not in summary:
+            scores, labels = _score_run(run_dir, summary, data, split, train_config)
+            if not labels_saved:
+                _save_array(out / f"{split}_labels.npy", labels)
+                labels_saved = True
         runs.append({"model": kind, "optimizer": opt, "seed": seed, "recipe": recipe,
                      "parameters": count_parameters(kind, model_config),
                      "model_config": model_config, "summary": summary, "curve": curve,
                      "auc": summary[f"{split}_auc"], "logloss": summary[f"{split}_logloss"],
-                     "accuracy": summary[f"{split}_accuracy"]})
+                     "accuracy": summary[f"{split}_accuracy"], "scores": scores})
     optimal = getattr(data, "optimal_metrics", lambda _s: None)
     results = {"config": asdict(config), "split": split, "data": data.spec(), "runs": runs,
                "eval_positives": _positives(data, split),
                "optimal_auc": (optimal(split) or {}).get("auc"),
                "optimal_val_auc": runs[0]["summary"].get("optimal_auc"),
                "rows": aggregate(runs)}
+    results["paired"] = paired_comparison(results, out, config.against)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "results.md").write_text(markdown_table(results))
     plot_curves(results, out / "auc_curve.png")
     return results
+
+
+def _save_array(path: Path, values: torch.Tensor) -> None:
+    with atomic_file(path) as f:
+        np.save(f, values.numpy())
+
+
+def _score_run(run_dir: Path, summary: dict[str, Any], data: DataSource, split: str,
+               config: TrainConfig) -> tuple[str, torch.Tensor]:
+    """Score ``split`` with the model the run reported (``best.pt`` when it went back to an
+    earlier step, else ``last.pt``); write ``run_dir/{split}_scores.npy``; return its path
+    relative to the comparison folder, and the labels. The rescored AUC is checked against
+    the run's own: a checkpoint that does not reproduce it is a bug, not a result."""
+    name = "best" if summary["reported_step"] != summary["steps"] else "last"
+    model, _ = load_model(run_dir / f"{name}.pt", config.device)
+    logits, labels = score_split(model, data, split, config.eval_batch_size, config.precision,
+                                 config.device).tensors()
+    del model
+    rescored, reported = roc_auc(logits, labels), summary[f"{split}_auc"]
+    if not math.isclose(rescored, reported, abs_tol=1e-6):
+        raise RuntimeError(f"{run_dir / f'{name}.pt'} scores {split} AUC {rescored:.6f}, the "
+                           f"run reported {reported:.6f}: the checkpoint is not the reported "
+                           f"model")
+    _save_array(run_dir / f"{split}_scores.npy", logits)
+    return f"{run_dir.name}/{split}_scores.npy", labels
+
+
+def _reference_key(rows: list[dict[str, Any]], against: str | None) -> tuple[str, str] | None:
+    if against:
+        kind, _, setting = against.partition(":")
+    else:
+        kind, setting = ("lr" if any(r["model"] == "lr" for r in rows) else rows[0]["model"]), ""
+    for row in rows:
+        if row["model"] == kind and (not setting or row["optimizer"] == setting):
+            return row["model"], row["optimizer"]
+    return None
+
+
+def paired_comparison(results: dict[str, Any], out: str | Path,
+                      against: str | None = None) -> dict[str, Any] | None:
+    """Each row's mean AUC over its finished seeds minus the reference row's, on the same
+    rows, with the SE of that difference (DeLong), z and two-sided p. None when the scores
+    are missing (a comparison from before they were kept) or the split has one class."""
+    out = Path(out)
+    split, rows = results["split"], results["rows"]
+    labels_path = out / f"{split}_labels.npy"
+    ref = _reference_key(rows, against) if rows else None
+    if ref is None or not labels_path.exists() or 0 in results["eval_positives"]:
+        return None
+    labels = torch.from_numpy(np.load(labels_path))
+
+    def scores(key: tuple[str, str]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.load(out / r["scores"])) for r in results["runs"]
+                if (r["model"], r["optimizer"]) == key and _finite(r) and r.get("scores")]
+
+    reference = scores(ref)
+    paired = []
+    for row in rows:
+        key = (row["model"], row["optimizer"])
+        if key == ref:
+            continue
+        mine = scores(key)
+        entry = {"model": key[0], "optimizer": key[1], "seeds": len(mine)}
+        if mine and reference:
+            entry.update(paired_auc_difference(mine, reference, labels))
+        else:  # every run of one side diverged
+            entry.update(delta=math.nan, se=math.nan, z=math.nan, p=math.nan)
+        paired.append(entry)
+    return {"against": {"model": ref[0], "optimizer": ref[1], "seeds": len(reference)},
+            "rows": paired}
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -319,6 +422,21 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {_pm(row['logloss'], row['logloss_std'])} "
             f"| {_pm(row['accuracy'], row['accuracy_std'])} | {row['samples_seen']:,.0f} "
             f"| {_num(row['train_seconds'], '.1f')} | {_num(row['samples_per_s'], ',.0f')} |")
+    paired = results.get("paired")
+    if paired and paired["rows"]:
+        ref = paired["against"]
+        name = f"{ref['model']} ({ref['optimizer']})"
+        lines += ["", f"Paired against {name} on the same {pos + neg:,} rows: ΔAUC is the row's "
+                  f"mean AUC over its seeds minus {name}'s; SE is the standard error of that "
+                  f"difference from the finite {split} set, counting that both were scored on "
+                  f"the same rows (DeLong, DeLong & Clarke-Pearson 1988; usually below the single "
+                  f"AUC's SE above); p is two-sided. The seeds' spread is the ± above.", "",
+                  f"| model | {setting} | ΔAUC vs {name} | SE of Δ | z | p |",
+                  "|---|---|---|---|---|---|"]
+        for row in paired["rows"]:
+            lines.append(f"| {row['model']} | {row['optimizer']} | {_num(row['delta'], '+.4f')} "
+                         f"| {_num(row['se'], '.4f')} | {_num(row['z'], '+.2f')} "
+                         f"| {_num(row['p'], '.2g')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -327,6 +445,8 @@ def rewrite_report(out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     results = json.loads((out / "results.json").read_text())
     results["rows"] = aggregate(results["runs"])
+    against = results.get("config", {}).get("against")
+    results["paired"] = paired_comparison(results, out, against)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "results.md").write_text(markdown_table(results))
     plot_curves(results, out / "auc_curve.png")

@@ -23,7 +23,7 @@ from dlrm.config import preset
 from dlrm.data.criteo import preprocess_kaggle
 from dlrm.data.criteo_synth import write_criteo_tsv
 from dlrm.data.loader import MemmapDataSource
-from dlrm.data.predict import roc_auc, score_raw_file, write_scores
+from dlrm.data.predict import score_raw_file, write_scores
 from dlrm.models.dlrm import DLRM
 
 
@@ -40,13 +40,6 @@ def head(tmp_path_factory) -> MemmapDataSource:
     out = tmp_path_factory.mktemp("predict") / "head"
     preprocess_kaggle(require(KAGGLE_HEAD), out, min_count=2)
     return MemmapDataSource(out)
-
-
-def test_roc_auc_hand_examples():
-    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # ties count one half
-    assert roc_auc([1, 0], [0.9, 0.1]) == 1.0
-    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
 def test_scores_align_with_input_lines_and_bad_lines_get_nan(head, tmp_path):

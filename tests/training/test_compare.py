@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dlrm.cli import main
-from dlrm.compare import CompareConfig, auc_standard_error, compare, paper_config
+from dlrm.compare import CompareConfig, compare, paper_config
 from dlrm.data.synthetic import SyntheticConfig, SyntheticData
-from dlrm.metrics import roc_auc
+from dlrm.metrics import auc_standard_error, roc_auc
 
 # Training tests run on one intra-op thread (the `one_thread` fixture of conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,3 +133,48 @@ def test_diverged_runs_are_counted_not_averaged():
     one_left = aggregate([run(0, 0.52, math.nan), run(1, 0.71, 0.5)])
     assert "| 0.7100 ± – |" in markdown_table({"split": "test", "eval_positives": (10, 30),
                                                 "rows": one_left})
+
+
+def test_cli_compare_tests_rows_against_lr_on_the_same_rows(tmp_path, capsys):
+    """Every run's test scores are kept (from the checkpoint it reported) and each row is
+    tested against LR: the paired ΔAUC equals the difference of the table's mean AUCs, its
+    SE is DeLong's for those very scores, and the report rebuilds from the saved files."""
+    from dlrm.compare import rewrite_report
+    from dlrm.metrics import auc_covariance
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", "synthetic:planted", "--preset", "tiny", "--tables",
+                 "200,100,50", "--train-samples", "3000", "--val-samples", "400",
+                 "--test-samples", "700", "--models", "dcn,lr", "--recipes", "small",
+                 "--seeds", "2", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    labels = torch.from_numpy(np.load(out / "test_labels.npy"))
+    assert labels.numel() == 700
+    scores = {}
+    for run in results["runs"]:
+        saved = torch.from_numpy(np.load(out / run["scores"]))
+        assert run["scores"] == f"{run['model']}-small-seed{run['seed']}/test_scores.npy"
+        assert roc_auc(saved, labels) == pytest.approx(run["auc"], abs=1e-9)
+        scores.setdefault(run["model"], []).append(saved)
+    paired = results["paired"]
+    assert paired["against"] == {"model": "lr", "optimizer": "small", "seeds": 2}
+    (row,) = paired["rows"]
+    means = {r["model"]: r["auc"] for r in results["rows"]}
+    assert row["delta"] == pytest.approx(means["dcn"] - means["lr"], abs=1e-9)
+    _, cov = auc_covariance([*scores["dcn"], *scores["lr"]], labels)
+    weights = torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=torch.float64)
+    assert row["se"] == pytest.approx(math.sqrt(float(weights @ cov @ weights)), rel=1e-9)
+    assert 0 < row["se"] < auc_standard_error(means["dcn"], *results["eval_positives"])
+    line = (f"| dcn | small | {row['delta']:+.4f} | {row['se']:.4f} | {row['z']:+.2f} "
+            f"| {row['p']:.2g} |")
+    assert "Paired against lr (small) on the same 700 rows" in printed and line in printed
+    # The report rebuilds from results.json and the kept scores, with the same numbers.
+    (out / "results.md").unlink()
+    assert rewrite_report(out)["paired"] == paired
+    assert line in (out / "results.md").read_text()
+    # --against picks another row; one that did not run is refused before any training.
+    assert main(["compare", "--data", "synthetic:planted", "--models", "dcn,lr",
+                 "--against", "deepfm", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "--against 'deepfm': not among the rows" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

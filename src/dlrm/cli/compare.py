@@ -54,7 +54,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
               "embedding_dim": args.embedding_dim, "optimizers": optimizers,
               "batch_size": args.batch_size, "epochs": args.epochs, "lr": lr or None,
               "precision": args.precision, "threads": args.threads,
-              "curve_points": args.curve_points, "recipes": recipes}
+              "curve_points": args.curve_points, "recipes": recipes,
+              "against": args.against}
     if args.paper:
         config = paper_config(**{k: v for k, v in common.items() if v is not None})
     else:
@@ -102,6 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="instead of --optimizers: train every model with its own recipe of "
                         "each name (small: tuned by `dlrm tune`, reference, auto), e.g. "
                         "small,reference")
+    p.add_argument("--against", default=None, metavar="KIND[:SETTING]",
+                   help="the row the others are tested against on the same rows (paired AUC "
+                        "difference, its SE and p), e.g. lr or dlrm:small (default: lr when "
+                        "it runs, else the first row)")
     p.add_argument("--lr", action="append", metavar="OPT=LR",
                    help="learning rate of an optimizer, e.g. --lr adagrad=0.02")
     p.add_argument("--batch-size", type=int, default=None)

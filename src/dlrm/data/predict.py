@@ -24,6 +24,7 @@ import torch
 from dlrm.data.loader import MemmapDataSource
 from dlrm.data.pipeline.raw import RawRows
 from dlrm.features import SparseFeatures
+from dlrm.metrics import roc_auc
 
 # A serving call: (dense (B, num_dense), values (N,), offsets (F*B+1,)) -> probabilities (B,)
 Scorer = torch.nn.Module | Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,27 +38,6 @@ class Scores:
     probabilities: np.ndarray
     labels: np.ndarray | None
     report: dict[str, Any]
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (probability that a random positive outranks a random negative, ties
-    counting one half), from average ranks; NaN when only one class is present."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # Average rank (1-based) within each run of tied scores.
-    starts = np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
-    ends = np.concatenate([starts[1:], [scores.size]])
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0)
-                 / (positives * negatives))
 
 
 @torch.no_grad()
@@ -93,7 +73,8 @@ def score_raw_file(model: Scorer, source: MemmapDataSource, path: str | Path,
     if rows.labels is not None:
         labels = np.full(rows.lines_read, -1, dtype=np.int8)
         labels[index] = rows.labels
-        report["auc"] = roc_auc(rows.labels, probabilities[index])
+        report["auc"] = roc_auc(torch.from_numpy(probabilities[index]),
+                                torch.from_numpy(rows.labels))
         report["positives"] = int(rows.labels.sum())
     return Scores(probabilities, labels, report)
 

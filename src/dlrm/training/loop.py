@@ -178,10 +178,10 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataSource, split: str = "val", batch_size: int = 8192,
-             precision: str = "fp32", device: str = "cpu") -> dict[str, float]:
-    """Exact AUC, log loss and accuracy of ``model`` on a whole split (plus Bayes-optimal
-    values ``optimal_auc`` / ``optimal_logloss`` when the data source knows them)."""
+def score_split(model: nn.Module, data: DataSource, split: str = "val", batch_size: int = 8192,
+                precision: str = "fp32", device: str = "cpu") -> MetricAccumulator:
+    """``model``'s logits on every row of ``split``, in the split's order, with the labels
+    (``.tensors()``: ``(N,)`` float32 each; ``.compute()``: the metrics)."""
     check_split(data, split)
     was_training = model.training
     model.eval()
@@ -192,7 +192,14 @@ def evaluate(model: nn.Module, data: DataSource, split: str = "val", batch_size:
             logits = model(batch.dense, batch.sparse)
         acc.update(logits.float(), batch.labels)
     model.train(was_training)
-    metrics = acc.compute()
+    return acc
+
+
+def evaluate(model: nn.Module, data: DataSource, split: str = "val", batch_size: int = 8192,
+             precision: str = "fp32", device: str = "cpu") -> dict[str, float]:
+    """Exact AUC, log loss and accuracy of ``model`` on a whole split (plus Bayes-optimal
+    values ``optimal_auc`` / ``optimal_logloss`` when the data source knows them)."""
+    metrics = score_split(model, data, split, batch_size, precision, device).compute()
     optimal = getattr(data, "optimal_metrics", lambda _s: None)(split)
     if optimal:
         metrics["optimal_auc"] = optimal["auc"]
