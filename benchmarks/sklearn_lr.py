@@ -63,8 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path)
     args = parser.parse_args()
-    from dlrm.metrics import auc_standard_error
     from dlrm.data import open_data
+    from dlrm.metrics import auc_standard_error
 
     print("| data | C (chosen on val) | val AUC | test AUC | AUC SE |")
     print("|---|---|---|---|---|")
