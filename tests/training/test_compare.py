@@ -178,3 +178,16 @@ def test_cli_compare_tests_rows_against_lr_on_the_same_rows(tmp_path, capsys):
                  "--against", "deepfm", "--quiet", "--out", str(tmp_path / "bad")]) == 2
     assert "--against 'deepfm': not among the rows" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_that_cannot_be_built_stops_the_comparison_before_any_trains(tmp_path, capsys):
+    """DLRM's `small` recipe chose its MLPs with D=16; --embedding-dim 8 for every model cannot
+    hold it. LR, first in the plan, would train before DLRM's model is built: the error comes
+    first, and no folder is made."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", "synthetic:planted", "--preset", "tiny", "--models",
+                 "lr,dlrm", "--recipes", "small", "--embedding-dim", "8", "--quiet", "--out",
+                 str(out)]) == 2
+    assert "ends at 16, but it must end at the embedding dimension D=8" in \
+        capsys.readouterr().err
+    assert not out.exists()

@@ -109,9 +109,15 @@ def train_config_from_recipe(recipe: dict[str, Any], train_samples: int,
 
 def model_options_from_recipe(kind: str, recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe's model options that ``kind`` takes (logistic regression has no embedding
-    initialisation to choose, for instance)."""
+    initialisation to choose, for instance). A recipe that chose DLRM's bottom MLP chose its
+    D with it (the MLP ends at D), so the recipe's D comes along unless it names one."""
     options = get_spec(kind).options
-    return {k: v for k, v in recipe.get("model", {}).items() if k in options}
+    chosen = {k: v for k, v in recipe.get("model", {}).items() if k in options}
+    bottom = chosen.get("bottom_mlp")
+    if bottom is not None and "embedding_dim" in options and "embedding_dim" not in chosen:
+        widths = bottom.split("-") if isinstance(bottom, str) else list(bottom)
+        chosen["embedding_dim"] = int(widths[-1])
+    return chosen
 
 
 def resolve_recipe(kind: str, name: str, train_samples: int, base: TrainConfig | None = None,
