@@ -279,8 +279,13 @@ def _reference_key(rows: list[dict[str, Any]], against: str | None) -> tuple[str
 def paired_comparison(results: dict[str, Any], out: str | Path,
                       against: str | None = None) -> dict[str, Any] | None:
     """Each row's mean AUC over its finished seeds minus the reference row's, on the same
-    rows, with the SE of that difference (DeLong), z and two-sided p. None when the scores
-    are missing (a comparison from before they were kept) or the split has one class."""
+    rows: ``delta``; ``se``, the SE of that difference from the finite set of rows (DeLong,
+    the trained models held fixed); ``se_seeds``, that SE with the seeds' own spread added
+    (``se² + s_a²/S_a + s_b²/S_b``, s the AUC's std over the S seeds of a side: does the
+    *recipe* beat the other, not just these runs), NaN when a side has one seed; ``z`` and
+    two-sided ``p`` from ``se_seeds`` where there is one, else from ``se``. None when the
+    scores are missing (a comparison from before they were kept) or the split has one class.
+    """
     out = Path(out)
     split, rows = results["split"], results["rows"]
     labels_path = out / f"{split}_labels.npy"
@@ -293,6 +298,11 @@ def paired_comparison(results: dict[str, Any], out: str | Path,
         return [torch.from_numpy(np.load(out / r["scores"])) for r in results["runs"]
                 if (r["model"], r["optimizer"]) == key and _finite(r) and r.get("scores")]
 
+    def seed_variance(key: tuple[str, str]) -> float:  # of the mean AUC over the seeds
+        aucs = [r["auc"] for r in results["runs"]
+                if (r["model"], r["optimizer"]) == key and _finite(r)]
+        return statistics.variance(aucs) / len(aucs) if len(aucs) > 1 else math.nan
+
     reference = scores(ref)
     paired = []
     for row in rows:
@@ -303,8 +313,14 @@ def paired_comparison(results: dict[str, Any], out: str | Path,
         entry = {"model": key[0], "optimizer": key[1], "seeds": len(mine)}
         if mine and reference:
             entry.update(paired_auc_difference(mine, reference, labels))
+            entry["se_seeds"] = math.sqrt(entry["se"] ** 2 + seed_variance(key)
+                                          + seed_variance(ref))
+            if not math.isnan(entry["se_seeds"]) and entry["se_seeds"] > 0:
+                entry["z"] = entry["delta"] / entry["se_seeds"]
+                entry["p"] = math.erfc(abs(entry["z"]) / math.sqrt(2))
         else:  # every run of one side diverged
-            entry.update(delta=math.nan, se=math.nan, z=math.nan, p=math.nan)
+            entry.update(delta=math.nan, se=math.nan, se_seeds=math.nan, z=math.nan,
+                         p=math.nan)
         paired.append(entry)
     return {"against": {"model": ref[0], "optimizer": ref[1], "seeds": len(reference)},
             "rows": paired}
@@ -426,17 +442,20 @@ def markdown_table(results: dict[str, Any]) -> str:
     if paired and paired["rows"]:
         ref = paired["against"]
         name = f"{ref['model']} ({ref['optimizer']})"
-        lines += ["", f"Paired against {name} on the same {pos + neg:,} rows: ΔAUC is the row's "
-                  f"mean AUC over its seeds minus {name}'s; SE is the standard error of that "
-                  f"difference from the finite {split} set, counting that both were scored on "
-                  f"the same rows (DeLong, DeLong & Clarke-Pearson 1988; usually below the single "
-                  f"AUC's SE above); p is two-sided. The seeds' spread is the ± above.", "",
-                  f"| model | {setting} | ΔAUC vs {name} | SE of Δ | z | p |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"Paired against {name} on the same {pos + neg:,} rows: ΔAUC is the "
+                  f"row's mean AUC over its seeds minus {name}'s. SE, rows: the standard error "
+                  f"of that difference from the finite {split} set, both scored on the same "
+                  f"rows (DeLong, DeLong & Clarke-Pearson 1988; usually below the single AUC's "
+                  f"SE above): do these trained models differ? SE, rows + seeds: that SE with "
+                  f"the seeds' spread added (s²/seeds of each side): does the recipe beat the "
+                  f"other's? z and two-sided p use the second where both sides have two or "
+                  f"more seeds, else the first.", "",
+                  f"| model | {setting} | ΔAUC vs {name} | SE, rows | SE, rows + seeds | z "
+                  f"| p |", "|---|---|---|---|---|---|---|"]
         for row in paired["rows"]:
             lines.append(f"| {row['model']} | {row['optimizer']} | {_num(row['delta'], '+.4f')} "
-                         f"| {_num(row['se'], '.4f')} | {_num(row['z'], '+.2f')} "
-                         f"| {_num(row['p'], '.2g')} |")
+                         f"| {_num(row['se'], '.4f')} | {_num(row.get('se_seeds'), '.4f')} "
+                         f"| {_num(row['z'], '+.2f')} | {_num(row['p'], '.2g')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -166,8 +166,14 @@ def test_cli_compare_tests_rows_against_lr_on_the_same_rows(tmp_path, capsys):
     weights = torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=torch.float64)
     assert row["se"] == pytest.approx(math.sqrt(float(weights @ cov @ weights)), rel=1e-9)
     assert 0 < row["se"] < auc_standard_error(means["dcn"], *results["eval_positives"])
-    line = (f"| dcn | small | {row['delta']:+.4f} | {row['se']:.4f} | {row['z']:+.2f} "
-            f"| {row['p']:.2g} |")
+    # With the seeds' spread: s²/2 of DCN's two AUCs (LR's L-BFGS runs are identical: 0).
+    dcn_aucs = [r["auc"] for r in results["runs"] if r["model"] == "dcn"]
+    assert row["se_seeds"] == pytest.approx(
+        math.sqrt(row["se"] ** 2 + statistics.variance(dcn_aucs) / 2), rel=1e-9)
+    assert row["z"] == pytest.approx(row["delta"] / row["se_seeds"])
+    assert row["p"] == pytest.approx(math.erfc(abs(row["z"]) / math.sqrt(2)))
+    line = (f"| dcn | small | {row['delta']:+.4f} | {row['se']:.4f} | {row['se_seeds']:.4f} "
+            f"| {row['z']:+.2f} | {row['p']:.2g} |")
     assert "Paired against lr (small) on the same 700 rows" in printed and line in printed
     # The report rebuilds from results.json and the kept scores, with the same numbers.
     (out / "results.md").unlink()
