@@ -37,7 +37,12 @@ import torch
 
 from dlrm.data.source import DataSource
 from dlrm.files import atomic_file
-from dlrm.metrics import auc_standard_error, paired_auc_difference, roc_auc
+from dlrm.metrics import (
+    auc_standard_error,
+    log_loss_from_probs,
+    paired_auc_difference,
+    roc_auc,
+)
 from dlrm.models import build_model, model_config_for, model_kinds
 from dlrm.training.checkpoint import load_model
 from dlrm.training.loop import TrainConfig, score_split, train
@@ -75,6 +80,8 @@ class CompareConfig:
         against: the row every other row is tested against on the same rows (paired AUC
             difference): ``KIND`` (its first optimizer or recipe) or ``KIND:SETTING``;
             default: ``lr`` when it runs, else the first row.
+        ensemble: also score each row's seeds as one model (the mean of their click
+            probabilities; ``seed_ensembles``).
     """
 
     models: list[str]
@@ -92,6 +99,7 @@ class CompareConfig:
     threads: int | None = None
     curve_points: int = 8
     against: str | None = None
+    ensemble: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in model_kinds()]
@@ -201,7 +209,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
                 for kind, opt, seed in plan]
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    labels_saved = False
+    kept_splits = list(dict.fromkeys([split, "val"]))  # the reported split, and validation
     for index, (kind, opt, seed, recipe, train_config, model_config) in enumerate(prepared):
         label = f"{kind} {opt} seed {seed}"
 
@@ -218,10 +226,7 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
         curve = [(r["samples_seen"], r["auc"]) for r in _eval_records(run_dir)]
         scores = None
         if "diverged" not in summary:
-            scores, labels = _score_run(run_dir, summary, data, split, train_config)
-            if not labels_saved:
-                _save_array(out / f"{split}_labels.npy", labels)
-                labels_saved = True
+            scores = _score_run(run_dir, summary, data, kept_splits, train_config)
         runs.append({"model": kind, "optimizer": opt, "seed": seed, "recipe": recipe,
                      "parameters": count_parameters(kind, model_config),
                      "model_config": model_config, "summary": summary, "curve": curve,
@@ -234,6 +239,8 @@ def compare(data: DataSource, config: CompareConfig, out_dir: str | Path,
                "optimal_val_auc": runs[0]["summary"].get("optimal_auc"),
                "rows": aggregate(runs)}
     results["paired"] = paired_comparison(results, out, config.against)
+    if config.ensemble:
+        results["ensembles"] = seed_ensembles(results, out, config.against)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "results.md").write_text(markdown_table(results))
     plot_curves(results, out / "auc_curve.png")
@@ -245,24 +252,29 @@ def _save_array(path: Path, values: torch.Tensor) -> None:
         np.save(f, values.numpy())
 
 
-def _score_run(run_dir: Path, summary: dict[str, Any], data: DataSource, split: str,
-               config: TrainConfig) -> tuple[str, torch.Tensor]:
-    """Score ``split`` with the model the run reported (``best.pt`` when it went back to an
-    earlier step, else ``last.pt``); write ``run_dir/{split}_scores.npy``; return its path
-    relative to the comparison folder, and the labels. The rescored AUC is checked against
-    the run's own: a checkpoint that does not reproduce it is a bug, not a result."""
+def _score_run(run_dir: Path, summary: dict[str, Any], data: DataSource, splits: list[str],
+               config: TrainConfig) -> dict[str, str]:
+    """Score each split with the model the run reported (``best.pt`` when it went back to an
+    earlier step, else ``last.pt``) into ``run_dir/{split}_scores.npy``, and the labels once
+    into the comparison folder (``{split}_labels.npy``); return the score files' paths
+    relative to that folder. The rescored AUCs are checked against the run's own: a
+    checkpoint that does not reproduce them is a bug, not a result."""
     name = "best" if summary["reported_step"] != summary["steps"] else "last"
     model, _ = load_model(run_dir / f"{name}.pt", config.device)
-    logits, labels = score_split(model, data, split, config.eval_batch_size, config.precision,
-                                 config.device).tensors()
-    del model
-    rescored, reported = roc_auc(logits, labels), summary[f"{split}_auc"]
-    if not math.isclose(rescored, reported, abs_tol=1e-6):
-        raise RuntimeError(f"{run_dir / f'{name}.pt'} scores {split} AUC {rescored:.6f}, the "
-                           f"run reported {reported:.6f}: the checkpoint is not the reported "
-                           f"model")
-    _save_array(run_dir / f"{split}_scores.npy", logits)
-    return f"{run_dir.name}/{split}_scores.npy", labels
+    paths = {}
+    for split in splits:
+        logits, labels = score_split(model, data, split, config.eval_batch_size,
+                                     config.precision, config.device).tensors()
+        rescored, reported = roc_auc(logits, labels), summary[f"{split}_auc"]
+        if not math.isclose(rescored, reported, abs_tol=1e-6):
+            raise RuntimeError(f"{run_dir / f'{name}.pt'} scores {split} AUC {rescored:.6f}, "
+                               f"the run reported {reported:.6f}: the checkpoint is not the "
+                               f"reported model")
+        _save_array(run_dir / f"{split}_scores.npy", logits)
+        if not (run_dir.parent / f"{split}_labels.npy").exists():
+            _save_array(run_dir.parent / f"{split}_labels.npy", labels)
+        paths[split] = f"{run_dir.name}/{split}_scores.npy"
+    return paths
 
 
 def _reference_key(rows: list[dict[str, Any]], against: str | None) -> tuple[str, str] | None:
@@ -295,8 +307,7 @@ def paired_comparison(results: dict[str, Any], out: str | Path,
     labels = torch.from_numpy(np.load(labels_path))
 
     def scores(key: tuple[str, str]) -> list[torch.Tensor]:
-        return [torch.from_numpy(np.load(out / r["scores"])) for r in results["runs"]
-                if (r["model"], r["optimizer"]) == key and _finite(r) and r.get("scores")]
+        return _kept_scores(results, out, key, split)
 
     def seed_variance(key: tuple[str, str]) -> float:  # of the mean AUC over the seeds
         aucs = [r["auc"] for r in results["runs"]
@@ -324,6 +335,60 @@ def paired_comparison(results: dict[str, Any], out: str | Path,
         paired.append(entry)
     return {"against": {"model": ref[0], "optimizer": ref[1], "seeds": len(reference)},
             "rows": paired}
+
+
+def seed_ensembles(results: dict[str, Any], out: str | Path,
+                   against: str | None = None) -> dict[str, Any] | None:
+    """Each row with two or more finished seeds as one model: the mean of its seeds' click
+    probabilities, scored on the reported split (AUC, log loss, accuracy) and paired against
+    the reference row's ensemble (one seed: itself) on the same rows (DeLong; the ensembles
+    are single models, so there is no seed term). ``val_single_auc`` (the seeds' mean) and
+    ``val_auc`` (the ensemble's) say whether ensembling pays on validation, before the test
+    split is looked at. None when the scores were not kept."""
+    out = Path(out)
+    split, rows = results["split"], results["rows"]
+    ref = _reference_key(rows, against) if rows else None
+    if ref is None or not (out / f"{split}_labels.npy").exists():
+        return None
+    labels = {s: torch.from_numpy(np.load(out / f"{s}_labels.npy"))
+              for s in dict.fromkeys([split, "val"]) if (out / f"{s}_labels.npy").exists()}
+
+    def ensemble(key: tuple[str, str], part: str) -> tuple[torch.Tensor | None, int]:
+        kept = _kept_scores(results, out, key, part)
+        if not kept:
+            return None, 0
+        return torch.stack([torch.sigmoid(x.double()) for x in kept]).mean(0), len(kept)
+
+    reference, _ = ensemble(ref, split)
+    ensembles = []
+    for row in rows:
+        key = (row["model"], row["optimizer"])
+        probs, seeds = ensemble(key, split)
+        if seeds < 2:
+            continue
+        y = labels[split]
+        entry = {"model": key[0], "optimizer": key[1], "seeds": seeds,
+                 "single_auc": row["auc"], "auc": roc_auc(probs, y),
+                 "logloss": log_loss_from_probs(probs, y),
+                 "accuracy": float(((probs > 0.5).double() == y.double()).double().mean())}
+        if "val" in labels:
+            val_probs, _ = ensemble(key, "val")
+            entry["val_auc"] = roc_auc(val_probs, labels["val"])
+            entry["val_single_auc"] = statistics.fmean(
+                r["summary"]["val_auc"] for r in results["runs"]
+                if (r["model"], r["optimizer"]) == key and _finite(r))
+        if key != ref and reference is not None:
+            entry.update(paired_auc_difference([probs], [reference], y))
+        ensembles.append(entry)
+    return {"against": {"model": ref[0], "optimizer": ref[1]}, "rows": ensembles}
+
+
+def _kept_scores(results: dict[str, Any], out: Path, key: tuple[str, str], split: str
+                 ) -> list[torch.Tensor]:
+    """The kept ``split`` scores of the finished runs of row ``key`` (model, setting)."""
+    return [torch.from_numpy(np.load(out / r["scores"][split])) for r in results["runs"]
+            if (r["model"], r["optimizer"]) == key and _finite(r)
+            and split in (r.get("scores") or {})]
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -456,6 +521,25 @@ def markdown_table(results: dict[str, Any]) -> str:
             lines.append(f"| {row['model']} | {row['optimizer']} | {_num(row['delta'], '+.4f')} "
                          f"| {_num(row['se'], '.4f')} | {_num(row.get('se_seeds'), '.4f')} "
                          f"| {_num(row['z'], '+.2f')} | {_num(row['p'], '.2g')} |")
+    ensembles = results.get("ensembles")
+    if ensembles and ensembles["rows"]:
+        ref = ensembles["against"]
+        name = f"{ref['model']} ({ref['optimizer']})"
+        lines += ["", "Seed ensembles: each row's seeds as one model, the mean of their click "
+                  "probabilities. Validation AUC, the seeds' mean -> the ensemble's, says "
+                  "whether ensembling pays before the test split is looked at. ΔAUC: against "
+                  f"{name}'s ensemble on the same rows, SE from the rows (DeLong), p two-sided.",
+                  "", f"| model | {setting} | seeds | val AUC: seeds' mean -> ensemble | AUC: "
+                  f"seeds' mean -> ensemble | log loss | accuracy | ΔAUC vs {name} | SE, rows "
+                  "| p |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in ensembles["rows"]:
+            val = (f"{row['val_single_auc']:.4f} -> {row['val_auc']:.4f}"
+                   if "val_auc" in row else "–")
+            lines.append(
+                f"| {row['model']} | {row['optimizer']} | {row['seeds']} | {val} "
+                f"| {row['single_auc']:.4f} -> {row['auc']:.4f} | {row['logloss']:.4f} "
+                f"| {row['accuracy']:.4f} | {_num(row.get('delta'), '+.4f')} "
+                f"| {_num(row.get('se'), '.4f')} | {_num(row.get('p'), '.2g')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -466,6 +550,8 @@ def rewrite_report(out_dir: str | Path) -> dict[str, Any]:
     results["rows"] = aggregate(results["runs"])
     against = results.get("config", {}).get("against")
     results["paired"] = paired_comparison(results, out, against)
+    if results.get("config", {}).get("ensemble"):
+        results["ensembles"] = seed_ensembles(results, out, against)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "results.md").write_text(markdown_table(results))
     plot_curves(results, out / "auc_curve.png")

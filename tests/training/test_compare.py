@@ -146,16 +146,19 @@ def test_cli_compare_tests_rows_against_lr_on_the_same_rows(tmp_path, capsys):
     assert main(["compare", "--data", "synthetic:planted", "--preset", "tiny", "--tables",
                  "200,100,50", "--train-samples", "3000", "--val-samples", "400",
                  "--test-samples", "700", "--models", "dcn,lr", "--recipes", "small",
-                 "--seeds", "2", "--quiet", "--out", str(out)]) == 0
+                 "--seeds", "2", "--ensemble", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     labels = torch.from_numpy(np.load(out / "test_labels.npy"))
     assert labels.numel() == 700
     scores = {}
     for run in results["runs"]:
-        saved = torch.from_numpy(np.load(out / run["scores"]))
-        assert run["scores"] == f"{run['model']}-small-seed{run['seed']}/test_scores.npy"
+        saved = torch.from_numpy(np.load(out / run["scores"]["test"]))
+        assert run["scores"]["test"] == f"{run['model']}-small-seed{run['seed']}/test_scores.npy"
         assert roc_auc(saved, labels) == pytest.approx(run["auc"], abs=1e-9)
+        val = torch.from_numpy(np.load(out / run["scores"]["val"]))
+        assert roc_auc(val, torch.from_numpy(np.load(out / "val_labels.npy"))) == \
+            pytest.approx(run["summary"]["val_auc"], abs=1e-9)
         scores.setdefault(run["model"], []).append(saved)
     paired = results["paired"]
     assert paired["against"] == {"model": "lr", "optimizer": "small", "seeds": 2}
@@ -175,9 +178,27 @@ def test_cli_compare_tests_rows_against_lr_on_the_same_rows(tmp_path, capsys):
     line = (f"| dcn | small | {row['delta']:+.4f} | {row['se']:.4f} | {row['se_seeds']:.4f} "
             f"| {row['z']:+.2f} | {row['p']:.2g} |")
     assert "Paired against lr (small) on the same 700 rows" in printed and line in printed
+    # --ensemble: each row's two seeds as one model, the mean of their probabilities.
+    ensembles = {e["model"]: e for e in results["ensembles"]["rows"]}
+    mean_probs = {k: torch.stack([torch.sigmoid(x.double()) for x in v]).mean(0)
+                  for k, v in scores.items()}
+    dcn = ensembles["dcn"]
+    assert dcn["seeds"] == 2 and dcn["single_auc"] == pytest.approx(means["dcn"])
+    assert dcn["auc"] == pytest.approx(roc_auc(mean_probs["dcn"], labels), abs=1e-12)
+    assert dcn["delta"] == pytest.approx(roc_auc(mean_probs["dcn"], labels)
+                                         - roc_auc(mean_probs["lr"], labels), abs=1e-12)
+    val_labels = torch.from_numpy(np.load(out / "val_labels.npy"))
+    val_probs = torch.stack([torch.sigmoid(torch.from_numpy(np.load(out / r["scores"]["val"]))
+                                           .double()) for r in results["runs"]
+                             if r["model"] == "dcn"]).mean(0)
+    assert dcn["val_auc"] == pytest.approx(roc_auc(val_probs, val_labels), abs=1e-12)
+    assert "delta" not in ensembles["lr"]  # the reference itself
+    assert (f"| dcn | small | 2 | {dcn['val_single_auc']:.4f} -> {dcn['val_auc']:.4f} "
+            f"| {dcn['single_auc']:.4f} -> {dcn['auc']:.4f} |") in printed
     # The report rebuilds from results.json and the kept scores, with the same numbers.
     (out / "results.md").unlink()
-    assert rewrite_report(out)["paired"] == paired
+    rebuilt = rewrite_report(out)
+    assert rebuilt["paired"] == paired and rebuilt["ensembles"] == results["ensembles"]
     assert line in (out / "results.md").read_text()
     # --against picks another row; one that did not run is refused before any training.
     assert main(["compare", "--data", "synthetic:planted", "--models", "dcn,lr",

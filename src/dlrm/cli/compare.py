@@ -55,7 +55,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "epochs": args.epochs, "lr": lr or None,
               "precision": args.precision, "threads": args.threads,
               "curve_points": args.curve_points, "recipes": recipes,
-              "against": args.against}
+              "against": args.against, "ensemble": args.ensemble or None}
     if args.paper:
         config = paper_config(**{k: v for k, v in common.items() if v is not None})
     else:
@@ -107,6 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the row the others are tested against on the same rows (paired AUC "
                         "difference, its SE and p), e.g. lr or dlrm:small (default: lr when "
                         "it runs, else the first row)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also score each row's seeds as one model (the mean of their click "
+                        "probabilities), with its validation AUC and a paired test")
     p.add_argument("--lr", action="append", metavar="OPT=LR",
                    help="learning rate of an optimizer, e.g. --lr adagrad=0.02")
     p.add_argument("--batch-size", type=int, default=None)
