@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The studies behind the `small` recipes (src/dlrm/models/tuned_recipes.py): `dlrm tune` of
 # every model kind on Criteo head10k (train: its first 9,000 rows, validation: its last 1,000;
-# the spread4k rows are the test split and are never read by a trial), and of logistic
+# the spread4k rows are the test split and are never read by a trial), on Avazu and on
+# MovieLens-100K (each kind's `small` recipe has one variant per data set), and of logistic
 # regression on every sample (LR is cheap; it is the floor every deep model is held to).
 # LR trains by full-batch L-BFGS to the optimum of its L2-penalized loss (its search space
 # is the L2 strength), so its studies run every trial to the end: 30 steps of up to 10
@@ -58,5 +59,11 @@ for kind in $KINDS; do
     --timeout 420 --epochs 10 --evals-per-epoch 4 --patience 4 --seed 0 --threads 1 --quiet \
     --out "$OUT/tune-movielens-$kind"
 done
-.venv/bin/python benchmarks/tuning_summary.py "$OUT"/tune-criteo-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr} \
-  "$OUT/tune-criteo30-dlrm-arch" --write-recipes src/dlrm/models/tuned_recipes.py
+# One `small` recipe per kind and data set (small-criteo-tsv, small-avazu, small-movielens-100k):
+# DLRM's Criteo one is its architecture study's (criteo-val30 is Criteo head10k split 70/30).
+studies=("$OUT"/tune-criteo-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr} "$OUT/tune-criteo30-dlrm-arch")
+for kind in dcn dcnv2 dlrm_dcnv2 wdl deepfm lr dlrm; do
+  studies+=("$OUT/tune-avazu-$kind" "$OUT/tune-movielens-$kind")
+done
+.venv/bin/python benchmarks/tuning_summary.py "${studies[@]}" \
+  --same-data criteo-tsv-val30=criteo-tsv --write-recipes src/dlrm/models/tuned_recipes.py

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm.data.source import DataSource
+from dlrm.data.source import DataSource, dataset_name
 from dlrm.files import atomic_file
 from dlrm.metrics import (
     auc_standard_error,
@@ -156,16 +156,17 @@ def _run_settings(kind: str, opt: str, seed: int, data: DataSource, config: Comp
                   ) -> tuple[dict[str, Any] | None, TrainConfig, dict[str, Any]]:
     """(recipe or None, TrainConfig, model config) of one run of the comparison."""
     train_samples = data.num_samples("train")
+    dataset = dataset_name(data)  # a recipe family (small) resolves to this data's variant
     options = dict(config.model_options.get(kind, {}))
     if config.embedding_dim is not None and kind != "lr":
         options.setdefault("embedding_dim", config.embedding_dim)
     recipe = None
     if config.recipes:  # every kind at its own recipe (opt is the recipe's name)
-        recipe = get_recipe(kind, opt, train_samples)
+        recipe = get_recipe(kind, opt, train_samples, dataset)
         train_config, recipe_options = resolve_recipe(
             kind, opt, train_samples, TrainConfig(precision=config.precision,
                                                   threads=config.threads),
-            seed=seed, max_samples=config.budget)
+            dataset=dataset, seed=seed, max_samples=config.budget)
         if not train_config.eval_every and config.curve_points:
             run_steps = (config.budget or train_samples * train_config.epochs) \
                 // (train_config.batch_size or train_samples)

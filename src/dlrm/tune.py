@@ -34,13 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlrm.data.source import DataSource
+from dlrm.data.source import DataSource, dataset_name
 from dlrm.extras import require
 from dlrm.features import Batch
 from dlrm.files import write_json_atomic
 from dlrm.models import get_spec, model_config_for
 from dlrm.training.loop import train
-from dlrm.training.recipes import TRAIN_FIELDS, get_recipe, train_config_from_recipe
+from dlrm.training.recipes import TRAIN_FIELDS, get_recipe, recipe_names, train_config_from_recipe
 
 Progress = Callable[[dict[str, Any]], None]
 log = logging.getLogger(__name__)
@@ -216,13 +216,15 @@ def as_recipe(config: TuneConfig, params: dict[str, Any], source: str,
     return {"train": train, "model": model_part, "source": source}
 
 
-def _baseline_params(config: TuneConfig, train_rows: int) -> dict[str, Any]:
-    """The kind's current ``small`` recipe, else the compare defaults, as a first trial, so the
-    study never ends below the settings it started from (only values inside the space)."""
+def _baseline_params(config: TuneConfig, train_rows: int,
+                     dataset: str | None = None) -> dict[str, Any]:
+    """The kind's current ``small`` recipe for data set ``dataset`` (its variant tuned on that
+    data set, else the default one: ``dlrm.training.recipes``), else the compare defaults, as a
+    first trial, so the study never ends below the settings it started from (only values
+    inside the space)."""
     start: dict[str, Any] = dict(BASE_TRAIN)
-    spec = get_spec(config.model)
-    if "small" in spec.recipes:
-        recipe = get_recipe(config.model, "small")
+    if "small" in recipe_names(config.model):
+        recipe = get_recipe(config.model, "small", train_rows, dataset)
         start.update({**recipe["train"], **recipe.get("model", {})})
         if "weight_decay_rows" in recipe["train"]:  # its L2 as it applies to these rows
             start["weight_decay"] = train_config_from_recipe(recipe, train_rows).weight_decay
@@ -278,7 +280,8 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
-        study.enqueue_trial(_baseline_params(config, train_rows), skip_if_exists=True)
+        study.enqueue_trial(_baseline_params(config, train_rows, dataset_name(data)),
+                            skip_if_exists=True)
     elif stored != json.loads(json.dumps(identity, default=str)):
         changed = sorted(k for k in identity if stored.get(k) != json.loads(
             json.dumps(identity[k], default=str)))

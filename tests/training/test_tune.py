@@ -217,7 +217,7 @@ def test_full_batch_recipe_keeps_its_prior_at_any_size():
     """The LR recipe's L2 was chosen on 9,000 rows: on 90,000 it is 10 times weaker (the
     penalty on the mean loss; scikit-learn's C held fixed), on 9,000 it is as chosen, and a
     weight decay given as a flag wins; batch 0 is the whole split."""
-    lr_recipe = TUNED_RECIPES["lr"]["small"]["train"]
+    lr_recipe = TUNED_RECIPES["lr"]["small-criteo-tsv"]["train"]
     assert lr_recipe["optimizer"] == "lbfgs" and lr_recipe["weight_decay_rows"] == 9000
     same, _ = resolve_recipe("lr", "small", 9000)
     bigger, _ = resolve_recipe("lr", "small", 90000)

@@ -472,9 +472,10 @@ def model_config_from_args(args: argparse.Namespace, data) -> tuple[str, dict]:
     kind = getattr(args, "model", "dlrm")
     overrides = model_overrides(args)
     if getattr(args, "recipe", None):
+        from dlrm.data.source import dataset_name
         from dlrm.training.recipes import get_recipe, model_options_from_recipe
 
-        recipe = get_recipe(kind, args.recipe, data.num_samples("train"))
+        recipe = get_recipe(kind, args.recipe, data.num_samples("train"), dataset_name(data))
         overrides = {**model_options_from_recipe(kind, recipe), **overrides}
     return kind, model_config_for(kind, args.preset, data.table_sizes, data.num_dense,
                                   overrides)
@@ -517,13 +518,15 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def apply_recipe(args: argparse.Namespace, data) -> None:
-    """With ``--recipe NAME`` (``dlrm.training.recipes``, sized by ``data``'s training split),
-    set every training setting still at its default to the recipe's value. Settings given as
-    flags or by ``--config`` win. The resolved values are the run's recorded settings, so its
+    """With ``--recipe NAME`` (``dlrm.training.recipes``, sized by ``data``'s training split;
+    ``small`` is the variant tuned on ``data``'s data set, if any), set every training setting
+    still at its default to the recipe's value. Settings given as flags or by ``--config``
+    win. The resolved values are the run's recorded settings, so its
     ``config.json`` starts the same run again. (The recipe's model options, such as its
     embedding initialisation, are applied by ``model_config_from_args``.)"""
     if not getattr(args, "recipe", None):
         return
+    from dlrm.data.source import dataset_name
     from dlrm.training.loop import TrainConfig
     from dlrm.training.recipes import resolve_recipe
 
@@ -533,7 +536,7 @@ def apply_recipe(args: argparse.Namespace, data) -> None:
              if sources.get(name, "default") != "default"}
     train, _ = resolve_recipe(getattr(args, "model", "dlrm"), args.recipe,
                               data.num_samples("train"), base=train_config_from_args(args),
-                              **given)
+                              dataset=dataset_name(data), **given)
     for name in names:
         if name not in given and getattr(train, name) != getattr(args, name):
             setattr(args, name, getattr(train, name))

@@ -101,8 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizers", default=None, help="e.g. sgd,adagrad (default adagrad)")
     p.add_argument("--recipes", default=None, metavar="NAMES",
                    help="instead of --optimizers: train every model with its own recipe of "
-                        "each name (small: tuned by `dlrm tune`, reference, auto), e.g. "
-                        "small,reference")
+                        "each name (small: tuned by `dlrm tune` on this data's data set where "
+                        "there is such a recipe, else on Criteo's; small-avazu etc.: the one "
+                        "tuned on that data set; reference; auto), e.g. small,reference")
     p.add_argument("--against", default=None, metavar="KIND[:SETTING]",
                    help="the row the others are tested against on the same rows (paired AUC "
                         "difference, its SE and p), e.g. lr or dlrm:small (default: lr when "

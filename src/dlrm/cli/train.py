@@ -366,8 +366,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_setting(g, "--recipe", default=None, metavar="NAME",
                 help="train as recipe NAME of the model kind (dlrm.training.recipes): "
                      "reference (the reference DLRM's SGD recipe), small (tuned by `dlrm "
-                     "tune` on ~10k rows), auto (by the training split's size), or a "
-                     "recipe.json; settings given as flags or by --config win over it")
+                     "tune` on a small sample of this data's data set where there is one, "
+                     "else on Criteo's), small-DATASET (the one tuned on DATASET: "
+                     "small-criteo-tsv, small-avazu, small-movielens-100k), auto (by the "
+                     "training split's size), or a recipe.json; settings given as flags or "
+                     "by --config win over it")
     g.add_argument("--memory-report", action="store_true",
                    help="print parameter memory per table before training (total always)")
     g = p.add_argument_group("distributed (hybrid parallel; see docs/distributed.md)")

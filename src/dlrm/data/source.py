@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dlrm.features import Batch, rank_slice
 
-__all__ = ["DataSource", "rank_slice"]
+__all__ = ["DataSource", "dataset_name", "rank_slice"]
 
 
 @runtime_checkable
@@ -41,3 +41,15 @@ class DataSource(Protocol):
                 rank: int = 0, world_size: int = 1) -> Iterator[Batch]: ...
 
     def spec(self) -> dict[str, Any]: ...
+
+
+def dataset_name(data: Any) -> str | None:
+    """The data set ``data`` holds, as its preprocessed folder's metadata names it: ``dataset``,
+    the preprocessing schema's name (``criteo-tsv``, ``avazu``, ``movielens-100k``; ``name`` in
+    older ``dlrm-table-v1`` folders); None for data without metadata (synthetic data, a
+    wrapper). Tuned recipes are chosen by it (``dlrm.training.recipes``)."""
+    metadata = getattr(data, "metadata", None)
+    if not isinstance(metadata, dict):
+        return None
+    name = metadata.get("dataset") or metadata.get("name")
+    return str(name) if name else None

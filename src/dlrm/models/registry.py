@@ -42,8 +42,10 @@ class ModelSpec:
             ``TrainConfig`` fields set training, the others are options of the kind.
         recipes: named training recipes chosen by ``dlrm tune`` (``dlrm.training.recipes``):
             name -> ``{"train": TrainConfig fields (+ ``evals_per_epoch``), "model": options,
-            "source": how it was chosen}``. ``reference`` (the reference DLRM's recipe) is
-            there for every kind without being listed.
+            "source": how it was chosen, "tuned_on": the data set it was tuned on}``; recipes
+            named ``<family>-<tuned_on>`` (``small-avazu``) are the variants of ``family``,
+            which resolves by the data's data set. ``reference`` (the reference DLRM's recipe)
+            is there for every kind without being listed.
         tune_settings: this kind's defaults for a ``dlrm tune`` study (``TuneConfig`` fields:
             ``epochs``, ``evals_per_epoch``, ``patience``, ``pruner``) where they differ from
             the general ones; flags and explicit values win.

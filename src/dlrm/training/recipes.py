@@ -10,10 +10,18 @@ A recipe is a plain dict::
 
 Names: ``reference`` for every kind (the reference DLRM's Criteo Kaggle recipe: SGD, lr 0.1,
 batch 128, one epoch, U(+-sqrt(1/n)) rows), the kind's own recipes from its ``ModelSpec``
-(``small``: tuned by ``dlrm tune`` on a ~10k-row sample, ``dlrm.models.tuned_recipes``), and
-``auto``: ``small`` where the kind has one and the training split has at most
-``SMALL_DATA_ROWS`` rows, else ``reference``. A name ending in ``.json`` is a recipe file,
-such as the ``recipe.json`` that ``dlrm tune`` writes.
+(``dlrm.models.tuned_recipes``), and ``auto``: ``small`` where the kind has one and the
+training split has at most ``SMALL_DATA_ROWS`` rows, else ``reference``. A name ending in
+``.json`` is a recipe file, such as the ``recipe.json`` that ``dlrm tune`` writes.
+
+Tuned recipes depend on the data they were tuned on, so a kind's ``small`` recipe has one
+variant per data set, each recording it as ``tuned_on`` and named ``small-<tuned_on>``:
+``small-criteo-tsv``, ``small-avazu``, ``small-movielens-100k`` (the data set is a preprocessed
+folder's metadata ``dataset``, its schema's name; ``dlrm.data.source.dataset_name``). The
+family name ``small`` resolves by the data being trained (``get_recipe(..., dataset=...)``):
+the variant tuned on that data set where there is one, else the one tuned on
+``DEFAULT_TUNED_ON`` (Criteo), which is logged, since `dlrm tune` chooses a recipe for the data
+itself. The variant names choose one explicitly, on any data.
 
 Example:
     >>> train, options = resolve_recipe("lr", "reference", train_samples=9000)
@@ -25,12 +33,15 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from dlrm.models import get_spec
 from dlrm.training.loop import TrainConfig
+
+log = logging.getLogger(__name__)
 
 # The reference DLRM's Criteo Kaggle run (dlrm_s_pytorch.py, run_and_time.sh): plain SGD at
 # lr 0.1, mini-batches of 128, one pass, embedding rows U(-sqrt(1/n), sqrt(1/n)).
@@ -46,16 +57,61 @@ TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 # Recipe keys that are not TrainConfig fields: the evaluation cadence, and the training rows a
 # full-batch recipe's weight_decay was chosen on (``train_config_from_recipe`` scales it).
 CADENCE_KEYS = ("evals_per_epoch", "weight_decay_rows")
+# The data set whose variant of a recipe family (``small``) serves data of any other data set,
+# or of none (synthetic data): Criteo, the data every kind was tuned on first.
+DEFAULT_TUNED_ON = "criteo-tsv"
+# Resolution messages already logged (a run resolves its recipe for its training settings and
+# again for its model options, a comparison once per seed: each says it once per process).
+_ANNOUNCED: set[str] = set()
+
+
+def recipe_variants(kind: str, family: str) -> dict[str, str]:
+    """``{tuned_on: recipe name}`` of the variants of recipe ``family`` (``small``) of
+    ``kind``: its recipes named ``<family>-<tuned_on>``, in the spec's order."""
+    return {r["tuned_on"]: name for name, r in get_spec(kind).recipes.items()
+            if r.get("tuned_on") and name == f"{family}-{r['tuned_on']}"}
+
+
+def _families(kind: str) -> list[str]:
+    """The family names (``small``) that ``kind``'s data-set variants share."""
+    names = [name[:-len(r["tuned_on"]) - 1] for name, r in get_spec(kind).recipes.items()
+             if r.get("tuned_on") and name.endswith(f"-{r['tuned_on']}")]
+    return list(dict.fromkeys(names))
 
 
 def recipe_names(kind: str) -> list[str]:
-    """The recipes ``kind`` has: ``reference``, its tuned ones, and ``auto``."""
-    return ["reference", *get_spec(kind).recipes, "auto"]
+    """The recipes ``kind`` has: ``reference``, its tuned families (``small``, resolved by the
+    data set), its tuned recipes (each variant, ``small-avazu``), and ``auto``."""
+    return list(dict.fromkeys(["reference", *_families(kind), *get_spec(kind).recipes,
+                               "auto"]))
 
 
-def get_recipe(kind: str, name: str, train_samples: int | None = None) -> dict[str, Any]:
-    """The recipe dict ``name`` of ``kind`` (``auto`` picks by ``train_samples``; a ``.json``
-    name is read from that file)."""
+def _announce(message: str) -> None:
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        log.info("%s", message)
+
+
+def _variant(kind: str, family: str, variants: dict[str, str], dataset: str | None) -> str:
+    """The recipe name that ``family`` means for data of data set ``dataset`` (logged)."""
+    if dataset in variants:
+        _announce(f"recipe {family} of {kind}: {variants[dataset]}, the one tuned on this "
+                  f"data's data set ({dataset})")
+        return variants[dataset]
+    chosen = variants.get(DEFAULT_TUNED_ON) or next(iter(variants.values()))
+    this = f"data set {dataset}" if dataset else "data without a data set name"
+    _announce(f"recipe {family} of {kind}: {chosen}, tuned on other data "
+              f"({get_spec(kind).recipes[chosen]['tuned_on']}, not this {this}; {family} is "
+              f"tuned on {', '.join(variants)}): `dlrm tune --model {kind}` chooses a recipe "
+              f"for this data")
+    return chosen
+
+
+def get_recipe(kind: str, name: str, train_samples: int | None = None,
+               dataset: str | None = None) -> dict[str, Any]:
+    """The recipe dict ``name`` of ``kind``: ``auto`` picks by ``train_samples``, a family
+    name (``small``) the variant tuned on ``dataset`` (else on ``DEFAULT_TUNED_ON``; the
+    choice is logged at INFO), a ``.json`` name is read from that file."""
     spec = get_spec(kind)
     if name.endswith(".json"):
         path = Path(name)
@@ -68,12 +124,15 @@ def get_recipe(kind: str, name: str, train_samples: int | None = None) -> dict[s
         return recipe
     if name == "auto":
         small = train_samples is not None and train_samples <= SMALL_DATA_ROWS
-        name = "small" if small and "small" in spec.recipes else "reference"
+        name = "small" if small and "small" in recipe_names(kind) else "reference"
     if name == "reference":
         return copy.deepcopy(REFERENCE_RECIPE)
     if name not in spec.recipes:
-        raise ValueError(f"--recipe {name!r}: model {kind!r} has the recipes "
-                         f"{', '.join(recipe_names(kind))}")
+        variants = recipe_variants(kind, name)
+        if not variants:
+            raise ValueError(f"--recipe {name!r}: model {kind!r} has the recipes "
+                             f"{', '.join(recipe_names(kind))}")
+        name = _variant(kind, name, variants, dataset)
     return copy.deepcopy(spec.recipes[name])
 
 
@@ -121,10 +180,12 @@ def model_options_from_recipe(kind: str, recipe: dict[str, Any]) -> dict[str, An
 
 
 def resolve_recipe(kind: str, name: str, train_samples: int, base: TrainConfig | None = None,
+                   *, dataset: str | None = None,
                    **overrides: Any) -> tuple[TrainConfig, dict[str, Any]]:
     """(TrainConfig, model options) of recipe ``name`` for ``kind`` on a training split of
-    ``train_samples`` rows; ``overrides`` are TrainConfig fields that win over the recipe."""
-    recipe = get_recipe(kind, name, train_samples)
+    ``train_samples`` rows of data set ``dataset`` (``get_recipe``); ``overrides`` are
+    TrainConfig fields that win over the recipe."""
+    recipe = get_recipe(kind, name, train_samples, dataset)
     check_recipe(kind, recipe)
     return (train_config_from_recipe(recipe, train_samples, base, **overrides),
             model_options_from_recipe(kind, recipe))
