@@ -70,8 +70,12 @@ def data_folder(folder: Path, path: str) -> Path:
 
 
 def dataset_of(folder: Path, config: dict, same_data: dict[str, str]) -> str:
-    """The data set a study was tuned on: its data folder's metadata ``dataset`` (the schema
-    name; ``name`` in older ``dlrm-table-v1`` folders), mapped through ``same_data``."""
+    """The data set a study was tuned on: its recipe's ``tuned_on`` (written by ``dlrm tune``
+    since it records it), else its data folder's metadata ``dataset`` (the schema name;
+    ``name`` in older ``dlrm-table-v1`` folders), mapped through ``same_data``."""
+    tuned_on = config["tune"].get("recipe", {}).get("tuned_on")
+    if tuned_on:
+        return same_data.get(tuned_on, tuned_on)
     if "path" not in config["data"]:
         return str(config["data"].get("kind", "synthetic"))
     meta = json.loads((data_folder(folder, config["data"]["path"]) / "metadata.json")

@@ -204,7 +204,7 @@ def split_params(kind: str, params: dict[str, Any]) -> tuple[dict[str, Any], dic
 
 
 def as_recipe(config: TuneConfig, params: dict[str, Any], source: str,
-              train_rows: int | None = None) -> dict[str, Any]:
+              train_rows: int | None = None, dataset: str | None = None) -> dict[str, Any]:
     """A recipe (``dlrm.training.recipes``) of the best parameters and the study's cadence.
     A full-batch L-BFGS recipe also records the ``train_rows`` its L2 strength was chosen on
     (``weight_decay_rows``), so that it scales to other sizes as scikit-learn's C does."""
@@ -213,7 +213,10 @@ def as_recipe(config: TuneConfig, params: dict[str, Any], source: str,
              "patience": config.patience, "evals_per_epoch": config.evals_per_epoch}
     if train.get("optimizer") == "lbfgs" and train_rows:
         train["weight_decay_rows"] = int(train_rows)
-    return {"train": train, "model": model_part, "source": source}
+    recipe = {"train": train, "model": model_part, "source": source}
+    if dataset:  # the data set it was chosen on (``dlrm.training.recipes``: small-<tuned_on>)
+        recipe["tuned_on"] = dataset
+    return recipe
 
 
 def _baseline_params(config: TuneConfig, train_rows: int,
@@ -477,7 +480,8 @@ def write_report(study: Any, config: TuneConfig, data: DataSource,
         params = {k.split("@")[0]: v for k, v in best.params.items()}
         source = (f"dlrm tune: best of {len(rows)} trials ({counts['complete']} complete, "
                   f"{counts['pruned']} pruned), validation AUC {best.value:.4f}")
-        recipe = as_recipe(config, params, source, data.num_samples("train"))
+        recipe = as_recipe(config, params, source, data.num_samples("train"),
+                           dataset_name(data))
         write_json_atomic(out / "recipe.json", recipe)
         run_config = {"model_kind": config.model, "model_config": best.user_attrs["model_config"],
                       "train": best.user_attrs["train_config"], "data": data.spec(),

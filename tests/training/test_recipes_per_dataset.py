@@ -208,6 +208,8 @@ def test_tune_on_movielens_starts_from_movielens_recipe(movielens, tmp_path):
     first = json.loads((tmp_path / "trials" / "0000" / "config.json").read_text())
     want = ML_LR["weight_decay"] * ML_LR["weight_decay_rows"] / rows
     assert first["train"]["weight_decay"] == pytest.approx(want, rel=1e-9)
+    # The study's recipe.json says which data set it was chosen on.
+    assert json.loads((tmp_path / "recipe.json").read_text())["tuned_on"] == "movielens-100k"
 
 
 # ------------------------------------------------------------------- the generator
