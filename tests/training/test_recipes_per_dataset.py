@@ -68,6 +68,10 @@ def test_small_is_the_variant_tuned_on_the_data_set(caplog):
     train, options = resolve_recipe("lr", "small", 40_000, dataset="movielens-100k")
     assert (train.optimizer, train.batch_size, options) == ("lbfgs", 0, {})
     assert train.weight_decay == pytest.approx(ML_LR["weight_decay"] * 2)
+    # Criteo rows read by the shipped Kaggle or Terabyte schema get Criteo's recipe.
+    for same in ("criteo-kaggle", "criteo-terabyte"):
+        assert get_recipe("dcn", "small", 9000, same) == TUNED_RECIPES["dcn"]["small-criteo-tsv"]
+    assert "small-criteo-tsv, the one tuned on this data's data set (criteo-tsv)" in caplog.text
     train, options = resolve_recipe("dcn", "small", 9000, dataset="movielens-100k", seed=4)
     assert options["embedding_init"] == "uniform" and train.seed == 4
     assert train.lr == TUNED_RECIPES["dcn"]["small-movielens-100k"]["train"]["lr"]

@@ -60,6 +60,9 @@ CADENCE_KEYS = ("evals_per_epoch", "weight_decay_rows")
 # The data set whose variant of a recipe family (``small``) serves data of any other data set,
 # or of none (synthetic data): Criteo, the data every kind was tuned on first.
 DEFAULT_TUNED_ON = "criteo-tsv"
+# Data sets holding the rows a tuned one holds, read by another shipped schema: the Criteo
+# Kaggle and Terabyte schemas read the TSV rows that criteo-tsv reads.
+SAME_DATA = {"criteo-kaggle": "criteo-tsv", "criteo-terabyte": "criteo-tsv"}
 # Resolution messages already logged (a run resolves its recipe for its training settings and
 # again for its model options, a comparison once per seed: each says it once per process).
 _ANNOUNCED: set[str] = set()
@@ -94,6 +97,7 @@ def _announce(message: str) -> None:
 
 def _variant(kind: str, family: str, variants: dict[str, str], dataset: str | None) -> str:
     """The recipe name that ``family`` means for data of data set ``dataset`` (logged)."""
+    dataset = SAME_DATA.get(dataset, dataset) if dataset else dataset
     if dataset in variants:
         _announce(f"recipe {family} of {kind}: {variants[dataset]}, the one tuned on this "
                   f"data's data set ({dataset})")
