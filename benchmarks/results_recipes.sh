@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # docs/results.md "Tuned recipes": every model kind at its own `small` recipe (chosen by
-# benchmarks/tune_recipes.sh on Criteo head10k validation rows), 3 seeds, on the three real
-# samples and on planted data; logistic regression at the recipe its own study chose on each
-# data set (its optimum there); the reference recipe on Criteo for contrast.
+# benchmarks/tune_recipes.sh on each data set's validation rows; `small` resolves to the data
+# set's own), 3 seeds, on the three real samples and on planted data, each kind tested against
+# logistic regression at its optimum on the same rows; the reference recipe on Criteo for
+# contrast.
 #
 #   benchmarks/tune_recipes.sh && benchmarks/results_recipes.sh
 set -euo pipefail
@@ -13,21 +14,14 @@ DEEP=dlrm,dcn,dcnv2,dlrm_dcnv2,wdl,deepfm
 COMMON=(--preset kaggle --seeds 3 --threads 1 --quiet)
 uptime
 set -x
+# Each kind at its `small` recipe, which is the one tuned on each data set itself, with LR as
+# the reference of the paired test and each row's seeds also scored as one ensemble; on
+# Criteo the reference recipe too, for contrast.
 $DLRM compare --data "$OUT/data/criteo" --models "$DEEP,lr" --recipes small,reference \
-  "${COMMON[@]}" --out "$OUT/results-criteo"
-$DLRM compare --data "$OUT/data/avazu" --models "$DEEP" --recipes small,reference \
-  "${COMMON[@]}" --out "$OUT/results-avazu"
-$DLRM compare --data "$OUT/data/movielens" --models "$DEEP" --recipes small "${COMMON[@]}" \
-  --out "$OUT/results-movielens"
+  --against lr:small --ensemble "${COMMON[@]}" --out "$OUT/results-criteo"
 for data in avazu movielens; do
-  $DLRM compare --data "$OUT/data/$data" --models lr --recipes "$OUT/tune-$data-lr/recipe.json" \
-    "${COMMON[@]}" --out "$OUT/results-$data-lr"
-  # Each deep kind at the recipe its own study chose on this data set.
-  for kind in ${DEEP//,/ }; do
-    $DLRM compare --data "$OUT/data/$data" --models "$kind" \
-      --recipes "$OUT/tune-$data-$kind/recipe.json" "${COMMON[@]}" \
-      --out "$OUT/results-$data-$kind"
-  done
+  $DLRM compare --data "$OUT/data/$data" --models "$DEEP,lr" --recipes small --ensemble \
+    "${COMMON[@]}" --out "$OUT/results-$data"
 done
 # Planted data (tiny tables, D=16 as the recipes were tuned with; DLRM's recipe sets its MLPs):
 # one epoch of 100k samples (the recipes' early stopping
