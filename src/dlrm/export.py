@@ -100,6 +100,12 @@ def export_model(model: nn.Module, num_dense: int, table_sizes: list[int], fmt: 
     """Write ``model`` as a serving artifact in format ``fmt`` (see the module doc)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format {fmt!r}: expected one of {EXPORT_FORMATS}")
+    from dlrm.models.quantized import QuantizedMLP
+
+    if any(isinstance(m, QuantizedMLP) for m in model.modules()):
+        raise ValueError("int8 MLPs (`dlrm quantize --mlp int8`) run on PyTorch's quantized CPU "
+                         "kernels, which torch.export and ONNX do not take: export the float "
+                         "checkpoint, or one quantized without --mlp")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ServingDLRM(model, len(table_sizes))

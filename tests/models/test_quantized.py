@@ -1,4 +1,7 @@
-"""Row-wise int8 / 4-bit embeddings against a naive per-element quantizer."""
+"""Row-wise int8 / 4-bit embeddings against a naive per-element quantizer; int8 MLPs against
+their math in float64 and against the float model."""
+
+import copy
 
 import pytest
 import torch
@@ -8,7 +11,11 @@ from dlrm.features import SparseFeatures
 from dlrm.models.dlrm import DLRM
 from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.quantized import (
+    Int8Linear,
     QuantizedEmbeddingBag,
+    QuantizedMLP,
+    activation_qparams,
+    calibrate_mlp_ranges,
     dequantize_rows,
     embedding_bytes,
     quantize_model,
@@ -96,3 +103,67 @@ def model_copy(model):
     clone = DLRM(model.config)
     clone.load_state_dict(model.state_dict())
     return clone.eval()
+
+
+# ------------------------------------------------------------------- int8 MLPs
+def test_int8_linear_is_its_math_in_float64():
+    """The kernel's output codes are those of the layer's math on the dequantized operands,
+    in float64, requantized: within one code (the kernel rounds once in int32 arithmetic)."""
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(37, 24)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(24, 37, generator=gen) * 0.3)
+        linear.bias.copy_(torch.randn(24, generator=gen) * 0.1)
+    x = torch.rand(64, 37, generator=gen) * 2 - 0.5
+    for relu in (True, False):
+        layer = Int8Linear.from_float(linear, relu, (-3.0, 3.0))
+        in_scale, in_zero = activation_qparams(-0.5, 1.5)
+        xq = torch.quantize_per_tensor(x, in_scale, in_zero, torch.quint8)
+        got = layer(xq).int_repr().long()
+        x_hat = (xq.int_repr().double() - in_zero) * in_scale
+        w_hat = layer.weight.double() * layer.weight_scale.double()[:, None]
+        y = x_hat @ w_hat.T + layer.bias.double()
+        if relu:
+            y = y.clamp_min(0)
+        want = (torch.round(y / float(layer.out_scale)) + int(layer.out_zero_point)).clamp(0, 255)
+        assert (got - want.long()).abs().max() <= 1
+        assert (got == want.long()).double().mean() > 0.95
+        # The weights: symmetric per output row, the largest entry of each row at +-127.
+        assert layer.weight.abs().amax(1).tolist() == [127] * 24
+
+
+def test_quantized_mlp_calibrates_on_the_model_and_stays_close_to_float():
+    cfg = preset("tiny")
+    model = DLRM(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+
+    def batch(n):
+        dense = torch.rand(n, cfg.num_dense, generator=gen) * 4
+        ids = torch.stack([torch.randint(0, size, (n,), generator=gen)
+                           for size in cfg.table_sizes], 1)
+        return type("B", (), {"dense": dense, "sparse": SparseFeatures.from_ids(ids)})()
+
+    calibration = [batch(512) for _ in range(4)]
+    ranges = calibrate_mlp_ranges(model, calibration)
+    assert set(ranges) == {"bottom_mlp", "top_mlp"}
+    assert len(ranges["bottom_mlp"]) == len(model.bottom_mlp.linears())
+    assert ranges["bottom_mlp"][0][0] >= 0 and ranges["bottom_mlp"][1][0] == 0  # after ReLU
+    test = batch(2048)
+    with torch.no_grad():
+        want = model(test.dense, test.sparse)
+        quantized = quantize_model(copy.deepcopy(model), 8, mlp="int8", mlp_ranges=ranges)
+        assert isinstance(quantized.bottom_mlp, QuantizedMLP)
+        assert all(isinstance(m, Int8Linear) for m in quantized.top_mlp.hidden)
+        got = quantized(test.dense, test.sparse)
+    # int8 activations and weights, and 8-bit tables: close to the float logits (a test row
+    # beyond the calibrated ranges is clipped, so the bound is on the mean and the order).
+    assert (got - want).abs().mean() < 0.05 * want.std()
+    assert torch.corrcoef(torch.stack([got, want]))[0, 1] > 0.995
+    # A checkpoint's state dict loads into the empty structure and gives the same outputs.
+    empty = quantize_model(DLRM(cfg), 8, empty=True, mlp="int8")
+    empty.load_state_dict(quantized.state_dict())
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(test.dense, test.sparse), got)
+    layers = len(model.bottom_mlp.linears())
+    with pytest.raises(ValueError, match=f"needs {layers} ranges"):
+        QuantizedMLP.from_float(model.bottom_mlp, ranges["bottom_mlp"][:-1])

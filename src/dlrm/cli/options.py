@@ -19,11 +19,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     take_legacy_positionals(args)
     check_new_output(args)
-    info = quantize_checkpoint(args.checkpoint, args.out, args.bits)
-    print(f"wrote {args.out}: {info['bits']}-bit row-wise embeddings, "
-          f"{format_bytes(info['quantized_bytes'])} instead of "
-          f"{format_bytes(info['float_bytes'])} ({info['ratio']:.2f}x smaller); "
-          f"evaluate with: dlrm eval --checkpoint {args.out}")
+    calibration = None
+    if args.mlp:  # activation ranges from the training rows of the model's data (or --data)
+        import itertools
+
+        from dlrm.cli.common import data_for_checkpoint
+        from dlrm.training.checkpoint import load
+
+        ckpt = load(args.checkpoint, mmap=True)  # metadata only: tensors stay on disk
+        data = data_for_checkpoint(ckpt, args.checkpoint, args.data, False)
+        rows = min(args.calibration_rows, data.num_samples("train"))
+        if rows <= 0:
+            raise ValueError(f"--calibration-rows {args.calibration_rows}: must be positive")
+        batch = min(rows, 1024)
+        calibration = list(itertools.islice(data.batches("train", batch),
+                                            max(1, rows // batch)))
+    if args.float_tables and not args.mlp:
+        raise ValueError("--float-tables without --mlp int8 leaves nothing to quantize")
+    bits = None if args.float_tables else args.bits
+    info = quantize_checkpoint(args.checkpoint, args.out, bits, mlp=args.mlp,
+                               calibration=calibration)
+    tables = ("float embeddings" if bits is None else
+              f"{info['bits']}-bit row-wise embeddings, {format_bytes(info['quantized_bytes'])} "
+              f"instead of {format_bytes(info['float_bytes'])} ({info['ratio']:.2f}x smaller)")
+    mlps = (f"; int8 MLPs calibrated on {sum(len(b) for b in calibration):,} training rows"
+            if args.mlp else "")
+    print(f"wrote {args.out}: {tables}{mlps}; evaluate with: dlrm eval --checkpoint {args.out}")
     return 0
 
 
@@ -42,10 +63,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("quantize", help="row-wise int8/4-bit embeddings for inference")
+    p = subparsers.add_parser("quantize", help="row-wise int8/4-bit embeddings (and int8 MLPs) "
+                                               "for inference")
     add_checkpoint_io_args(p, "a `dlrm train` checkpoint (e.g. RUN_DIR/last.pt)",
                            "the quantized checkpoint to write")
-    p.add_argument("--bits", type=int, choices=[8, 4], default=8)
+    p.add_argument("--bits", type=int, choices=[8, 4], default=8,
+                   help="bits per embedding entry (row-wise scale and bias)")
+    p.add_argument("--mlp", choices=["int8"], default=None,
+                   help="also run the MLPs' hidden layers as static int8 GEMMs (oneDNN, "
+                        "VNNI/AMX), activation ranges calibrated on training rows")
+    p.add_argument("--float-tables", action="store_true",
+                   help="with --mlp: keep the embedding tables in float (faster where the "
+                        "tables fit in cache: the 8-bit lookup dequantizes every row it reads)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="with --mlp: the data whose training rows calibrate it (default: the "
+                        "data set the checkpoint was trained on)")
+    p.add_argument("--calibration-rows", type=int, default=4096, metavar="N",
+                   help="with --mlp: training rows run through the model to measure the "
+                        "activation ranges (default 4096)")
     p.set_defaults(func=cmd_quantize)
 
     p = subparsers.add_parser("export", help="export a checkpoint for serving",

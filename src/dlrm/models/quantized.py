@@ -16,10 +16,15 @@ tables in one vectorized call (no loop over tables).
 and mixed-dimension's too) for a ``QuantizedEmbeddingBag``; the result is registered as model
 kind ``dlrm-quantized`` so ``load_model`` and ``dlrm eval`` read its checkpoints
 (``dlrm.training.checkpoint.quantize_checkpoint`` writes them).
+
+With ``mlp="int8"`` every ``MLP`` becomes a ``QuantizedMLP`` as well: static int8 GEMMs
+(VNNI/AMX through oneDNN) with activation scales calibrated on training batches
+(``calibrate_mlp_ranges``); see that class.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,10 +32,12 @@ from torch import nn
 
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
+from dlrm.models.mlp import MLP
 from dlrm.models.registry import ModelSpec, build_model, register
 from dlrm.ops.embedding import bag_of_values
 
 QUANTIZED_BITS = (8, 4)
+MLP_QUANTIZATIONS = ("int8",)
 
 
 def quantize_rows(weight: torch.Tensor, bits: int
@@ -146,18 +153,214 @@ class QuantizedEmbeddingBag(nn.Module):
         return pooled.view(self.num_features, batch, self.embedding_dim).transpose(0, 1)
 
 
-def quantize_model(model: nn.Module, bits: int = 8, empty: bool = False) -> nn.Module:
-    """Replace every ``FusedEmbeddingBag`` in ``model`` (in place) by a quantized copy.
+def _packing_engine() -> str:
+    """The quantized engine that packs int8 weights: oneDNN where the build has it (on x86 it
+    runs VNNI or AMX int8 GEMMs, and measured faster than FBGEMM at the top MLP's 367-wide
+    input: benchmarks/mlp_int8_inference.py), else the process's engine."""
+    engines = torch.backends.quantized.supported_engines
+    return "onednn" if "onednn" in engines else torch.backends.quantized.engine
+
+
+class Int8Linear(nn.Module):
+    """One linear layer (with ReLU when ``relu``) on int8 operands, for inference.
+
+    Math: weights per output row, symmetric, ``W ~ scale_w[o] * q_w`` with ``q_w`` in
+    [-127, 127]; the input and output activations per tensor, affine uint8,
+    ``h ~ scale * (q - zero_point)`` with the scales calibrated on training batches. The
+    kernel (``quantized::linear`` / ``linear_relu``) accumulates in int32, adds the float
+    bias, applies ReLU and requantizes to the output's scale in one pass.
+
+    Buffers (the state dict): ``weight`` int8 ``(out, in)``, ``weight_scale`` ``(out,)``,
+    ``bias`` ``(out,)``, ``out_scale`` and ``out_zero_point`` (scalars). The packed weight the
+    kernel reads is built on first use and dropped when a state dict is loaded.
+
+    Call: quantized ``(B, in)`` quint8 -> quantized ``(B, out)`` quint8.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, relu: bool) -> None:
+        super().__init__()
+        self.relu = relu
+        self.register_buffer("weight", torch.zeros(fan_out, fan_in, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(fan_out))
+        self.register_buffer("bias", torch.zeros(fan_out))
+        self.register_buffer("out_scale", torch.tensor(1.0))
+        self.register_buffer("out_zero_point", torch.tensor(0, dtype=torch.int64))
+        self._packed: Any = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._unpack())
+
+    def _unpack(self) -> None:
+        self._packed = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, relu: bool, out_range: tuple[float, float]
+                   ) -> Int8Linear:
+        """The layer ``linear`` with its output quantized over ``out_range`` (calibrated)."""
+        layer = cls(linear.in_features, linear.out_features, relu)
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(1) / 127).clamp_min(1e-12)
+        layer.weight.copy_(torch.round(weight / scale[:, None]).clamp_(-127, 127))
+        layer.weight_scale.copy_(scale)
+        layer.bias.copy_(linear.bias.detach().float())
+        out_scale, zero_point = activation_qparams(*out_range)
+        layer.out_scale.fill_(out_scale)
+        layer.out_zero_point.fill_(zero_point)
+        return layer
+
+    def packed(self) -> Any:
+        if self._packed is None:
+            qweight = torch._make_per_channel_quantized_tensor(
+                self.weight, self.weight_scale.double(),
+                torch.zeros_like(self.weight_scale, dtype=torch.int64), 0)
+            previous = torch.backends.quantized.engine
+            torch.backends.quantized.engine = _packing_engine()
+            try:
+                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            finally:
+                torch.backends.quantized.engine = previous
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
+        return op(x, self.packed(), float(self.out_scale), int(self.out_zero_point))
+
+
+def activation_qparams(low: float, high: float) -> tuple[float, int]:
+    """(scale, zero point) of affine uint8 over [low, high] widened to hold 0, as PyTorch's
+    MinMax observer gives them."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / 255, 1e-8)
+    return scale, int(min(max(round(-low / scale), 0), 255))
+
+
+class QuantizedMLP(nn.Module):
+    """An ``MLP`` for int8 inference: its hidden layers as ``Int8Linear``, its last layer in
+    float.
+
+    Math: ``h_0 = x`` quantized to uint8 over its calibrated range, ``h_{l+1} = relu(h_l W_l^T
+    + b_l)`` on int8 operands (``Int8Linear``) for every layer but the last, then
+    ``h_{L-1}`` dequantized and the last layer in float (with ReLU when the MLP ends in one).
+    The last layers are the narrow ones (DLRM's 64->16 and 256->1: under 1% of the FLOPs) and
+    carry the output: a logit rounded to 256 levels would tie many samples and cost AUC.
+
+    Args:
+        widths: ``[in, h1, ..., out]`` as the float ``MLP``'s.
+        final_activation: as the float ``MLP``'s.
+
+    Call: ``(B, in)`` float -> ``(B, out)`` float32. CPU only.
+
+    Example:
+        >>> mlp = MLP("13-64-16")
+        >>> ranges = [(0.0, 1.0), (0.0, 4.0)]  # the input's, then each hidden layer's output
+        >>> QuantizedMLP.from_float(mlp, ranges)(torch.rand(4, 13)).shape
+        torch.Size([4, 16])
+    """
+
+    def __init__(self, widths: list[int], final_activation: bool) -> None:
+        super().__init__()
+        self.widths = list(widths)
+        self.final_activation = final_activation
+        self.register_buffer("in_scale", torch.tensor(1.0))
+        self.register_buffer("in_zero_point", torch.tensor(0, dtype=torch.int64))
+        self.hidden = nn.ModuleList(Int8Linear(a, b, relu=True)
+                                    for a, b in zip(widths[:-2], widths[1:-1]))
+        self.last = nn.Linear(widths[-2], widths[-1])
+
+    @classmethod
+    def from_float(cls, mlp: MLP, ranges: list[tuple[float, float]]) -> QuantizedMLP:
+        """``mlp`` quantized; ``ranges``: the calibrated (min, max) of its input, then of each
+        hidden layer's output (after its ReLU); ``calibrate_mlp_ranges`` measures them."""
+        if len(ranges) != len(mlp.widths) - 1:
+            raise ValueError(f"an MLP of {len(mlp.widths) - 1} layers needs {len(mlp.widths) - 1}"
+                             f" ranges (its input and each hidden layer's output), got "
+                             f"{len(ranges)}")
+        quantized = cls(mlp.widths, mlp.final_activation)
+        scale, zero_point = activation_qparams(*ranges[0])
+        quantized.in_scale.fill_(scale)
+        quantized.in_zero_point.fill_(zero_point)
+        linears = mlp.linears()
+        for i, layer in enumerate(linears[:-1]):
+            quantized.hidden[i] = Int8Linear.from_float(layer, True, ranges[i + 1])
+        quantized.last.load_state_dict(linears[-1].state_dict())
+        return quantized
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.hidden:  # one layer (DCN's output): nothing to run in int8
+            out = self.last(x.float())
+            return torch.relu(out) if self.final_activation else out
+        h = torch.quantize_per_tensor(x.float().contiguous(), float(self.in_scale),
+                                      int(self.in_zero_point), torch.quint8)
+        for layer in self.hidden:
+            h = layer(h)
+        out = self.last(h.dequantize())
+        return torch.relu(out) if self.final_activation else out
+
+
+@torch.no_grad()
+def calibrate_mlp_ranges(model: nn.Module, batches: Any) -> dict[str, list[tuple[float, float]]]:
+    """Run ``model`` on ``batches`` (``Batch`` objects) and return, for every ``MLP`` in it (by
+    module name), the (min, max) of its input and of each hidden layer's output after its
+    ReLU: the ranges ``QuantizedMLP.from_float`` quantizes over."""
+    ranges: dict[str, list[list[float]]] = {}
+    handles = []
+
+    def record(name: str, index: int) -> Any:
+        def hook(_module: nn.Module, args: Any, output: Any = None) -> None:
+            value = args[0] if output is None else output
+            low, high = float(value.min()), float(value.max())
+            slot = ranges[name][index]
+            slot[0], slot[1] = min(slot[0], low), max(slot[1], high)
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, MLP):
+            linears = module.linears()
+            ranges[name] = [[math.inf, -math.inf] for _ in linears]
+            handles.append(module.register_forward_pre_hook(record(name, 0)))
+            layers = list(module)
+            for i, linear in enumerate(linears[:-1]):
+                relu = layers[layers.index(linear) + 1]  # every hidden layer has its ReLU
+                handles.append(relu.register_forward_hook(record(name, i + 1)))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(batch.dense, batch.sparse)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if any(math.isinf(low) for spans in ranges.values() for low, _ in spans):
+        raise ValueError("calibration saw no batch: give it training rows")
+    return {name: [(low, high) for low, high in spans] for name, spans in ranges.items()}
+
+
+def quantize_model(model: nn.Module, bits: int | None = 8, empty: bool = False,
+                   mlp: str | None = None,
+                   mlp_ranges: dict[str, list[tuple[float, float]]] | None = None,
+                   _prefix: str = "") -> nn.Module:
+    """Replace every ``FusedEmbeddingBag`` in ``model`` (in place) by a ``bits``-bit copy
+    (``None``: the tables stay float), and with ``mlp="int8"`` every ``MLP`` by a
+    ``QuantizedMLP`` over ``mlp_ranges`` (from ``calibrate_mlp_ranges``, by module name).
 
     ``empty=True`` only builds the quantized structure (zeros), to load a state dict into.
     """
+    if mlp is not None and mlp not in MLP_QUANTIZATIONS:
+        raise ValueError(f"mlp = {mlp!r}: expected one of {MLP_QUANTIZATIONS}")
     for name, child in list(model.named_children()):
-        if isinstance(child, FusedEmbeddingBag):
+        path = f"{_prefix}{name}"
+        if isinstance(child, FusedEmbeddingBag) and bits is not None:
             replacement = (QuantizedEmbeddingBag(child.table_sizes, child.embedding_dim, bits)
                            if empty else QuantizedEmbeddingBag.from_float(child, bits))
             setattr(model, name, replacement)
+        elif isinstance(child, MLP) and mlp is not None:
+            if empty:
+                setattr(model, name, QuantizedMLP(child.widths, child.final_activation))
+            else:
+                if mlp_ranges is None or path not in mlp_ranges:
+                    raise ValueError(f"MLP {path}: no calibrated ranges (calibrate_mlp_ranges)")
+                setattr(model, name, QuantizedMLP.from_float(child, mlp_ranges[path]))
         else:
-            quantize_model(child, bits, empty)
+            quantize_model(child, bits, empty, mlp, mlp_ranges, f"{path}.")
     return model
 
 
@@ -174,9 +377,11 @@ def embedding_bytes(model: nn.Module) -> int:
 
 def build_quantized(config: dict[str, Any]) -> nn.Module:
     """Model kind ``dlrm-quantized``: ``{"base_kind": "dlrm", "base_config": {...},
-    "bits": 8}`` -> the base model with empty quantized tables, ready for load_state_dict."""
+    "bits": 8 (None: float tables), "mlp": "int8" or None}`` -> the base model with empty
+    quantized tables and MLPs, ready for load_state_dict."""
     model = build_model(config["base_kind"], config["base_config"])
-    return quantize_model(model, int(config["bits"]), empty=True)
+    bits = None if config["bits"] is None else int(config["bits"])
+    return quantize_model(model, bits, empty=True, mlp=config.get("mlp"))
 
 
 register(ModelSpec("dlrm-quantized", "any model kind with row-wise int8/4-bit tables "

@@ -24,7 +24,7 @@ from torch import nn
 
 from dlrm.files import atomic_file
 from dlrm.models import build_model
-from dlrm.models.quantized import embedding_bytes, quantize_model
+from dlrm.models.quantized import calibrate_mlp_ranges, embedding_bytes, quantize_model
 
 FORMAT = "dlrm-checkpoint-v1"
 
@@ -124,13 +124,18 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     return model, ckpt
 
 
-def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int = 8) -> dict[str, Any]:
+def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int | None = 8,
+                        mlp: str | None = None, calibration: Any = None) -> dict[str, Any]:
     """Write a ``dlrm-quantized`` checkpoint of the model in checkpoint ``src`` to ``dst``.
 
-    The new checkpoint keeps the source's train config, data spec and data identity (so
-    ``dlrm eval`` finds its data and refuses another) and drops the optimizer state.
-    ``dst`` may not be ``src``. Returns sizes: ``float_bytes``,
-    ``quantized_bytes`` (embedding tables only) and their ratio.
+    The embedding tables become row-wise ``bits``-bit tables (``None``: they stay float,
+    with ``mlp`` only); with ``mlp="int8"`` the MLPs
+    become static int8 ones too (``dlrm.models.quantized.QuantizedMLP``), their activation
+    ranges measured by running the model (with its quantized tables) on ``calibration``, an
+    iterable of training ``Batch`` es. The new checkpoint keeps the source's train config, data
+    spec and data identity (so ``dlrm eval`` finds its data and refuses another) and drops
+    the optimizer state. ``dst`` may not be ``src``. Returns sizes: ``float_bytes``,
+    ``quantized_bytes`` (embedding tables only) and their ratio, and ``mlp``.
     """
     check_output_path(dst, [src], overwrite=True)
     model, ckpt = load_model(src)
@@ -140,13 +145,21 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int = 8) -> dict
     if float_bytes == 0:
         raise ValueError(f"{src}: model kind {ckpt['model_kind']!r} has no embedding tables "
                          f"to quantize")
+    if bits is None and mlp is None:
+        raise ValueError("nothing to quantize: float tables and float MLPs")
     quantize_model(model, bits)
     quantized_bytes = embedding_bytes(model)
-    config = {"base_kind": ckpt["model_kind"], "base_config": ckpt["model_config"], "bits": bits}
+    if mlp is not None:
+        if calibration is None:
+            raise ValueError("int8 MLPs need calibration batches (training rows)")
+        quantize_model(model, bits, mlp=mlp, mlp_ranges=calibrate_mlp_ranges(model,
+                                                                            calibration))
+    config = {"base_kind": ckpt["model_kind"], "base_config": ckpt["model_config"], "bits": bits,
+              "mlp": mlp}
     save_atomic({
         "format": FORMAT, "model_kind": "dlrm-quantized", "model_config": config,
         "model": model.state_dict(), "train_config": ckpt.get("train_config"),
         "data_spec": ckpt.get("data_spec"), "data_identity": ckpt.get("data_identity"),
         "step": ckpt.get("step"), "quantized_from": str(src)}, dst)
     return {"bits": bits, "float_bytes": float_bytes, "quantized_bytes": quantized_bytes,
-            "ratio": float_bytes / quantized_bytes}
+            "ratio": float_bytes / quantized_bytes, "mlp": mlp}
