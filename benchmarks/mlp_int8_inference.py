@@ -35,28 +35,13 @@ import torch
 
 from dlrm.allocator import tune_cpu_allocator
 from dlrm.bench import timing
-from dlrm.bench.ceilings import machine_description, matmul_gflops
+from dlrm.bench.ceilings import int8_matmul_gops, machine_description, matmul_gflops
 from dlrm.config import preset
 from dlrm.data import open_data
 from dlrm.models import build_model, model_config_for
-from dlrm.models.quantized import (
-    Int8Linear,
-    activation_qparams,
-    calibrate_mlp_ranges,
-    quantize_model,
-)
+from dlrm.models.quantized import calibrate_mlp_ranges, quantize_model
 
 INFER_MFLOP = 0.949  # dense-layer matmuls of the kaggle inference forward, per sample
-
-
-def int8_peak_gops(n: int = 2048, repeats: int = 5) -> float:
-    """quantized::linear (ReLU fused) on an n x n x n problem, packed for oneDNN."""
-    linear = torch.nn.Linear(n, n)
-    layer = Int8Linear.from_float(linear, True, (-4.0, 4.0))
-    scale, zero_point = activation_qparams(0.0, 1.0)
-    x = torch.quantize_per_tensor(torch.rand(n, n), scale, zero_point, torch.quint8)
-    ms = timing.median_ms(lambda: layer(x), repeats, 2)
-    return 2 * n ** 3 / (ms / 1e3) / 1e9
 
 
 def variants(batch: int, rows_cap: int) -> tuple[dict[str, object], list]:
@@ -156,7 +141,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     peaks = {"fp32": matmul_gflops(cpu, torch.float32), "bf16": matmul_gflops(cpu,
                                                                               torch.bfloat16),
-             "int8": int8_peak_gops()}
+             "int8": int8_matmul_gops()}
     print("peaks (GFLOP/s, int8: GOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in
                                                        peaks.items()) + "\n")
     fns, batches, (model, quantized) = variants(args.batch_size, args.rows_cap)

@@ -207,3 +207,29 @@ def test_fraction_of_peak_counts_every_dense_layer(capsys):
     assert "bwd_ms" not in infer["layers"][0]
     dcn = run_bench(BenchConfig(**{**TINY, "model": "dcnv2"}))
     assert dcn["layers"] and dcn["peak"]["fraction_of_peak"] > 0
+
+
+def test_int8_inference_bench_runs_the_int8_mlps_against_the_int8_peak():
+    """--precision int8: the MLPs' hidden layers are the int8 kernels (calibrated on the
+    bench's batches) and count against the int8 GEMM peak measured in the same run; each
+    MLP's last layer, float, against the fp32 peak. Training in int8 is refused."""
+    from dlrm.bench.report import format_result
+
+    result = run_bench(BenchConfig(**{**TINY, "mode": "infer", "precision": "int8"}))
+    assert result["ceilings"]["matmul_int8_gflops"] > 0
+    by_name = {r["name"]: r for r in result["layers"]}
+    model = build_model("dlrm", result["model"])
+    hidden = len(model.top_mlp.linears()) - 1
+    assert [by_name[f"top_mlp.hidden.{i}"]["precision"] for i in range(hidden)] == \
+        ["int8"] * hidden
+    assert by_name["top_mlp.last"]["precision"] == "fp32"
+    row = by_name["top_mlp.hidden.0"]
+    assert row["fwd_fraction"] == pytest.approx(
+        row["fwd_flops"] / row["fwd_ms"] / 1e6 / result["ceilings"]["matmul_int8_gflops"])
+    peak = result["peak"]
+    assert peak["peak_gflops"] == result["ceilings"]["matmul_int8_gflops"]
+    assert peak["fraction_of_peak"] == pytest.approx(
+        result["samples_per_s"] * peak["matmul_flops_per_sample"] / 1e9 / peak["peak_gflops"])
+    assert "int8 layers: fraction of the int8 GEMM peak" in format_result(result)
+    with pytest.raises(ValueError, match="precision int8 is inference on the CPU"):
+        BenchConfig(**{**TINY, "precision": "int8"})

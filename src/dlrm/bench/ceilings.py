@@ -39,6 +39,19 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | None = None
     return 2 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), device, reps) / 1e9
 
 
+def int8_matmul_gops(n: int | None = None, reps: int = 3) -> float:
+    """int8 GEMM throughput (GOP/s) of ``quantized::linear`` (ReLU fused) at n x n x n, the
+    weights packed for the engine the int8 MLPs use (``dlrm.models.quantized``)."""
+    from dlrm.models.quantized import Int8Linear, activation_qparams
+
+    n = n or 2048
+    layer = Int8Linear.from_float(torch.nn.Linear(n, n), True, (-4.0, 4.0))
+    scale, zero_point = activation_qparams(0.0, 1.0)
+    x = torch.quantize_per_tensor(torch.rand(n, n), scale, zero_point, torch.quint8)
+    layer(x)  # packs the weights
+    return 2 * n ** 3 / _best_seconds(lambda: layer(x), torch.device("cpu"), reps) / 1e9
+
+
 def stream_gbps(device: torch.device, megabytes: int | None = None, reps: int = 3) -> float:
     megabytes = megabytes or (2048 if device.type == "cuda" else 1024)
     n = megabytes * 2 ** 20 // 4
@@ -65,6 +78,8 @@ def measure_ceilings(device: torch.device, row_dim: int, quick: bool = False) ->
     mb = 16 if quick else None
     out["matmul_fp32_gflops"] = matmul_gflops(device, torch.float32, n)
     out["matmul_bf16_gflops"] = matmul_gflops(device, torch.bfloat16, n)
+    if device.type == "cpu":
+        out["matmul_int8_gflops"] = int8_matmul_gops(n)  # GOP/s, under the same key scheme
     if device.type == "cuda":
         out["matmul_fp16_gflops"] = matmul_gflops(device, torch.float16, n)
         previous = torch.backends.cuda.matmul.allow_tf32

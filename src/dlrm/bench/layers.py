@@ -39,9 +39,19 @@ NARROW = 64
 DATA_INPUT_LAYERS = ("bottom_mlp.0",)
 
 
-def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """``(name, module)`` of every ``nn.Linear`` in the model, in definition order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+def linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every dense layer in the model (``nn.Linear``, and the
+    ``Int8Linear`` of int8 MLPs), in definition order."""
+    from dlrm.models.quantized import Int8Linear
+
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, Int8Linear))]
+
+
+def _shape(layer: nn.Module) -> tuple[int, int]:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return layer.weight.shape[1], layer.weight.shape[0]  # Int8Linear: (out, in) codes
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -80,22 +90,32 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
     ``precision`` from ``ceilings``, the roofline ``bound`` and the ``shape`` note.
     """
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peak = peak_gflops(ceilings, precision) * 1e9
     bandwidth = ceilings["stream_gbps"] * 1e9
-    e = activation_bytes(precision)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for name, layer in linear_layers(model):
-        k, n = layer.in_features, layer.out_features
+        k, n = _shape(layer)
+        # int8 models: their Int8Linear layers run the int8 kernel on quantized input and
+        # count against the int8 peak; each MLP's last layer, float there, against fp32's.
+        int8 = not isinstance(layer, nn.Linear)
+        layer_precision = "int8" if int8 else ("fp32" if precision == "int8" else precision)
+        peak = peak_gflops(ceilings, layer_precision) * 1e9
+        e = activation_bytes(layer_precision)
         x = torch.randn(batch, k, generator=gen).to(dtype)
         weight = torch.randn(n, k, generator=gen).to(dtype)
         bias = torch.randn(n, generator=gen).to(dtype)
         grad = torch.randn(batch, n, generator=gen).to(dtype)
         input_grad = not any(name.endswith(d) for d in DATA_INPUT_LAYERS)
         fwd_flops, bwd_flops = layer_flops(batch, k, n, input_grad)
-        fwd_ms = median_ms(functools.partial(_forward, x, weight, bias), reps)
+        if int8:
+            x_q = torch.quantize_per_tensor(x.abs(), float(x.abs().max()) / 255, 0,
+                                            torch.quint8)
+            fwd_ms = median_ms(functools.partial(layer, x_q), reps)
+        else:
+            fwd_ms = median_ms(functools.partial(_forward, x, weight, bias), reps)
         row: dict[str, Any] = {
             "name": name, "fan_in": k, "fan_out": n, "input_grad": input_grad,
+            "precision": layer_precision,
             "shape": _shape_note(k, n),
             "fwd_flops": fwd_flops, "fwd_ms": fwd_ms,
             "fwd_gflops": fwd_flops / fwd_ms / 1e6, "fwd_fraction": fwd_flops / fwd_ms / 1e-3

@@ -84,9 +84,12 @@ def _layer_lines(result: dict[str, Any]) -> list[str]:
     header = (f"{'layer':<22}{'K->N':>11}{'fwd ms':>9}{'of peak':>8}"
               + (f"{'bwd ms':>9}{'of peak':>8}" if train else "")
               + f"  {'bound':<16}{'shape':<16}")
+    precision = result["config"]["precision"]
+    of_peak = (f"fraction of the {precision} matmul peak" if precision != "int8" else
+               "int8 layers: fraction of the int8 GEMM peak; each MLP's last layer, float in "
+               "int8 models: of the fp32 peak")
     lines = ["", f"dense layers as bare GEMMs, B={result['config']['batch_size']} "
-                 f"(fraction of the {result['config']['precision']} matmul peak):",
-             header, "-" * len(header)]
+                 f"({of_peak}):", header, "-" * len(header)]
     for r in layers:
         row = (f"{r['name']:<22}{str(r['fan_in']) + '->' + str(r['fan_out']):>11}"
                f"{r['fwd_ms']:>9.3f}{r['fwd_fraction']:>8.2f}")

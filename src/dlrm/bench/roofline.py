@@ -46,7 +46,7 @@ class Cost:
 
 
 def activation_bytes(precision: str) -> int:
-    return 2 if precision in ("bf16", "fp16") else 4
+    return {"bf16": 2, "fp16": 2, "int8": 1}.get(precision, 4)
 
 
 def _mlp_costs(widths: list[int], batch: int, e: int, input_grad_first: bool

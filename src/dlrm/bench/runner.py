@@ -44,7 +44,9 @@ TRAIN_COMPONENTS = ("data", "to_device", "bottom_mlp_fwd", "embedding_fwd", "int
                     "embedding_bwd", "bottom_mlp_bwd", "dense_optimizer")
 INFER_COMPONENTS = ("data", "to_device", "bottom_mlp_fwd", "embedding_fwd", "interaction_fwd",
                     "top_mlp_fwd")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "int8")
+# Batches the int8 MLPs' activation ranges are calibrated on before timing.
+INT8_CALIBRATION_BATCHES = 4
 
 
 @dataclass
@@ -65,7 +67,9 @@ class BenchConfig:
         ids: ``random`` (uniform) or ``planted`` (power law of exponent ``zipf``).
         mode: ``train`` or ``infer``.
         precision: ``fp32``, ``bf16``, and on CUDA ``tf32`` and ``fp16`` (autocast; fp16
-            without loss scaling, for throughput only).
+            without loss scaling, for throughput only); ``int8``: inference on the CPU with
+            the MLPs as ``dlrm quantize --mlp int8 --float-tables`` makes them (calibrated on
+            a few of the bench's own batches), measured against the int8 GEMM peak.
         threads: torch intra-op threads (None: leave torch's default).
         tune_allocator: on CPU, keep freed memory mapped (``dlrm.allocator``), as training
             does; the ceilings are measured under the same setting.
@@ -106,6 +110,9 @@ class BenchConfig:
             raise ValueError(f"mode {self.mode!r}: expected 'train' or 'infer'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
+        if self.precision == "int8" and (self.mode != "infer" or self.device != "cpu"):
+            raise ValueError("precision int8 is inference on the CPU (the int8 MLPs of `dlrm "
+                             "quantize --mlp int8`): use --mode infer --device cpu")
         if self.precision in ("tf32", "fp16") and not self.device.startswith("cuda"):
             raise ValueError(f"precision {self.precision} needs a CUDA device (got "
                              f"--device {self.device}); use fp32 or bf16 on CPU")
@@ -311,6 +318,12 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         model = build_model(kind, model_config).to(device)
         model.check_inputs = False
         model.train(cfg.mode == "train")
+        if cfg.precision == "int8":
+            from dlrm.models.quantized import calibrate_mlp_ranges, quantize_model
+
+            calibration = [next(batches) for _ in range(INT8_CALIBRATION_BATCHES)]
+            quantize_model(model, None, mlp="int8",
+                           mlp_ranges=calibrate_mlp_ranges(model, calibration))
         components_timed = all(hasattr(model, part) for part in (
             "bottom_mlp", "embeddings", "interaction", "top_mlp"))
         stepper = _Stepper(model, batches, device, cfg.precision, cfg.mode, cfg.lr)

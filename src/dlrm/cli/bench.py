@@ -91,8 +91,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         "of each and the largest output difference, which must be <= 1e-5 "
                         "(extra `onnx`)")
     r.add_argument("--batch-size", type=int, default=2048)
-    r.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32",
-                   help="tf32 and fp16: CUDA only")
+    r.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16", "int8"],
+                   default="fp32",
+                   help="tf32 and fp16: CUDA only; int8: --mode infer on the CPU, the MLPs "
+                        "as `dlrm quantize --mlp int8` makes them")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
                    help="leave glibc malloc's defaults (see dlrm.allocator)")
