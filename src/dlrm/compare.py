@@ -267,7 +267,7 @@ def _score_run(run_dir: Path, summary: dict[str, Any], data: DataSource, splits:
         logits, labels = score_split(model, data, split, config.eval_batch_size,
                                      config.precision, config.device).tensors()
         rescored, reported = roc_auc(logits, labels), summary[f"{split}_auc"]
-        if not math.isclose(rescored, reported, abs_tol=1e-6):
+        if not math.isclose(rescored, reported, abs_tol=1e-5):  # near-ties may flip
             raise RuntimeError(f"{run_dir / f'{name}.pt'} scores {split} AUC {rescored:.6f}, "
                                f"the run reported {reported:.6f}: the checkpoint is not the "
                                f"reported model")
