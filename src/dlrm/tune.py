@@ -28,9 +28,10 @@ import csv
 import json
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ class TuneConfig:
         max_samples: most training samples per trial (None: ``epochs`` passes).
         seed: the training seed of every trial (same initialisation and data order for all,
             so trials differ by their parameters only) and the sampler's seed.
+        seeds: training runs per trial, seeds ``seed .. seed + seeds - 1``; the trial's value
+            is the mean of their validation AUCs. On small data one seed's luck moves the
+            AUC as much as the parameters do, and the best of many one-seed trials is partly
+            the luckiest; the mean scores the recipe rather than one run of it. Pruning
+            watches the first seed's run.
         pruner: ``median`` (Optuna's MedianPruner) or ``none``.
         startup_trials: random trials before the TPE sampler models the results.
         threads: torch intra-op threads per trial.
@@ -128,6 +134,7 @@ class TuneConfig:
     patience: int | None = None
     max_samples: int | None = None
     seed: int = 0
+    seeds: int = 1
     pruner: str | None = None
     startup_trials: int = 5
     threads: int | None = None
@@ -149,6 +156,8 @@ class TuneConfig:
             raise ValueError("give a budget: a number of trials, a time limit, or both")
         if self.trials is not None and self.trials <= 0:
             raise ValueError(f"trials {self.trials}: must be positive")
+        if self.seeds <= 0:
+            raise ValueError(f"seeds {self.seeds}: must be positive")
         if self.pruner not in ("median", "none"):
             raise ValueError(f"pruner {self.pruner!r}: expected median or none")
         for name in ("epochs", "evals_per_epoch"):
@@ -272,6 +281,8 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
     train_rows = seen.num_samples("train")
     identity = {"model": config.model, "preset": config.preset, "data": data.spec(),
                 "space": config.space, "model_options": config.model_options}
+    if config.seeds > 1:  # a trial's value means another thing: not mixed with one-seed trials
+        identity["seeds"] = config.seeds
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials,
                                           n_warmup_steps=config.evals_per_epoch // 2)
@@ -286,8 +297,8 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
         study.enqueue_trial(_baseline_params(config, train_rows, dataset_name(data)),
                             skip_if_exists=True)
     elif stored != json.loads(json.dumps(identity, default=str)):
-        changed = sorted(k for k in identity if stored.get(k) != json.loads(
-            json.dumps(identity[k], default=str)))
+        current = json.loads(json.dumps(identity, default=str))
+        changed = sorted(k for k in {**stored, **current} if stored.get(k) != current.get(k))
         raise ValueError(f"{out} holds a study of another setting ({', '.join(changed)} "
                          f"differ); choose another folder to start a new study")
     _fail_stale_trials(study)
@@ -320,20 +331,28 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
                     raise optuna.TrialPruned(f"val AUC {best_so_far:.4f} after "
                                              f"{len(aucs)} evaluations")
 
+        summaries = []
         try:
-            summary = train(config.model, model_config, seen, train_config, run_dir,
-                            progress=relay, extra={"tune_trial": trial.number})
+            for k in range(config.seeds):  # the first run reports to the pruner
+                seed_dir = run_dir if k == 0 else run_dir.with_name(f"{run_dir.name}-seed{k}")
+                seed_config = replace(train_config, seed=config.seed + k)
+                summaries.append(train(
+                    config.model, model_config, seen, seed_config, seed_dir,
+                    progress=relay if k == 0 else (lambda e: emit({**e, "trial": trial.number})),
+                    extra={"tune_trial": trial.number}))
+                if not math.isfinite(summaries[-1]["val_auc"]):
+                    raise FloatingPointError(f"validation AUC is {summaries[-1]['val_auc']}")
         except FloatingPointError as err:  # diverged: a failed trial, the study goes on
             trial.set_user_attr("diverged", str(err))
             raise
         finally:
             trial.set_user_attr("seconds", time.perf_counter() - started)
+        summary = summaries[0]
         trial.set_user_attr("steps", summary["steps"])
         trial.set_user_attr("reported_step", summary["reported_step"])
-        trial.set_user_attr("val_logloss", summary["val_logloss"])
-        if not math.isfinite(summary["val_auc"]):
-            raise FloatingPointError(f"validation AUC is {summary['val_auc']}")
-        return float(summary["val_auc"])
+        trial.set_user_attr("val_logloss", statistics.fmean(s["val_logloss"] for s in summaries))
+        trial.set_user_attr("seed_val_aucs", [s["val_auc"] for s in summaries])
+        return statistics.fmean(float(s["val_auc"]) for s in summaries)
 
     def on_end(study: Any, trial: Any) -> None:
         best = _best(study)

@@ -103,6 +103,28 @@ def test_study_resumes_to_its_budget_and_refuses_another_setting(tmp_path):
         tune(data, TuneConfig(model="dcn", preset="tiny", trials=3), tmp_path)
 
 
+def test_a_trial_scores_the_mean_of_its_seeds(tmp_path):
+    """--seeds-per-trial 2: each trial trains seeds 0 and 1 of the same parameters, and its
+    value is the mean of the two validation AUCs (each recomputed from its own run's
+    summary). A one-seed study cannot continue in that folder."""
+    data = planted()
+    config = TuneConfig(model="dcn", preset="tiny", trials=2, epochs=1, evals_per_epoch=1,
+                        patience=0, pruner="none", startup_trials=2, seeds=2)
+    summary = tune(data, config, tmp_path)
+    for row in summary["trials"]:
+        folder = tmp_path / "trials" / f"{row['trial']:04d}"
+        runs = [folder, folder.with_name(f"{folder.name}-seed1")]
+        aucs = [json.loads((r / "summary.json").read_text())["val_auc"] for r in runs]
+        seeds = [json.loads((r / "config.json").read_text())["train"]["seed"] for r in runs]
+        assert seeds == [0, 1] and aucs[0] != aucs[1]
+        assert row["val_auc"] == pytest.approx(sum(aucs) / 2, abs=1e-12)
+    with pytest.raises(ValueError, match="another setting.*seeds"):
+        tune(data, TuneConfig(model="dcn", preset="tiny", trials=3, epochs=1,
+                              evals_per_epoch=1, patience=0, pruner="none"), tmp_path)
+    with pytest.raises(ValueError, match="seeds 0: must be positive"):
+        TuneConfig(model="dcn", seeds=0)
+
+
 def test_pruner_stops_trials_below_the_median(tmp_path):
     # Two learning rates, one far too small to learn: once two trials finished, trials with
     # the small one fall below the median at their first reports and are pruned.

@@ -62,7 +62,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         trials=args.trials if args.trials is not None else (None if args.timeout else 20),
         timeout_s=args.timeout, epochs=args.epochs,
         evals_per_epoch=args.evals_per_epoch, patience=args.patience,
-        max_samples=args.max_samples, seed=args.seed, pruner=args.pruner,
+        max_samples=args.max_samples, seed=args.seed, seeds=args.seeds_per_trial,
+        pruner=args.pruner,
         startup_trials=args.startup_trials, threads=args.threads,
         keep_checkpoints=args.keep_checkpoints)
     data = open_data_from_args(args)
@@ -125,6 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(0: never; {_study_default('patience')})")
     p.add_argument("--max-samples", type=int, default=None, help="most samples per trial")
     p.add_argument("--seed", type=int, default=0, help="training and sampler seed")
+    p.add_argument("--seeds-per-trial", type=int, default=1, metavar="N",
+                   help="training runs per trial (seeds SEED..SEED+N-1); a trial scores the "
+                        "mean of their validation AUCs, so the study picks a recipe, not a "
+                        "lucky seed (default 1)")
     p.add_argument("--pruner", choices=["median", "none"], default=None,
                    help=_study_default("pruner"))
     p.add_argument("--startup-trials", type=int, default=5,
