@@ -35,14 +35,17 @@ done
 # DLRM, the goal's model, gets a second study: its architecture searched too (bottom and top
 # MLP widths, self-interaction; benchmarks/spaces/dlrm-arch.json) and a validation split of
 # 3,000 head rows instead of 1,000 (a 1,000-row validation AUC has a standard error of ~0.02,
-# so 20-40 trials chosen on it mostly chase noise). Its recipe is DLRM's `small` one.
+# so 20-40 trials chosen on it mostly chase noise), each trial scored by the mean validation AUC
+# of 3 seeds (one seed's luck moves a DLRM's AUC by ~0.005 here, as much as its parameters do).
+# Its recipe is DLRM's `small` one.
 [ -f "$OUT/data/criteo-val30/metadata.json" ] || $DLRM preprocess table \
   --schema benchmarks/schemas/criteo-tsv-val30.json \
   --input "$DATA/criteo-kaggle-head10k/train.txt" \
   --test-input "$DATA/criteo-kaggle-spread4k/rows.txt" --out "$OUT/data/criteo-val30" --quiet
 $DLRM tune --model dlrm --preset kaggle --data "$OUT/data/criteo-val30" \
   --space benchmarks/spaces/dlrm-arch.json --trials 40 --epochs 10 --evals-per-epoch 4 \
-  --patience 4 --seed 0 --threads 1 --quiet --out "$OUT/tune-criteo30-dlrm-arch"
+  --patience 4 --seed 0 --seeds-per-trial 3 --threads 1 --quiet \
+  --out "$OUT/tune-criteo30-dlrm-arch-3seeds"
 for data in criteo avazu movielens; do
   $DLRM tune --model lr --preset kaggle --data "$OUT/data/$data" --trials "$TRIALS" \
     --epochs 30 --evals-per-epoch 1 --patience 0 --pruner none --seed 0 --threads 1 \
@@ -61,7 +64,7 @@ for kind in $KINDS; do
 done
 # One `small` recipe per kind and data set (small-criteo-tsv, small-avazu, small-movielens-100k):
 # DLRM's Criteo one is its architecture study's (criteo-val30 is Criteo head10k split 70/30).
-studies=("$OUT"/tune-criteo-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr} "$OUT/tune-criteo30-dlrm-arch")
+studies=("$OUT"/tune-criteo-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm,lr} "$OUT/tune-criteo30-dlrm-arch-3seeds")
 for kind in dcn dcnv2 dlrm_dcnv2 wdl deepfm lr dlrm; do
   studies+=("$OUT/tune-avazu-$kind" "$OUT/tune-movielens-$kind")
 done

@@ -96,6 +96,7 @@ def study_row(folder: Path, same_data: dict[str, str] | None = None) -> dict:
             "diverged": states.count("diverged") + states.count("fail"),
             "seconds": sum(float(r["seconds"] or 0) for r in rows),
             "best": config["tune"]["val_auc"], "trial": config["tune"]["trial"],
+            "seeds": int(config["tune"].get("seeds", 1)),
             "data": Path(config["data"].get("path", "synthetic")).name,
             "dataset": dataset_of(folder, config, same_data or {}),
             "recipe": recipe}
@@ -141,7 +142,8 @@ def tuned_recipes(rows: list[dict]) -> dict[str, dict[str, dict]]:
         recipe = dict(r["recipe"])
         recipe["source"] = (f"dlrm tune {r['study']} on {r['data']} "
                             f"(benchmarks/tune_recipes.sh): best of {r['trials']} "
-                            f"trials, validation AUC {r['best']:.4f}")
+                            f"trials, validation AUC {r['best']:.4f}"
+                            + (f" (mean of {r['seeds']} seeds)" if r["seeds"] > 1 else ""))
         recipe["tuned_on"] = r["dataset"]
         recipes.setdefault(r["kind"], {})[f"small-{r['dataset']}"] = recipe
     return recipes

@@ -497,15 +497,17 @@ def write_report(study: Any, config: TuneConfig, data: DataSource,
                                "best": None, "out_dir": str(out)}
     if best is not None:
         params = {k.split("@")[0]: v for k, v in best.params.items()}
+        mean_of = f" (mean of {config.seeds} seeds)" if config.seeds > 1 else ""
         source = (f"dlrm tune: best of {len(rows)} trials ({counts['complete']} complete, "
-                  f"{counts['pruned']} pruned), validation AUC {best.value:.4f}")
+                  f"{counts['pruned']} pruned), validation AUC {best.value:.4f}{mean_of}")
         recipe = as_recipe(config, params, source, data.num_samples("train"),
                            dataset_name(data))
         write_json_atomic(out / "recipe.json", recipe)
         run_config = {"model_kind": config.model, "model_config": best.user_attrs["model_config"],
                       "train": best.user_attrs["train_config"], "data": data.spec(),
                       "tune": {"study": str(out / "study.db"), "trial": best.number,
-                               "val_auc": best.value, "recipe": recipe}}
+                               "val_auc": best.value, "seeds": config.seeds,
+                               "recipe": recipe}}
         write_json_atomic(out / "best_config.json", run_config)
         summary["best"] = {"trial": best.number, "val_auc": best.value, "params": params,
                            "run_dir": best.user_attrs.get("run_dir"), "recipe": recipe}

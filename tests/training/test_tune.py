@@ -118,6 +118,10 @@ def test_a_trial_scores_the_mean_of_its_seeds(tmp_path):
         seeds = [json.loads((r / "config.json").read_text())["train"]["seed"] for r in runs]
         assert seeds == [0, 1] and aucs[0] != aucs[1]
         assert row["val_auc"] == pytest.approx(sum(aucs) / 2, abs=1e-12)
+    saved = json.loads((tmp_path / "best_config.json").read_text())
+    assert saved["tune"]["seeds"] == 2
+    assert json.loads((tmp_path / "recipe.json").read_text())["source"].endswith(
+        "(mean of 2 seeds)")
     with pytest.raises(ValueError, match="another setting.*seeds"):
         tune(data, TuneConfig(model="dcn", preset="tiny", trials=3, epochs=1,
                               evals_per_epoch=1, patience=0, pruner="none"), tmp_path)
