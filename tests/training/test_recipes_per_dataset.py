@@ -43,7 +43,7 @@ def test_every_kind_ships_a_small_recipe_per_data_set():
         assert recipe_variants(kind, "small") == {d: f"small-{d}" for d in DATASETS}
         assert recipe_names(kind) == ["reference", "small", *(f"small-{d}" for d in DATASETS),
                                       "auto"]
-        study = {"criteo-tsv": "-criteo", "avazu": "tune-avazu-",
+        study = {"criteo-tsv": "-criteo", "avazu": "-avazu-",
                  "movielens-100k": "tune-movielens-"}
         for d in DATASETS:
             recipe = TUNED_RECIPES[kind][f"small-{d}"]
