@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 import torch
 
 from dlrm.cli import main
@@ -97,3 +98,59 @@ def test_quantize_int8_mlps_keeps_the_auc(tmp_path, capsys):
                  str(tmp_path / "int8.pt2")]) == 2
     assert "torch.export and ONNX do not take" in capsys.readouterr().err
     assert not (tmp_path / "int8.pt2").exists()
+
+
+def test_ensemble_of_seeds_is_their_mean_probability(tmp_path, capsys):
+    """`dlrm ensemble`: two seeds' checkpoints as one model whose probability is the mean of
+    theirs (checked against the members scored one by one, in float64), usable by `dlrm eval`
+    and `dlrm export`; members of other data are refused, and so is an --out that is one of
+    the members."""
+    import numpy as np
+
+    from dlrm.data import open_data
+    from dlrm.metrics import roc_auc
+    from dlrm.training.loop import score_split
+
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        assert main(["train", *DATA, "--test-samples", "4000", "--batch-size", "256",
+                     "--optimizer", "adagrad", "--lr", "0.05", "--seed", str(seed),
+                     "--out", str(run)]) == 0
+        runs.append(run / "last.pt")
+    capsys.readouterr()
+    out = tmp_path / "ensemble.pt"
+    assert main(["ensemble", "--checkpoint", str(runs[0]), "--checkpoint", str(runs[1]),
+                 "--out", str(out)]) == 0
+    assert "the mean click probability of 2 models (dlrm, dlrm" in capsys.readouterr().out
+    ensemble, ckpt = load_model(out)
+    assert ckpt["model_kind"] == "ensemble" and len(ensemble.members) == 2
+    data = open_data(ckpt["data_spec"])
+    members = [score_split(load_model(r)[0], data, "test").tensors() for r in runs]
+    logits, labels = score_split(ensemble, data, "test").tensors()
+    want = torch.stack([torch.sigmoid(m[0].double()) for m in members]).mean(0)
+    np.testing.assert_allclose(torch.sigmoid(logits.double()), want, rtol=1e-5, atol=1e-6)
+    assert main(["eval", "--checkpoint", str(out), "--split", "test"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["auc"] == pytest.approx(roc_auc(want, labels), abs=1e-6)
+    # Extreme logits stay finite: the mean of sigmoid(+-60) is 1/2, a logit of 0.
+    with torch.no_grad():
+        for member, value in zip(ensemble.members, (60.0, -60.0)):
+            member.top_mlp[-1].bias.fill_(value)
+        batch = next(iter(data.batches("test", 8)))
+        assert torch.allclose(ensemble(batch.dense, batch.sparse), torch.zeros(8), atol=1e-4)
+    exported = tmp_path / "ensemble.pt2"
+    assert main(["export", "--checkpoint", str(out), "--out", str(exported)]) == 0
+    assert exported.is_file()
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["train", *DATA, "--data-seed", "7", "--batch-size", "256", "--max-samples",
+                 "1024", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["ensemble", "--checkpoint", str(runs[0]), "--checkpoint",
+                 str(other / "last.pt"), "--out", str(tmp_path / "mixed.pt")]) == 2
+    assert "was trained on other data" in capsys.readouterr().err
+    assert main(["ensemble", "--checkpoint", str(runs[0]), "--checkpoint", str(runs[1]),
+                 "--out", str(runs[1]), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert not (tmp_path / "mixed.pt").exists()

@@ -48,6 +48,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from dlrm.training.checkpoint import ensemble_checkpoint
+
+    if args.out is None or len(args.checkpoint or []) < 2:
+        raise ValueError("dlrm ensemble: give two or more --checkpoint and an --out")
+    from dlrm.training.checkpoint import check_output_path
+
+    check_output_path(args.out, args.checkpoint, overwrite=args.overwrite)
+    info = ensemble_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {args.out}: the mean click probability of {len(info['members'])} models "
+          f"({', '.join(info['members'])}; {info['parameters']:,} parameters); evaluate with: "
+          f"dlrm eval --checkpoint {args.out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dlrm.export import export_model, serving_shape
 
@@ -82,6 +97,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --mlp: training rows run through the model to measure the "
                         "activation ranges (default 4096)")
     p.set_defaults(func=cmd_quantize)
+
+    p = subparsers.add_parser("ensemble", help="several trained models as one (their mean "
+                                               "click probability)")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="a trained checkpoint (any kind); give two or more, e.g. the seeds "
+                        "of one recipe")
+    p.add_argument("--out", default=None, metavar="FILE", help="the ensemble checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (never one of the checkpoints)")
+    p.set_defaults(func=cmd_ensemble)
 
     p = subparsers.add_parser("export", help="export a checkpoint for serving",
                               description="Any model kind, quantized or not, as forward(dense, "

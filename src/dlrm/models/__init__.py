@@ -10,6 +10,7 @@ from dlrm.models.dlrm import DLRM  # noqa: I001
 from dlrm.models.dcn import DCN, DCNConfig, DCNv2
 from dlrm.models.linear import DeepFM, LinearDeepConfig, LogisticRegression, WideAndDeep
 from dlrm.models import quantized  # noqa: F401
+from dlrm.models import ensemble  # noqa: F401
 from dlrm.models.embeddings import FusedEmbeddingBag, RowInit, deferred_tables
 from dlrm.models.interactions import CatInteraction, CrossInteraction, DotInteraction
 from dlrm.models.mlp import MLP

@@ -124,6 +124,38 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     return model, ckpt
 
 
+def ensemble_checkpoint(sources: list[str | Path], dst: str | Path) -> dict[str, Any]:
+    """Write a checkpoint of model kind ``ensemble`` (``dlrm.models.ensemble``): the models of
+    checkpoints ``sources`` as one, their mean click probability. The members must have been
+    trained on the same data set (their data identities agree), which the new checkpoint
+    records, so ``dlrm eval`` finds the data and refuses another. ``dst`` may not be one of
+    the sources. Returns ``members`` (their kinds) and ``parameters``."""
+    from dlrm.models.ensemble import Ensemble
+
+    if len(sources) < 2:
+        raise ValueError("an ensemble needs two or more checkpoints")
+    check_output_path(dst, list(sources), overwrite=True)
+    models, members, identity, spec = [], [], None, None
+    for src in sources:
+        model, ckpt = load_model(src)
+        if ckpt["model_kind"] == "ensemble":
+            raise ValueError(f"{src} is already an ensemble; list its members instead")
+        if identity is None:
+            identity, spec = ckpt.get("data_identity"), ckpt.get("data_spec")
+        elif ckpt.get("data_identity") != identity:
+            raise ValueError(f"{src} was trained on other data than {sources[0]}; an "
+                             f"ensemble's members share one data set")
+        models.append(model)
+        members.append({"kind": ckpt["model_kind"], "config": ckpt["model_config"]})
+    ensemble = Ensemble(models)
+    save_atomic({
+        "format": FORMAT, "model_kind": "ensemble", "model_config": {"members": members},
+        "model": ensemble.state_dict(), "data_spec": spec, "data_identity": identity,
+        "ensemble_of": [str(src) for src in sources]}, dst)
+    return {"members": [m["kind"] for m in members],
+            "parameters": sum(p.numel() for p in ensemble.parameters())}
+
+
 def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int | None = 8,
                         mlp: str | None = None, calibration: Any = None) -> dict[str, Any]:
     """Write a ``dlrm-quantized`` checkpoint of the model in checkpoint ``src`` to ``dst``.
