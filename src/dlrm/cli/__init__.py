@@ -47,6 +47,8 @@ EXAMPLES = {
     "synth": "dlrm synth --format criteo-tsv --rows 10000 --out sample.tsv",
     "bench": "dlrm bench --preset kaggle --batch-size 2048 --json bench.json",
     "quantize": "dlrm quantize --checkpoint runs/first/last.pt --out runs/first/int8.pt",
+    "ensemble": "dlrm ensemble --checkpoint runs/s0/best.pt --checkpoint runs/s1/best.pt "
+                "--out runs/x2.pt",
     "export": "dlrm export --checkpoint runs/first/last.pt --out model.pt2",
     "compare": "dlrm compare --models dlrm,dcn --data synthetic:planted --seeds 3",
     "plan": "dlrm plan --preset kaggle --nproc 4",
