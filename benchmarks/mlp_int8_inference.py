@@ -44,8 +44,9 @@ from dlrm.models.quantized import calibrate_mlp_ranges, quantize_model
 INFER_MFLOP = 0.949  # dense-layer matmuls of the kaggle inference forward, per sample
 
 
-def variants(batch: int, rows_cap: int) -> tuple[dict[str, object], list]:
-    """The four models (callables on a batch) and the timing batches."""
+def variants(batch: int, rows_cap: int) -> tuple[dict[str, object], list, tuple]:
+    """The four models (callables on a batch), the timing batches, and (the float model, its
+    int8-MLP copy with 8-bit tables) for the MLP-only timings."""
     cfg = preset("kaggle")
     tables = [min(size, rows_cap) for size in cfg.table_sizes]
     data = open_data("synthetic:random", table_sizes=tables, train_samples=batch * 8,

@@ -42,6 +42,7 @@ from dlrm.metrics import (
     log_loss_from_probs,
     paired_auc_difference,
     roc_auc,
+    z_test,
 )
 from dlrm.models import build_model, model_config_for, model_kinds
 from dlrm.training.checkpoint import load_model
@@ -327,9 +328,8 @@ def paired_comparison(results: dict[str, Any], out: str | Path,
             entry.update(paired_auc_difference(mine, reference, labels))
             entry["se_seeds"] = math.sqrt(entry["se"] ** 2 + seed_variance(key)
                                           + seed_variance(ref))
-            if not math.isnan(entry["se_seeds"]) and entry["se_seeds"] > 0:
-                entry["z"] = entry["delta"] / entry["se_seeds"]
-                entry["p"] = math.erfc(abs(entry["z"]) / math.sqrt(2))
+            if not math.isnan(entry["se_seeds"]):  # else one side has one seed: rows only
+                entry.update(z_test(entry["delta"], entry["se_seeds"]))
         else:  # every run of one side diverged
             entry.update(delta=math.nan, se=math.nan, se_seeds=math.nan, z=math.nan,
                          p=math.nan)

@@ -105,8 +105,14 @@ def paired_auc_difference(scores_a: Sequence[torch.Tensor], scores_b: Sequence[t
                          torch.full((len(scores_b),), -1 / len(scores_b), dtype=torch.float64)])
     delta = float(weights @ aucs)
     se = math.sqrt(max(float(weights @ covariance @ weights), 0.0))
+    return {"delta": delta, "se": se, **z_test(delta, se)}
+
+
+def z_test(delta: float, se: float) -> dict[str, float]:
+    """``z = delta / se`` and its two-sided p-value under a normal null; an SE of 0 gives z 0
+    and p 1 when ``delta`` is 0 too, else an infinite z and p 0."""
     z = delta / se if se > 0 else (0.0 if delta == 0 else math.copysign(math.inf, delta))
-    return {"delta": delta, "se": se, "z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
+    return {"z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
 
 
 def log_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -49,12 +49,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from dlrm.training.checkpoint import ensemble_checkpoint
+    from dlrm.training.checkpoint import check_output_path, ensemble_checkpoint
 
     if args.out is None or len(args.checkpoint or []) < 2:
         raise ValueError("dlrm ensemble: give two or more --checkpoint and an --out")
-    from dlrm.training.checkpoint import check_output_path
-
     check_output_path(args.out, args.checkpoint, overwrite=args.overwrite)
     info = ensemble_checkpoint(args.checkpoint, args.out)
     print(f"wrote {args.out}: the mean click probability of {len(info['members'])} models "
