@@ -166,6 +166,10 @@ def test_cuda_bench_runs_with_events(precision):
     assert result["samples_per_s"] > 0 and result["machine"]["device_name"]
     assert all(c["ms"] >= 0 for c in result["components"].values())
     assert "matmul_fp16_gflops" in result["ceilings"]
+    # The dense layers are timed as bare GEMMs on the GPU too, against the precision's peak.
+    assert result["peak"]["peak_gflops"] == result["ceilings"][f"matmul_{precision}_gflops"]
+    assert len(result["layers"]) == 5 and all(r["fwd_ms"] > 0 for r in result["layers"])
+    assert 0 < result["peak"]["fraction_of_peak"] < 1
 
 
 def test_fraction_of_peak_counts_every_dense_layer(capsys):

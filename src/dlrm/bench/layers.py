@@ -82,14 +82,33 @@ def _shape_note(fan_in: int, fan_out: int) -> str:
 
 @torch.no_grad()
 def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str, float],
-                mode: str = "train", reps: int = 10, seed: int = 0) -> list[dict[str, Any]]:
-    """Each ``nn.Linear`` of ``model`` on the CPU as bare GEMMs at ``batch`` rows.
+                mode: str = "train", reps: int = 10, seed: int = 0,
+                device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """Each ``nn.Linear`` of ``model`` as bare GEMMs at ``batch`` rows, on ``device``.
 
     Returns one dict per layer: name, fan_in, fan_out, FLOPs and median ms of the forward and
     (``mode="train"``) backward, achieved GFLOP/s, fraction of the matmul peak of
-    ``precision`` from ``ceilings``, the roofline ``bound`` and the ``shape`` note.
+    ``precision`` from ``ceilings``, the roofline ``bound`` and the ``shape`` note. On CUDA,
+    ``tf32`` runs float32 GEMMs with TF32 allowed and ``fp16`` half ones; each timing covers
+    several back-to-back calls (``median_ms``).
     """
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        try:
+            return _time_layers(model, batch, precision, ceilings, mode, reps, seed, device)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+    return _time_layers(model, batch, precision, ceilings, mode, reps, seed, device)
+
+
+def _time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str, float],
+                 mode: str, reps: int, seed: int, device: torch.device) -> list[dict[str, Any]]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    calls = 20 if device.type == "cuda" else 1
+    timed = functools.partial(median_ms, repeats=reps, device=device, calls=calls)
     bandwidth = ceilings["stream_gbps"] * 1e9
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -101,18 +120,18 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
         layer_precision = "int8" if int8 else ("fp32" if precision == "int8" else precision)
         peak = peak_gflops(ceilings, layer_precision) * 1e9
         e = activation_bytes(layer_precision)
-        x = torch.randn(batch, k, generator=gen).to(dtype)
-        weight = torch.randn(n, k, generator=gen).to(dtype)
-        bias = torch.randn(n, generator=gen).to(dtype)
-        grad = torch.randn(batch, n, generator=gen).to(dtype)
+        x = torch.randn(batch, k, generator=gen).to(device, dtype)
+        weight = torch.randn(n, k, generator=gen).to(device, dtype)
+        bias = torch.randn(n, generator=gen).to(device, dtype)
+        grad = torch.randn(batch, n, generator=gen).to(device, dtype)
         input_grad = not any(name.endswith(d) for d in DATA_INPUT_LAYERS)
         fwd_flops, bwd_flops = layer_flops(batch, k, n, input_grad)
         if int8:
             x_q = torch.quantize_per_tensor(x.abs(), float(x.abs().max()) / 255, 0,
                                             torch.quint8)
-            fwd_ms = median_ms(functools.partial(layer, x_q), reps)
+            fwd_ms = timed(functools.partial(layer, x_q))
         else:
-            fwd_ms = median_ms(functools.partial(_forward, x, weight, bias), reps)
+            fwd_ms = timed(functools.partial(_forward, x, weight, bias))
         row: dict[str, Any] = {
             "name": name, "fan_in": k, "fan_out": n, "input_grad": input_grad,
             "precision": layer_precision,
@@ -123,7 +142,7 @@ def time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[str
         fwd_bytes = e * (batch * k + k * n + n + batch * n)
         flops, bytes_ = fwd_flops, fwd_bytes
         if mode == "train":
-            bwd_ms = median_ms(functools.partial(_backward, grad, x, weight, input_grad), reps)
+            bwd_ms = timed(functools.partial(_backward, grad, x, weight, input_grad))
             bwd_bytes = (e * (batch * n + batch * k + k * n) + WEIGHT_BYTES * (k * n + n)
                          + (e * batch * k if input_grad else 0))
             row.update({"bwd_flops": bwd_flops, "bwd_ms": bwd_ms,

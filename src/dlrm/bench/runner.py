@@ -402,11 +402,12 @@ def _run(cfg: BenchConfig, device: torch.device, data: Any | None, progress: Pro
         "embedding_megabytes": sum(config.table_sizes) * config.embedding_dim * 4 / 2 ** 20,
         "machine": machine_description(device),
     }
-    if ceilings and device.type == "cpu":
+    if ceilings:
         # Every dense layer alone at this batch: the step's distance from the matmul peak,
         # and the part of it that the library's GEMMs at these shapes already account for.
         layers = time_layers(model, cfg.batch_size, cfg.precision, ceilings, cfg.mode,
-                             reps=3 if cfg.quick_ceilings else 10, seed=cfg.seed)
+                             reps=3 if cfg.quick_ceilings else 10, seed=cfg.seed,
+                             device=device)
         if layers:
             result["layers"] = layers
             result["peak"] = summarize_layers(

@@ -92,14 +92,23 @@ def median_min_max(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall-clock ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (CPU
-    work: each call has finished when it returns)."""
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1,
+              device: torch.device | None = None, calls: int = 1) -> float:
+    """Median wall-clock ms of one call of ``fn``, over ``repeats`` timings after ``warmup``
+    untimed calls. On CPU each call has finished when it returns. On CUDA (``device``) the
+    clock is read after a synchronization, and each timing covers ``calls`` back-to-back calls
+    (divided out), so a short kernel is timed by its run, not by the launch and the sync."""
+    cuda = device is not None and device.type == "cuda"
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) / calls)
     return statistics.median(times) * 1e3
