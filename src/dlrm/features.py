@@ -69,6 +69,12 @@ class SparseFeatures:
                               self.offsets.to(device, non_blocking=True),
                               self.num_features, self.one_hot)
 
+    def pin_memory(self) -> SparseFeatures:
+        """A copy in page-locked host memory (needs CUDA): ``to(cuda)`` is then a DMA that
+        does not wait for the host."""
+        return SparseFeatures(self.values.pin_memory(), self.offsets.pin_memory(),
+                              self.num_features, self.one_hot)
+
     def expect_features(self, num_tables: int) -> None:
         """Raise ``ValueError`` unless there is one feature per table of the model."""
         if self.num_features != num_tables:
@@ -138,3 +144,8 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device),
                      self.labels.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked host memory (needs CUDA; see ``SparseFeatures.pin_memory``)."""
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(),
+                     self.labels.pin_memory())

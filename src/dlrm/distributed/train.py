@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dlrm.data.prefetch import prefetched
 from dlrm.data.source import DataSource
 from dlrm.distributed.checkpoint import load_sharded, load_state_into, save_sharded
 from dlrm.distributed.data_parallel import (
@@ -143,14 +144,15 @@ def evaluate_distributed(model: nn.Module, ctx: RankContext, data: DataSource,
     was_training = model.training
     model.eval()
     acc = MetricAccumulator()
-    for batch in data.batches(split, batch_size):
-        dense, sparse, _ = _rank_inputs(model, batch, ctx.batch_slice(len(batch)))
-        with autocast(str(dense.device), precision):
-            logits = model(dense, sparse)
-        # Labels stay on the CPU, where the accumulator keeps every score anyway.
-        acc.update(gather_scores(logits.float(), len(batch), ctx), batch.labels)
-        if watchdog is not None:
-            watchdog.beat()
+    with prefetched(data.batches(split, batch_size), model_device(model)) as batches:
+        for batch in batches:
+            dense, sparse, _ = _rank_inputs(model, batch, ctx.batch_slice(len(batch)))
+            with autocast(str(dense.device), precision):
+                logits = model(dense, sparse)
+            # Labels stay on the CPU, where the accumulator keeps every score anyway.
+            acc.update(gather_scores(logits.float(), len(batch), ctx), batch.labels)
+            if watchdog is not None:
+                watchdog.beat()
     model.train(was_training)
     metrics = acc.compute()
     optimal = getattr(data, "optimal_metrics", lambda _s: None)(split)

@@ -33,6 +33,7 @@ from torch import nn
 
 from dlrm import ops
 from dlrm.allocator import tune_cpu_allocator
+from dlrm.data.prefetch import prefetched
 from dlrm.data.source import DataSource
 from dlrm.features import Batch
 from dlrm.files import write_json_atomic
@@ -186,11 +187,12 @@ def score_split(model: nn.Module, data: DataSource, split: str = "val", batch_si
     was_training = model.training
     model.eval()
     acc = MetricAccumulator()
-    for batch in data.batches(split, batch_size):
-        batch = batch.to(device)
-        with autocast(device, precision):
-            logits = model(batch.dense, batch.sparse)
-        acc.update(logits.float(), batch.labels)
+    with prefetched(data.batches(split, batch_size), device) as batches:
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast(device, precision):
+                logits = model(batch.dense, batch.sparse)
+            acc.update(logits.float(), batch.labels)
     model.train(was_training)
     return acc
 
@@ -715,56 +717,58 @@ def _train_steps(strategy: TrainingStrategy, data: DataSource, config: TrainConf
     last_loss: float | None = None
     while not state["trained"] and state["step"] < total_steps and not state["stopped_early"]:
         epoch = state["epoch"]
-        batches = data.batches("train", batch_size, start_batch=state["batch_in_epoch"],
-                               epoch=epoch, shuffle=True, seed=config.seed, drop_last=True)
-        tick = synchronized_clock(device)
-        for batch in batches:
-            lr = config.lr
-            if schedule is not None:  # lr is a pure function of the step: exact on resume
-                step_now, sparse_lr = state["step"], config.sparse_lr
-                lr = schedule.lr(step_now, config.lr)
-                strategy.optimizer.set_lr(
-                    lr, None if sparse_lr is None else schedule.lr(step_now, sparse_lr))
-            loss = strategy.train_step(batch, state["step"] + 1)
-            state["step"] += 1
-            state["batch_in_epoch"] += 1
-            state["samples_seen"] += len(batch)
-            state["window_loss"] += loss
-            state["window_steps"] += 1
-            last_loss = loss
-            steps_this_session += 1
-            emit({"event": "step", "step": state["step"], "loss": state["window_loss"]
-                  / state["window_steps"], "samples": len(batch), "lr": lr, "epoch": epoch,
-                  "samples_seen": state["samples_seen"]})
-            step = state["step"]
-            if step % config.log_every == 0 or step == total_steps:
-                run_log.write({"event": "train", "step": step, "epoch": epoch,
-                               "samples_seen": state["samples_seen"],
-                               "loss": state["window_loss"] / state["window_steps"]})
-                state["window_loss"], state["window_steps"] = 0.0, 0
-            boundary = state["batch_in_epoch"] >= steps_per_epoch
-            if boundary:
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-            evaluated = False
-            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                train_time += synchronized_clock(device) - tick
-                run_eval()
-                evaluated = True
-                if config.patience and state["evals_since_best"] >= config.patience:
-                    state["stopped_early"] = True
-            ending = step >= total_steps or state["stopped_early"]
-            if not ending and (evaluated or (config.checkpoint_every
-                                             and step % config.checkpoint_every == 0)):
-                if not evaluated:
+        # On CUDA the next batches are made on a thread while the GPU steps (prefetch.py).
+        with prefetched(data.batches("train", batch_size, start_batch=state["batch_in_epoch"],
+                                     epoch=epoch, shuffle=True, seed=config.seed,
+                                     drop_last=True), device) as batches:
+            tick = synchronized_clock(device)
+            for batch in batches:
+                lr = config.lr
+                if schedule is not None:  # lr is a pure function of the step: exact on resume
+                    step_now, sparse_lr = state["step"], config.sparse_lr
+                    lr = schedule.lr(step_now, config.lr)
+                    strategy.optimizer.set_lr(
+                        lr, None if sparse_lr is None else schedule.lr(step_now, sparse_lr))
+                loss = strategy.train_step(batch, state["step"] + 1)
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                state["samples_seen"] += len(batch)
+                state["window_loss"] += loss
+                state["window_steps"] += 1
+                last_loss = loss
+                steps_this_session += 1
+                emit({"event": "step", "step": state["step"], "loss": state["window_loss"]
+                      / state["window_steps"], "samples": len(batch), "lr": lr, "epoch": epoch,
+                      "samples_seen": state["samples_seen"]})
+                step = state["step"]
+                if step % config.log_every == 0 or step == total_steps:
+                    run_log.write({"event": "train", "step": step, "epoch": epoch,
+                                   "samples_seen": state["samples_seen"],
+                                   "loss": state["window_loss"] / state["window_steps"]})
+                    state["window_loss"], state["window_steps"] = 0.0, 0
+                boundary = state["batch_in_epoch"] >= steps_per_epoch
+                if boundary:
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
+                evaluated = False
+                if config.eval_every and step % config.eval_every == 0 and step < total_steps:
                     train_time += synchronized_clock(device) - tick
-                strategy.save("last", state)
-                tick = synchronized_clock(device)
-            elif evaluated:
-                tick = synchronized_clock(device)
-            if ending or boundary:
-                break
-        train_time += synchronized_clock(device) - tick
+                    run_eval()
+                    evaluated = True
+                    if config.patience and state["evals_since_best"] >= config.patience:
+                        state["stopped_early"] = True
+                ending = step >= total_steps or state["stopped_early"]
+                if not ending and (evaluated or (config.checkpoint_every
+                                                 and step % config.checkpoint_every == 0)):
+                    if not evaluated:
+                        train_time += synchronized_clock(device) - tick
+                    strategy.save("last", state)
+                    tick = synchronized_clock(device)
+                elif evaluated:
+                    tick = synchronized_clock(device)
+                if ending or boundary:
+                    break
+            train_time += synchronized_clock(device) - tick
     if not state["trained"]:
         # The trained model is saved before anything that can fail late (evaluation, the
         # test split, the summary): a failure there loses no training, and resume only

@@ -1,0 +1,112 @@
+"""The prefetcher hands over the iterator's own batches, in order, and stops cleanly."""
+
+import threading
+
+import pytest
+import torch
+
+from dlrm.data.prefetch import Prefetcher, prefetch_depth, prefetched
+from dlrm.data.synthetic import SyntheticConfig, SyntheticData
+from dlrm.features import Batch
+
+
+def _data() -> SyntheticData:
+    return SyntheticData(SyntheticConfig(kind="planted", table_sizes=[50, 20, 30],
+                                         train_samples=2000, val_samples=500))
+
+
+def _same(a: Batch, b: Batch) -> bool:
+    return (torch.equal(a.dense, b.dense) and torch.equal(a.labels, b.labels)
+            and torch.equal(a.sparse.values, b.sparse.values)
+            and torch.equal(a.sparse.offsets, b.sparse.offsets))
+
+
+def _threads() -> int:
+    return sum(t.name == "dlrm-prefetch" for t in threading.enumerate())
+
+
+def test_same_batches_in_the_same_order():
+    data = _data()
+    expected = list(data.batches("train", 128, shuffle=True, seed=3, drop_last=True))
+    with prefetched(data.batches("train", 128, shuffle=True, seed=3, drop_last=True), "cpu",
+                    depth=2) as batches:
+        got = list(batches)
+    assert len(got) == len(expected) == 15
+    assert all(_same(a, b) for a, b in zip(got, expected))
+    assert _threads() == 0
+
+
+def test_breaking_out_stops_the_thread():
+    """A loop that stops early (end of training, early stopping) leaves no thread behind,
+    even though the thread was blocked on a full queue."""
+    data = _data()
+    with prefetched(data.batches("train", 64), "cpu", depth=1) as batches:
+        for k, _ in enumerate(batches):
+            if k == 2:
+                break
+        assert _threads() == 1
+    assert _threads() == 0
+
+
+def test_an_error_in_the_iterator_reaches_the_consumer_after_the_good_batches():
+    def batches():
+        for k in range(5):
+            if k == 3:
+                raise ValueError("train.txt line 7: 12 fields, expected 40")
+            yield Batch(torch.full((2, 1), float(k)), None, torch.zeros(2))  # type: ignore[arg-type]
+
+    seen = []
+    with pytest.raises(ValueError, match="train.txt line 7"):
+        for batch in Prefetcher(batches(), depth=2, pin=False):
+            seen.append(float(batch.dense[0, 0]))
+    assert seen == [0.0, 1.0, 2.0]
+
+
+def test_depth_per_device_and_from_the_environment(monkeypatch):
+    monkeypatch.delenv("DLRM_PREFETCH", raising=False)
+    assert prefetch_depth("cpu") == 0 and prefetch_depth("cuda:0") == 2
+    monkeypatch.setenv("DLRM_PREFETCH", "3")
+    assert prefetch_depth("cpu") == 3
+    monkeypatch.setenv("DLRM_PREFETCH", "two")
+    with pytest.raises(ValueError, match="DLRM_PREFETCH='two'"):
+        prefetch_depth("cpu")
+
+
+def test_training_with_prefetching_is_the_same_training(tmp_path, monkeypatch):
+    """Through `dlrm train` (training steps, evaluations between them, the last one): the
+    losses, the metrics and the weights are the same with batches made on a thread."""
+    import json
+
+    from dlrm.cli import main
+    from dlrm.training.checkpoint import load_model
+
+    runs = {}
+    for depth in ("0", "2"):
+        monkeypatch.setenv("DLRM_PREFETCH", depth)
+        out = tmp_path / f"depth{depth}"
+        assert main(["train", "--preset", "tiny", "--train-samples", "20000",
+                     "--val-samples", "3000", "--batch-size", "256", "--epochs", "2",
+                     "--eval-every", "25", "--optimizer", "adagrad", "--lr", "0.05",
+                     "--quiet", "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        metrics = (out / "metrics.jsonl").read_text().splitlines()
+        runs[depth] = (summary, metrics, load_model(out / "last.pt")[0].state_dict())
+    (s0, m0, w0), (s2, m2, w2) = runs["0"], runs["2"]
+    assert s0["steps"] == s2["steps"] == 2 * (20000 // 256)
+    assert (s0["val_auc"], s0["final_train_loss"]) == (s2["val_auc"], s2["final_train_loss"])
+    strip = [{k: v for k, v in json.loads(line).items() if "second" not in k and "per_s" not in k}
+             for line in m0]
+    assert strip == [{k: v for k, v in json.loads(line).items()
+                      if "second" not in k and "per_s" not in k} for line in m2]
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+    assert _threads() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning needs a CUDA device")
+def test_cuda_batches_arrive_pinned():
+    data = _data()
+    with prefetched(data.batches("train", 128), "cuda") as batches:
+        batch = next(iter(batches))
+    assert batch.dense.is_pinned() and batch.sparse.values.is_pinned()
+    on_gpu = batch.to("cuda")
+    assert on_gpu.dense.is_cuda and torch.equal(on_gpu.dense.cpu(), batch.dense)
