@@ -6,10 +6,10 @@
 #   bash benchmarks/gpu_train_input.sh [OUT]      (default OUT=bench-gpu/input; ROWS=2000000)
 #
 # Data: ROWS rows of Kaggle-format TSV from `dlrm synth`, preprocessed (80/10/10 split), and
-# the planted synthetic source at the kaggle preset's full table sizes. Three epochs, so that
-# the first steps' warm-up (kernel loading, cuBLAS state) is a small part of the time. Model: the kaggle
-# preset, bf16, SGD (the optimizer `dlrm bench` steps with). Writes one log per run and
-# summary.md; called by benchmarks/gpu.sh.
+# the planted synthetic source at the kaggle preset's full table sizes; three epochs of the
+# folder, so that the first steps' warm-up (kernel loading, cuBLAS state) is a small part of
+# the time. Model: the kaggle preset, bf16, SGD (the optimizer `dlrm bench` steps with).
+# Writes one log per run and summary.md; called by benchmarks/gpu.sh.
 set -uo pipefail
 OUT=${1:-bench-gpu/input}
 ROWS=${ROWS:-2000000}
