@@ -4,8 +4,9 @@
 #   1. the machine: GPU, driver, torch, CPU, `dlrm env`;
 #   2. the hybrid-parallel trainer on CUDA/nccl (torchrun, 1 rank: 300 steps of the tiny preset
 #      through the CLI) and the 1-rank == single-process check on the GPU;
-#   3. the tests that need CUDA (`pytest -k cuda`: the bench on CUDA events in 4 precisions,
-#      the dense layers timed on the GPU, the native-kernel switch);
+#   3. the tests that need CUDA (`pytest -k cuda`: every model kind trained on CUDA against
+#      the CPU, the bench on CUDA events in 4 precisions with the dense layers timed on the
+#      GPU, pinned prefetched batches, the native-kernel switch);
 #   4. `dlrm train --device cuda` on the kaggle preset at full table sizes (planted data,
 #      bf16): the rate a user gets through the CLI, to set beside the bare step's; then
 #      benchmarks/gpu_train_input.sh: the same on a preprocessed folder beside `dlrm bench` on
@@ -62,7 +63,7 @@ timeout 120 $PY -m pytest -q -p no:warnings "$CUDA_DIST_TEST" > "$OUT/dist-cuda-
 echo "dist-cuda-exact: $(tail -1 "$OUT/dist-cuda-exact.txt")"
 
 echo "== [$(elapsed) s] tests that need CUDA =="
-timeout 150 $PY -m pytest -q -p no:warnings -k cuda tests --deselect "$CUDA_DIST_TEST" \
+timeout 240 $PY -m pytest -q -p no:warnings -k cuda tests --deselect "$CUDA_DIST_TEST" \
   > "$OUT/tests.txt" 2>&1
 echo "tests: $(tail -1 "$OUT/tests.txt")"
 
