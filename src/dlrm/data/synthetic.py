@@ -25,6 +25,7 @@ comes from its own generator seeded by (seed, split, k), so any batch can be reg
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -130,7 +131,12 @@ class SyntheticData:
         self.config = config
         self.table_sizes = config.capped_sizes
         self.num_dense = config.num_dense
+        # The last few generated blocks. Two threads read one source at once when batches are
+        # made ahead (dlrm.data.prefetch: training batches on a thread while the main thread
+        # evaluates), so the cache's check, eviction and insert hold a lock; generation does
+        # not (a block is a pure function of its key: a duplicate draw is the same block).
         self._cache: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
+        self._cache_lock = threading.Lock()
         self._optimal: dict[str, dict[str, float]] = {}
         sizes = torch.tensor(self.table_sizes, dtype=torch.int64)
         wide = max(self.table_sizes) >= 2**22
@@ -197,8 +203,10 @@ class SyntheticData:
 
     def _generate_block(self, split: str, block: int) -> tuple[torch.Tensor, ...]:
         key = (split, block)
-        if key in self._cache:
-            return self._cache[key]
+        with self._cache_lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         gen = torch.Generator().manual_seed(_block_seed(self.config.seed, split, block))
         ids, rows, z = self._draw(gen, BLOCK)
         if self.config.kind == "random":
@@ -211,10 +219,20 @@ class SyntheticData:
             logits = self._logits(rows, z)
             labels = (torch.rand(BLOCK, generator=gen) < torch.sigmoid(logits)).float()
         out = (dense.float(), ids, labels, logits.float())
-        if len(self._cache) >= 4:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = out
+        with self._cache_lock:
+            if key not in self._cache and len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = out
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"], state["_cache_lock"] = {}, None  # a lock does not pickle
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache_lock = threading.Lock()
 
     # ----------------------------------------------------------------- DataSource protocol
     def splits(self) -> list[str]:
