@@ -153,3 +153,44 @@ def test_a_synthetic_source_read_from_several_threads(monkeypatch):
     finally:
         sys.setswitchinterval(interval)
     assert errors == [] and wrong == []
+
+
+def test_a_run_stopped_and_resumed_with_prefetching_is_the_run_without(tmp_path, monkeypatch):
+    """The loop stops mid-epoch with batches made ahead and unused (an exception from the
+    progress callback, as a kill leaves it) and resumes: the same steps, losses, evaluations
+    and final metrics as an uninterrupted run that made every batch between steps."""
+    import json
+
+    from dlrm.config import preset
+    from dlrm.training.loop import TrainConfig, train
+
+    tiny = preset("tiny").to_dict()
+    config = TrainConfig(batch_size=128, lr=0.1, max_samples=128 * 30, checkpoint_every=10,
+                         log_every=5, eval_every=12, threads=1)
+
+    def source() -> SyntheticData:
+        return SyntheticData(SyntheticConfig(table_sizes=tiny["table_sizes"], train_samples=4096,
+                                             val_samples=2048, test_samples=0))
+
+    def records(run) -> list[tuple]:
+        return [(r["event"], r["step"], r.get("loss"), r.get("auc"))
+                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    monkeypatch.setenv("DLRM_PREFETCH", "0")
+    reference = train("dlrm", tiny, source(), config, tmp_path / "reference")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_23(event: dict) -> None:
+        if event["event"] == "step" and event["step"] == 23:
+            raise Stop
+
+    monkeypatch.setenv("DLRM_PREFETCH", "3")
+    with pytest.raises(Stop):
+        train("dlrm", tiny, source(), config, tmp_path / "run", progress=stop_at_23)
+    assert _threads() == 0
+    resumed = train("dlrm", tiny, source(), config, tmp_path / "run", resume=True)
+    for key in ("val_auc", "val_logloss", "steps", "samples_seen", "final_train_loss"):
+        assert resumed[key] == reference[key], key
+    assert records(tmp_path / "run") == records(tmp_path / "reference")
