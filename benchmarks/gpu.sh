@@ -18,6 +18,10 @@
 # Writes machine.txt, one log per step, one JSON (a list of results) per sweep, charts, and
 # summary.md (samples/s, step ms, fraction of the matmul peak, shares) under OUT.
 # Stays within BUDGET_S seconds (default 540) by skipping the sweeps left when time is short.
+# On an H200 (2026-11-29) all but step 5 took 292 s and step 5 alone about 3 minutes (it
+# and step 3 have grown since): expect about 9 minutes, one device call with a 600 s limit
+# in a 15-minute lease; BUDGET_S=420 leaves time to rerun a failed step.
+# OUT holds dozens of files (and run folders): archive it to bring it back in one piece.
 #
 #   bash benchmarks/gpu.sh [OUT]          (default OUT=bench-gpu)
 #
