@@ -25,19 +25,14 @@
 #
 #   bash benchmarks/gpu.sh [OUT]          (default OUT=bench-gpu)
 #
-# Uses .venv/bin/python if it imports torch, else python3; runs from a checkout without an
+# Uses .venv/bin/python if it imports torch, else python3 (benchmarks/python_env.sh); runs from a checkout without an
 # install (src/ goes on PYTHONPATH when `import dlrm` fails).
 set -uo pipefail
 OUT=${1:-bench-gpu}
 BUDGET_S=${BUDGET_S:-540}
 MLPERF_CAP=${MLPERF_CAP:-2000000}
 mkdir -p "$OUT"
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
-  PY=.venv/bin/python
-else
-  PY=python3
-fi
-$PY -c "import dlrm" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/python_env.sh"
 export PYTHONUNBUFFERED=1
 DLRM="$PY -m dlrm"
 START=$(date +%s)

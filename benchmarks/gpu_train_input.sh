@@ -15,12 +15,7 @@ OUT=${1:-bench-gpu/input}
 ROWS=${ROWS:-2000000}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of the plumbing
 mkdir -p "$OUT"
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
-  PY=.venv/bin/python
-else
-  PY=python3
-fi
-$PY -c "import dlrm" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/python_env.sh"
 DLRM="$PY -m dlrm"
 DATA="$OUT/data"
 rm -rf "$DATA"; mkdir -p "$DATA"
