@@ -25,8 +25,8 @@
 #
 #   bash benchmarks/gpu.sh [OUT]          (default OUT=bench-gpu)
 #
-# Uses .venv/bin/python if it imports torch, else python3 (benchmarks/python_env.sh); runs from a checkout without an
-# install (src/ goes on PYTHONPATH when `import dlrm` fails).
+# Uses .venv/bin/python if it imports torch, else python3, and runs from a checkout without
+# an install (src/ goes on PYTHONPATH when `import dlrm` fails): benchmarks/python_env.sh.
 set -uo pipefail
 OUT=${1:-bench-gpu}
 BUDGET_S=${BUDGET_S:-540}
