@@ -72,6 +72,18 @@ def test_depth_per_device_and_from_the_environment(monkeypatch):
         prefetch_depth("cpu")
 
 
+def test_a_bad_depth_is_refused_before_the_run_directory_is_made(tmp_path, monkeypatch,
+                                                                  capsys):
+    from dlrm.cli import main
+
+    monkeypatch.setenv("DLRM_PREFETCH", "-1")
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--max-samples", "2000", "--val-samples", "1000",
+                 "--quiet", "--out", str(out)]) == 2
+    assert "DLRM_PREFETCH=-1: must be 0 or more" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_training_with_prefetching_is_the_same_training(tmp_path, monkeypatch):
     """Through `dlrm train` (training steps, evaluations between them, the last one): the
     losses, the metrics and the weights are the same with batches made on a thread."""

@@ -33,7 +33,7 @@ from torch import nn
 
 from dlrm import ops
 from dlrm.allocator import tune_cpu_allocator
-from dlrm.data.prefetch import prefetched
+from dlrm.data.prefetch import prefetch_depth, prefetched
 from dlrm.data.source import DataSource
 from dlrm.features import Batch
 from dlrm.files import write_json_atomic
@@ -238,6 +238,7 @@ def check_before_training(data: DataSource, config: TrainConfig) -> int:
     if steps_per_epoch == 0:
         raise ValueError(f"training split has {data.num_samples('train')} samples, fewer than "
                          f"one batch of {config.batch_size}")
+    prefetch_depth(config.device)  # a bad DLRM_PREFETCH fails here, not at the first step
     return steps_per_epoch
 
 
