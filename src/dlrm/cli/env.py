@@ -104,6 +104,8 @@ def environment() -> dict[str, Any]:
                            if line.strip().startswith(("ATen parallel", "OpenMP", "MKL", "Intel"))],
         "native kernels": native.status(),
         "DLRM_NATIVE_KERNELS": os.environ.get("DLRM_NATIVE_KERNELS", "unset"),
+        "DLRM_PREFETCH": os.environ.get("DLRM_PREFETCH", "unset (2 batches ahead on CUDA, "
+                                                         "none on the CPU)"),
         "compiler": _compiler(),
         "openmp runtime": _openmp_runtime(),
         "devices": _devices(torch),
