@@ -38,6 +38,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from dlrm.config import parse_arch
 from dlrm.models import get_spec
 from dlrm.training.loop import TrainConfig
 
@@ -178,8 +179,7 @@ def model_options_from_recipe(kind: str, recipe: dict[str, Any]) -> dict[str, An
     chosen = {k: v for k, v in recipe.get("model", {}).items() if k in options}
     bottom = chosen.get("bottom_mlp")
     if bottom is not None and "embedding_dim" in options and "embedding_dim" not in chosen:
-        widths = bottom.split("-") if isinstance(bottom, str) else list(bottom)
-        chosen["embedding_dim"] = int(widths[-1])
+        chosen["embedding_dim"] = parse_arch(bottom)[-1]
     return chosen
 
 
