@@ -283,6 +283,7 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
                 "space": config.space, "model_options": config.model_options}
     if config.seeds > 1:  # a trial's value means another thing: not mixed with one-seed trials
         identity["seeds"] = config.seeds
+    identity = json.loads(json.dumps(identity, default=str))  # as the study stores it
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials,
                                           n_warmup_steps=config.evals_per_epoch // 2)
@@ -293,12 +294,11 @@ def tune(data: DataSource, config: TuneConfig, out_dir: str | Path,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     stored = study.user_attrs.get("identity")
     if stored is None:
-        study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
+        study.set_user_attr("identity", identity)
         study.enqueue_trial(_baseline_params(config, train_rows, dataset_name(data)),
                             skip_if_exists=True)
-    elif stored != json.loads(json.dumps(identity, default=str)):
-        current = json.loads(json.dumps(identity, default=str))
-        changed = sorted(k for k in {**stored, **current} if stored.get(k) != current.get(k))
+    elif stored != identity:
+        changed = sorted(k for k in {**stored, **identity} if stored.get(k) != identity.get(k))
         raise ValueError(f"{out} holds a study of another setting ({', '.join(changed)} "
                          f"differ); choose another folder to start a new study")
     _fail_stale_trials(study)
