@@ -55,8 +55,7 @@ def prefetch_depth(device: torch.device | str) -> int:
     return CUDA_DEPTH if torch.device(device).type == "cuda" else 0
 
 
-class _End:
-    pass
+_END = object()  # the iterator is exhausted
 
 
 class _Failure:
@@ -96,14 +95,14 @@ class Prefetcher:
             for batch in batches:
                 if not self._put(batch.pin_memory() if pin else batch):
                     return
-            self._put(_End())
+            self._put(_END)
         except BaseException as err:  # handed to the consumer, raised there
             self._put(_Failure(err))
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
             item = self._queue.get()
-            if isinstance(item, _End):
+            if item is _END:
                 return
             if isinstance(item, _Failure):
                 raise item.error

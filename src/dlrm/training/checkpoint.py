@@ -184,7 +184,8 @@ def quantize_checkpoint(src: str | Path, dst: str | Path, bits: int | None = 8,
     if mlp is not None:
         if calibration is None:
             raise ValueError("int8 MLPs need calibration batches (training rows)")
-        quantize_model(model, bits, mlp=mlp, mlp_ranges=calibrate_mlp_ranges(model,
+        # The tables were quantized above (calibration runs through them): MLPs only now.
+        quantize_model(model, None, mlp=mlp, mlp_ranges=calibrate_mlp_ranges(model,
                                                                             calibration))
     config = {"base_kind": ckpt["model_kind"], "base_config": ckpt["model_config"], "bits": bits,
               "mlp": mlp}
