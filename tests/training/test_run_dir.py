@@ -64,8 +64,11 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     """While `dlrm train` writes RUN, a second process is refused (resume or a new run in
     it); after a real SIGKILL the lock is gone and `--resume` continues the run."""
     run = tmp_path / "run"
+    # Far more steps than any machine takes in the checks below, so the first run is still
+    # training when it is killed (one epoch of 6,250 steps once ended before the kill in CI).
+    planned = 64 * 10_000_000
     first = dlrm("train", *TINY, "--train-samples", "400000", "--batch-size", "64",
-                 "--max-samples", str(64 * 100_000), "--checkpoint-every", "20",
+                 "--epochs", "1000", "--max-samples", str(planned), "--checkpoint-every", "20",
                  "--out", str(run))
     deadline = time.time() + 120
     while not (run / "last.pt").exists():
@@ -78,6 +81,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
         assert second.returncode == 2, err
         assert f"{run} is being written by another dlrm process (pid {first.pid} " in err
         assert "Traceback" not in err
+    assert first.poll() is None, "the first run ended before it could be killed"
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_at = load(run / "last.pt")["step"]
@@ -90,7 +94,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     assert summary["steps"] == killed_at + 20
     record = json.loads((run / "config.json").read_text())
     assert record["resumes"][-1]["changed"] == {
-        "max_samples": [64 * 100_000, 64 * (killed_at + 20)]}
+        "max_samples": [planned, 64 * (killed_at + 20)]}
 
 
 def test_two_runs_started_on_one_directory_at_once(tmp_path):
