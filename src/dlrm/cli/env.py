@@ -79,6 +79,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     from dlrm import __version__
+    from dlrm.allocator import huge_page_mode
     from dlrm.ops import native
 
     parallel = torch.__config__.parallel_info().splitlines()
@@ -106,6 +107,9 @@ def environment() -> dict[str, Any]:
         "DLRM_NATIVE_KERNELS": os.environ.get("DLRM_NATIVE_KERNELS", "unset"),
         "DLRM_PREFETCH": os.environ.get("DLRM_PREFETCH", "unset (2 batches ahead on CUDA, "
                                                          "none on the CPU)"),
+        "DLRM_HUGE_PAGES": os.environ.get("DLRM_HUGE_PAGES", "unset (embedding tables ask "
+                                                             "for huge pages)"),
+        "transparent huge pages": huge_page_mode() or "none on this system",
         "compiler": _compiler(),
         "openmp runtime": _openmp_runtime(),
         "devices": _devices(torch),

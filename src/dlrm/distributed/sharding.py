@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dlrm.allocator import empty_table
 from dlrm.distributed.planner import ShardingPlan, plan_tables
 from dlrm.features import SparseFeatures, slice_length
 from dlrm.models.embeddings import (
@@ -158,6 +159,18 @@ def _fused_with_rows(table_sizes: list[int], dim: int, rows: torch.Tensor) -> Fu
     return fused
 
 
+def _joined(pieces: list[torch.Tensor], dim: int, device: torch.device | str | None
+            ) -> torch.Tensor:
+    """The rows of ``pieces`` in one table (on the CPU on huge pages, ``empty_table``); a
+    1-row placeholder of zeros when there are none, which keeps the module usable."""
+    if not pieces:
+        return torch.zeros(1, dim, device=device)
+    rows = sum(len(p) for p in pieces)
+    if torch.device(device or "cpu").type == "cpu":
+        return torch.cat(pieces, out=empty_table(rows, dim))
+    return torch.cat(pieces).to(device)
+
+
 class ShardedEmbeddingBag(TableModule):
     """F sum-pooled tables of dimension D placed on W ranks by a ``ShardingPlan``.
 
@@ -198,13 +211,11 @@ class ShardedEmbeddingBag(TableModule):
         shard_rows = [self._rows(s.table, s.row_start, s.row_end, draw)
                       for s in self.local_shards]
         rep_rows = [self._rows(t, 0, self.table_sizes[t], draw) for t in self.replicated_tables]
-        empty = torch.zeros(1, embedding_dim)  # a 1-row placeholder keeps the module usable
         self.shards = _fused_with_rows([s.rows for s in self.local_shards] or [1],
-                                       embedding_dim,
-                                       (torch.cat(shard_rows) if shard_rows else empty).to(device))
+                                       embedding_dim, _joined(shard_rows, embedding_dim, device))
         self.replicated = _fused_with_rows(
             [self.table_sizes[t] for t in self.replicated_tables] or [1], embedding_dim,
-            (torch.cat(rep_rows) if rep_rows else empty).to(device))
+            _joined(rep_rows, embedding_dim, device))
         self.shards.weight.sharded = True  # its gradient stays on this rank
         self.replicated.weight.replicated = True  # its gradient is all-reduced
         self.register_buffer("shard_table", torch.tensor(

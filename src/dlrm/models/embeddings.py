@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlrm.allocator import empty_table
 from dlrm.features import SparseFeatures
 from dlrm.ops import embedding_bag
 
@@ -191,8 +192,9 @@ class FusedEmbeddingBag(TableModule):
         self.register_buffer("table_offsets", torch.tensor(offsets, dtype=torch.int64),
                              persistent=False)
         deferred = getattr(_deferred, "on", False)
-        self.weight = nn.Parameter(torch.empty(offsets[-1], self.embedding_dim,
-                                               device="meta" if deferred else None))
+        self.weight = nn.Parameter(
+            torch.empty(offsets[-1], self.embedding_dim, device="meta") if deferred
+            else empty_table(offsets[-1], self.embedding_dim))
         self.weight.sparse_rows = True  # tells build_optimizer to use a sparse row update
         self.row_update: RowUpdate | None = None  # the optimizer's, applied in the backward
         if not deferred:
@@ -215,7 +217,7 @@ class FusedEmbeddingBag(TableModule):
 
     def materialize(self, device: torch.device | str | None = None, draw: bool = True) -> None:
         """Give a deferred weight its memory and (with ``draw``) its initial rows."""
-        weight = nn.Parameter(torch.empty(self.weight.shape, device=device))
+        weight = nn.Parameter(empty_table(*self.weight.shape, device=device))
         weight.sparse_rows = True
         self.weight = weight
         self.table_offsets = self.table_offsets.to(weight.device)

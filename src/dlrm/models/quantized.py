@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrm.allocator import empty_table
 from dlrm.features import SparseFeatures
 from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.mlp import MLP
@@ -107,7 +108,7 @@ class QuantizedEmbeddingBag(nn.Module):
         param_dtype = torch.float32 if bits == 8 else torch.float16
         self.register_buffer("table_offsets", torch.tensor(offsets, dtype=torch.int64),
                              persistent=False)
-        self.register_buffer("codes", torch.zeros(rows, width, dtype=torch.uint8))
+        self.register_buffer("codes", empty_table(rows, width, torch.uint8).zero_())
         self.register_buffer("scale", torch.zeros(rows, dtype=param_dtype))
         self.register_buffer("bias", torch.zeros(rows, dtype=param_dtype))
 

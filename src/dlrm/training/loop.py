@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dlrm import ops
-from dlrm.allocator import tune_cpu_allocator
+from dlrm.allocator import huge_pages_wanted, tune_cpu_allocator
 from dlrm.data.prefetch import prefetch_depth, prefetched
 from dlrm.data.source import DataSource
 from dlrm.features import Batch
@@ -239,6 +239,7 @@ def check_before_training(data: DataSource, config: TrainConfig) -> int:
         raise ValueError(f"training split has {data.num_samples('train')} samples, fewer than "
                          f"one batch of {config.batch_size}")
     prefetch_depth(config.device)  # a bad DLRM_PREFETCH fails here, not at the first step
+    huge_pages_wanted()  # and a bad DLRM_HUGE_PAGES
     return steps_per_epoch
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dlrm import ops
+from dlrm.allocator import empty_table
 from dlrm.models.embeddings import FusedEmbeddingBag, RowUpdate
 
 
@@ -97,8 +98,10 @@ class RowWiseAdagrad(_RowOptimizer):
                  initial_accumulator_value: float = 0.0) -> None:
         super().__init__(params, lr)
         self.eps = eps
-        self.accumulators = [torch.full((p.shape[0],), initial_accumulator_value,
-                                        dtype=torch.float32, device=p.device) for p in params]
+        # One float per row, read and written at the looked-up rows: on huge pages as the rows.
+        self.accumulators = [
+            empty_table(p.shape[0], 1, device=p.device).view(-1).fill_(initial_accumulator_value)
+            for p in params]
 
     def row_update(self, index: int) -> RowUpdate:
         return RowUpdate(self.lr_tensor, self.accumulators[index], self.eps)
