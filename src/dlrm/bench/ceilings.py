@@ -3,8 +3,9 @@
 - ``matmul_<precision>_gflops``: a square (n x n) @ (n x n) matmul, 2 n^3 FLOPs, best of a few.
 - ``stream_gbps``: copying a buffer far larger than the last-level cache; bytes = read + write.
 - ``gather_gbps``: ``index_select`` of uniformly random rows of ``row_dim`` fp32 values from a
-  table far larger than the last-level cache; bytes = rows read + rows written + int64 ids
-  (the same count ``roofline`` uses for an embedding lookup).
+  table far larger than the last-level cache, on the pages the model's tables get (huge pages
+  on Linux unless ``DLRM_HUGE_PAGES=0``, ``dlrm.allocator``); bytes = rows read + rows written
+  + int64 ids (the same count ``roofline`` uses for an embedding lookup).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import torch
 
 from dlrm import ops
+from dlrm.allocator import empty_table
 from dlrm.bench.timing import synchronize
 
 
@@ -64,7 +66,7 @@ def gather_gbps(device: torch.device, row_dim: int, table_megabytes: int | None 
                 lookups: int = 1 << 20, reps: int = 3) -> float:
     table_megabytes = table_megabytes or 2048
     rows = table_megabytes * 2 ** 20 // (4 * row_dim)
-    table = torch.ones(rows, row_dim, device=device)
+    table = empty_table(rows, row_dim, device=device).fill_(1.0)  # pages as the model's
     ids = torch.randint(0, rows, (lookups,), device=device)
     out = torch.empty(lookups, row_dim, device=device)
     seconds = _best_seconds(lambda: torch.index_select(table, 0, ids, out=out), device, reps)
