@@ -104,6 +104,18 @@ def huge_page_mode() -> str | None:
     return text[start + 1: end] if 0 <= start < end else None
 
 
+def huge_pages_state() -> str:
+    """One line on the pages embedding tables get here, for ``dlrm env`` and bench results."""
+    mode = huge_page_mode()
+    if mode is None:
+        return "none on this system (4 KiB pages)"
+    if mode == "never":
+        return "never (the kernel's setting: tables get 4 KiB pages)"
+    if not huge_pages_wanted():
+        return f"{mode}; tables do not ask ({HUGE_PAGES_ENV}=0)"
+    return f"{mode}; tables ask for them" if mode == "madvise" else mode
+
+
 def advise_huge_pages(tensor: torch.Tensor, min_bytes: int = 4 * HUGE_PAGE_BYTES) -> bool:
     """Ask Linux to back ``tensor``'s memory with 2 MiB pages; True when the kernel took it.
 

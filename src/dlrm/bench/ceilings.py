@@ -17,7 +17,7 @@ import time
 import torch
 
 from dlrm import ops
-from dlrm.allocator import empty_table
+from dlrm.allocator import empty_table, huge_pages_state
 from dlrm.bench.timing import synchronize
 
 
@@ -112,6 +112,8 @@ def machine_description(device: torch.device) -> dict[str, object]:
         # Whether the dlrm operators ran native code (CPU only): the same flag as summary.json.
         "native_kernels": ops.active_on(device),
     }
+    if device.type == "cpu":  # the pages the tables (and the gather ceiling) are on
+        desc["huge_pages"] = huge_pages_state()
     if device.type == "cuda":
         desc["device_name"] = torch.cuda.get_device_name(device)
         desc["cuda_version"] = torch.version.cuda

@@ -32,7 +32,9 @@ def format_result(result: dict[str, Any]) -> str:
                           if k.startswith("matmul_"))
         lines.append(f"ceilings: matmul GFLOP/s {peaks}; stream {c['stream_gbps']:.1f} GB/s; "
                      f"random {c['gather_row_bytes']:.0f}-byte-row gather "
-                     f"{c['gather_gbps']:.1f} GB/s")
+                     f"{c['gather_gbps']:.1f} GB/s"
+                     + (f" (huge pages: {result['machine']['huge_pages']})"
+                        if "huge_pages" in result["machine"] else ""))
     lines += _peak_lines(result)
     header = (f"{'component':<18}{'ms':>9}{'min':>9}{'max':>9}{'share':>7}{'FLOPs':>9}"
               f"{'bytes':>9}{'GFLOP/s':>9}{'GB/s':>7}  {'bound':<16}{'of bound':>8}")

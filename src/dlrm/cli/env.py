@@ -79,7 +79,7 @@ def environment() -> dict[str, Any]:
     import torch
 
     from dlrm import __version__
-    from dlrm.allocator import huge_page_mode
+    from dlrm.allocator import huge_pages_state
     from dlrm.ops import native
 
     parallel = torch.__config__.parallel_info().splitlines()
@@ -109,7 +109,7 @@ def environment() -> dict[str, Any]:
                                                          "none on the CPU)"),
         "DLRM_HUGE_PAGES": os.environ.get("DLRM_HUGE_PAGES", "unset (embedding tables ask "
                                                              "for huge pages)"),
-        "transparent huge pages": huge_page_mode() or "none on this system",
+        "transparent huge pages": huge_pages_state(),
         "compiler": _compiler(),
         "openmp runtime": _openmp_runtime(),
         "devices": _devices(torch),
