@@ -10,9 +10,10 @@ batch B without gradients, four ways, alternating rounds in one process (medians
   batches.
 
 Then the same for both MLPs alone, and the matmul peaks measured here: fp32 and bf16
-``torch.mm`` at 2048^3, int8 ``quantized::linear`` (oneDNN, the engine the int8 MLPs pack
-for) at 2048^3. A fraction of the peak is 0.949 MFLOP/sample (the inference forward's
-dense-layer matmuls) x samples/s over the precision's peak.
+``torch.mm`` at 2048^3, the int8 MLPs' layer (oneDNN's int8 linear,
+``dlrm.models.quantized.Int8Linear``) at 2048^3. A fraction of the peak is 0.949
+MFLOP/sample (the inference forward's dense-layer matmuls) x samples/s over the precision's
+peak.
 
 With ``--checkpoint FILE --data DIR`` it also scores a trained checkpoint's test split in
 float and quantized (the calibration: 4,096 of its training rows): the AUC cost.

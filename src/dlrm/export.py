@@ -103,9 +103,9 @@ def export_model(model: nn.Module, num_dense: int, table_sizes: list[int], fmt: 
     from dlrm.models.quantized import QuantizedMLP
 
     if any(isinstance(m, QuantizedMLP) for m in model.modules()):
-        raise ValueError("int8 MLPs (`dlrm quantize --mlp int8`) run on PyTorch's quantized CPU "
-                         "kernels, which torch.export and ONNX do not take: export the float "
-                         "checkpoint, or one quantized without --mlp")
+        raise ValueError("int8 MLPs (`dlrm quantize --mlp int8`) run oneDNN's int8 linear "
+                         "(torch.ops.onednn), which ONNX and a portable .pt2 do not take: "
+                         "export the float checkpoint, or one quantized without --mlp")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ServingDLRM(model, len(table_sizes))

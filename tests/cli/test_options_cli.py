@@ -96,7 +96,7 @@ def test_quantize_int8_mlps_keeps_the_auc(tmp_path, capsys):
     # Not exportable: said plainly, nothing written.
     assert main(["export", "--checkpoint", str(quantized), "--out",
                  str(tmp_path / "int8.pt2")]) == 2
-    assert "torch.export and ONNX do not take" in capsys.readouterr().err
+    assert "which ONNX and a portable .pt2 do not take" in capsys.readouterr().err
     assert not (tmp_path / "int8.pt2").exists()
 
 

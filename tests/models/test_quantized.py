@@ -21,6 +21,7 @@ from dlrm.models.quantized import (
     quantize_model,
     quantize_rows,
 )
+from dlrm.ops.quantize import _quantize_torch, quantize_u8
 
 
 def naive_quantize_row(row, bits):
@@ -118,9 +119,9 @@ def test_int8_linear_is_its_math_in_float64():
     for relu in (True, False):
         layer = Int8Linear.from_float(linear, relu, (-3.0, 3.0))
         in_scale, in_zero = activation_qparams(-0.5, 1.5)
-        xq = torch.quantize_per_tensor(x, in_scale, in_zero, torch.quint8)
-        got = layer(xq).int_repr().long()
-        x_hat = (xq.int_repr().double() - in_zero) * in_scale
+        xq = quantize_u8(x, in_scale, in_zero)
+        got = layer(xq, in_scale, in_zero).long()
+        x_hat = (xq.double() - in_zero) * in_scale
         w_hat = layer.weight.double() * layer.weight_scale.double()[:, None]
         y = x_hat @ w_hat.T + layer.bias.double()
         if relu:
@@ -128,6 +129,10 @@ def test_int8_linear_is_its_math_in_float64():
         want = (torch.round(y / float(layer.out_scale)) + int(layer.out_zero_point)).clamp(0, 255)
         assert (got - want.long()).abs().max() <= 1
         assert (got == want.long()).double().mean() > 0.95
+        # The float32 output (an MLP's last hidden layer): the same math, not requantized.
+        floats = layer(xq, in_scale, in_zero, float_output=True)
+        assert floats.dtype == torch.float32
+        assert torch.allclose(floats.double(), y, atol=1e-4, rtol=1e-4)
         # The weights: symmetric per output row, the largest entry of each row at +-127.
         assert layer.weight.abs().amax(1).tolist() == [127] * 24
 
@@ -167,3 +172,28 @@ def test_quantized_mlp_calibrates_on_the_model_and_stays_close_to_float():
     layers = len(model.bottom_mlp.linears())
     with pytest.raises(ValueError, match=f"needs {layers} ranges"):
         QuantizedMLP.from_float(model.bottom_mlp, ranges["bottom_mlp"][:-1])
+
+
+def test_uint8_codes_are_the_quantization_math_in_both_kernels():
+    """``dlrm::quantize_u8``: the native kernel and the PyTorch one agree to the bit (float32
+    and bfloat16 input, strided rows); both are round-half-even of x / scale in float64 up to
+    the float32 product's rounding, plus the zero point, clipped to 0..255."""
+    from dlrm.ops import native
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 70, generator=gen) * 3
+    x[0, :4] = torch.tensor([1e9, -1e9, 0.0, 0.5 * 0.02])  # clipped high, low; 0; a half
+    for scale, zero in ((0.02, 128), (0.05, 0), (0.011, 255)):
+        want64 = (torch.round(x.double() / scale) + zero).clamp(0, 255)
+        torch_codes = _quantize_torch(x, scale, zero)
+        assert (torch_codes.long() - want64.long()).abs().max() <= 1
+        assert (torch_codes.long() == want64.long()).double().mean() > 0.999
+        if native.available():
+            for view in (x, x.bfloat16(), torch.cat([x, x], 1)[:, :70]):
+                assert torch.equal(quantize_u8(view, scale, zero), _quantize_torch(view, scale,
+                                                                                  zero))
+        assert torch.equal(quantize_u8(x, scale, zero), torch_codes)
+    assert quantize_u8(x, 0.02, 128)[0, :3].tolist() == [255, 0, 128]
+    torch.library.opcheck(torch.ops.dlrm.quantize_u8.default, (x, 0.02, 128))
+    with pytest.raises(ValueError, match="zero point in 0..255"):
+        quantize_u8(x, 0.02, 300)

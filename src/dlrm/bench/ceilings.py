@@ -42,16 +42,19 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | None = None
 
 
 def int8_matmul_gops(n: int | None = None, reps: int = 3) -> float:
-    """int8 GEMM throughput (GOP/s) of ``quantized::linear`` (ReLU fused) at n x n x n, the
-    weights packed for the engine the int8 MLPs use (``dlrm.models.quantized``)."""
-    from dlrm.models.quantized import Int8Linear, activation_qparams
+    """int8 GEMM throughput (GOP/s) of the int8 MLPs' layer (``dlrm.models.quantized.
+    Int8Linear``: oneDNN's int8 linear, ReLU fused) at n x n x n; 0 where the build lacks it."""
+    from dlrm.models.quantized import Int8Linear, activation_qparams, int8_kernels_available
 
+    if not int8_kernels_available():
+        return 0.0
     n = n or 2048
     layer = Int8Linear.from_float(torch.nn.Linear(n, n), True, (-4.0, 4.0))
     scale, zero_point = activation_qparams(0.0, 1.0)
-    x = torch.quantize_per_tensor(torch.rand(n, n), scale, zero_point, torch.quint8)
-    layer(x)  # packs the weights
-    return 2 * n ** 3 / _best_seconds(lambda: layer(x), torch.device("cpu"), reps) / 1e9
+    codes = torch.randint(0, 256, (n, n), dtype=torch.uint8)
+    layer(codes, scale, zero_point)  # packs the weights
+    return 2 * n ** 3 / _best_seconds(lambda: layer(codes, scale, zero_point),
+                                      torch.device("cpu"), reps) / 1e9
 
 
 def stream_gbps(device: torch.device, megabytes: int | None = None, reps: int = 3) -> float:

@@ -31,6 +31,7 @@ from torch import nn
 
 from dlrm.bench.roofline import WEIGHT_BYTES, activation_bytes, peak_gflops
 from dlrm.bench.timing import median_ms
+from dlrm.ops.quantize import quantize_u8
 
 # A GEMM dimension below this many elements leaves the CPU kernels' register tiles (16-64
 # wide with AVX-512) partly empty: such layers are flagged in the table's shape column.
@@ -127,9 +128,9 @@ def _time_layers(model: nn.Module, batch: int, precision: str, ceilings: dict[st
         input_grad = not any(name.endswith(d) for d in DATA_INPUT_LAYERS)
         fwd_flops, bwd_flops = layer_flops(batch, k, n, input_grad)
         if int8:
-            x_q = torch.quantize_per_tensor(x.abs(), float(x.abs().max()) / 255, 0,
-                                            torch.quint8)
-            fwd_ms = timed(functools.partial(layer, x_q))
+            scale = float(x.abs().max()) / 255
+            codes = quantize_u8(x.abs(), scale, 0)
+            fwd_ms = timed(functools.partial(layer, codes, scale, 0))
         else:
             fwd_ms = timed(functools.partial(_forward, x, weight, bias))
         row: dict[str, Any] = {

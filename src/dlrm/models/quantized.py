@@ -36,6 +36,7 @@ from dlrm.models.embeddings import FusedEmbeddingBag
 from dlrm.models.mlp import MLP
 from dlrm.models.registry import ModelSpec, build_model, register
 from dlrm.ops.embedding import bag_of_values
+from dlrm.ops.quantize import quantize_u8
 
 QUANTIZED_BITS = (8, 4)
 MLP_QUANTIZATIONS = ("int8",)
@@ -154,12 +155,11 @@ class QuantizedEmbeddingBag(nn.Module):
         return pooled.view(self.num_features, batch, self.embedding_dim).transpose(0, 1)
 
 
-def _packing_engine() -> str:
-    """The quantized engine that packs int8 weights: oneDNN where the build has it (on x86 it
-    runs VNNI or AMX int8 GEMMs, and measured faster than FBGEMM at the top MLP's 367-wide
-    input: benchmarks/mlp_int8_inference.py), else the process's engine."""
-    engines = torch.backends.quantized.supported_engines
-    return "onednn" if "onednn" in engines else torch.backends.quantized.engine
+def int8_kernels_available() -> bool:
+    """Whether this PyTorch build has oneDNN's int8 linear, which the int8 MLPs run (x86 and
+    ARM builds ship it)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn,
+                                                            "qlinear_pointwise")
 
 
 class Int8Linear(nn.Module):
@@ -168,14 +168,18 @@ class Int8Linear(nn.Module):
     Math: weights per output row, symmetric, ``W ~ scale_w[o] * q_w`` with ``q_w`` in
     [-127, 127]; the input and output activations per tensor, affine uint8,
     ``h ~ scale * (q - zero_point)`` with the scales calibrated on training batches. The
-    kernel (``quantized::linear`` / ``linear_relu``) accumulates in int32, adds the float
-    bias, applies ReLU and requantizes to the output's scale in one pass.
+    kernel, oneDNN's int8 linear (``torch.ops.onednn.qlinear_pointwise``, the one PyTorch's
+    x86 int8 path through Inductor lowers to; VNNI or AMX where the CPU has them),
+    accumulates in int32, adds the float bias, applies ReLU and requantizes to the output's
+    scale in one pass. Its operands are plain uint8/int8 tensors, not PyTorch's deprecated
+    quantized tensors.
 
     Buffers (the state dict): ``weight`` int8 ``(out, in)``, ``weight_scale`` ``(out,)``,
     ``bias`` ``(out,)``, ``out_scale`` and ``out_zero_point`` (scalars). The packed weight the
     kernel reads is built on first use and dropped when a state dict is loaded.
 
-    Call: quantized ``(B, in)`` quint8 -> quantized ``(B, out)`` quint8.
+    Call: ``(codes (B, in) uint8, in_scale, in_zero_point)`` -> uint8 codes ``(B, out)`` at
+    ``out_scale`` / ``out_zero_point``.
     """
 
     def __init__(self, fan_in: int, fan_out: int, relu: bool) -> None:
@@ -186,7 +190,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(fan_out))
         self.register_buffer("out_scale", torch.tensor(1.0))
         self.register_buffer("out_zero_point", torch.tensor(0, dtype=torch.int64))
-        self._packed: Any = None
+        self._packed: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._unpack())
 
     def _unpack(self) -> None:
@@ -207,22 +211,29 @@ class Int8Linear(nn.Module):
         layer.out_zero_point.fill_(zero_point)
         return layer
 
-    def packed(self) -> Any:
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the weight packed for oneDNN, its per-row zero points: all 0, symmetric)."""
         if self._packed is None:
-            qweight = torch._make_per_channel_quantized_tensor(
-                self.weight, self.weight_scale.double(),
-                torch.zeros_like(self.weight_scale, dtype=torch.int64), 0)
-            previous = torch.backends.quantized.engine
-            torch.backends.quantized.engine = _packing_engine()
-            try:
-                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-            finally:
-                torch.backends.quantized.engine = previous
+            if not int8_kernels_available():
+                raise RuntimeError("int8 MLPs run oneDNN's int8 linear "
+                                   "(torch.ops.onednn.qlinear_pointwise), which this PyTorch "
+                                   "build lacks; use the float or bf16 model")
+            self._packed = (torch.ops.onednn.qlinear_prepack(self.weight, None),
+                            torch.zeros(self.weight.shape[0], dtype=torch.int64))
         return self._packed
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
-        return op(x, self.packed(), float(self.out_scale), int(self.out_zero_point))
+    def forward(self, codes: torch.Tensor, in_scale: float, in_zero_point: int,
+                float_output: bool = False) -> torch.Tensor:
+        """uint8 codes at ``out_scale`` / ``out_zero_point``; with ``float_output`` the
+        float32 values themselves (the kernel's epilogue writes them: no requantization)."""
+        weight, weight_zero_points = self.packed()
+        out_scale, out_zero_point, out_dtype = (
+            (1.0, 0, torch.float32) if float_output
+            else (float(self.out_scale), int(self.out_zero_point), None))
+        return torch.ops.onednn.qlinear_pointwise(
+            codes, float(in_scale), int(in_zero_point), weight, self.weight_scale,
+            weight_zero_points, self.bias, out_scale, out_zero_point, out_dtype,
+            "relu" if self.relu else "none", [], "")
 
 
 def activation_qparams(low: float, high: float) -> tuple[float, int]:
@@ -238,8 +249,10 @@ class QuantizedMLP(nn.Module):
     float.
 
     Math: ``h_0 = x`` quantized to uint8 over its calibrated range, ``h_{l+1} = relu(h_l W_l^T
-    + b_l)`` on int8 operands (``Int8Linear``) for every layer but the last, then
-    ``h_{L-1}`` dequantized and the last layer in float (with ReLU when the MLP ends in one).
+    + b_l)`` on int8 operands (``Int8Linear``) for every layer but the last, each requantized
+    to uint8 over its calibrated range except ``h_{L-1}``, which the kernel writes in float32
+    (its calibrated range is kept in the state dict, unused); then the last layer in float
+    (with ReLU when the MLP ends in one).
     The last layers are the narrow ones (DLRM's 64->16 and 256->1: under 1% of the FLOPs) and
     carry the output: a logit rounded to 256 levels would tie many samples and cost AUC.
 
@@ -288,11 +301,13 @@ class QuantizedMLP(nn.Module):
         if not self.hidden:  # one layer (DCN's output): nothing to run in int8
             out = self.last(x.float())
             return torch.relu(out) if self.final_activation else out
-        h = torch.quantize_per_tensor(x.float().contiguous(), float(self.in_scale),
-                                      int(self.in_zero_point), torch.quint8)
-        for layer in self.hidden:
-            h = layer(h)
-        out = self.last(h.dequantize())
+        scale, zero_point = float(self.in_scale), int(self.in_zero_point)
+        h = quantize_u8(x.float().contiguous(), scale, zero_point)  # (B, in) uint8 codes
+        last = len(self.hidden) - 1
+        for i, layer in enumerate(self.hidden):  # the last one hands float32 to self.last
+            h = layer(h, scale, zero_point, float_output=i == last)
+            scale, zero_point = float(layer.out_scale), int(layer.out_zero_point)
+        out = self.last(h)
         return torch.relu(out) if self.final_activation else out
 
 

@@ -428,9 +428,56 @@ bool with_dtype(int code, Fn fn) {
   return false;
 }
 
+// out (R, C) uint8 = clamp(nearbyint(x * inv_scale) + zero_point, 0, 255): affine uint8
+// codes of an int8 layer's input, rounded half to even. inv_scale is a float, so this is the
+// arithmetic of PyTorch's `torch.round(x * (1 / scale))` in float32, to the bit.
+template <typename T>
+inline void quantize_span(const T* __restrict x, uint8_t* __restrict out, int64_t n, float inv,
+                          float zp) {
+  for (int64_t k = 0; k < n; ++k) {
+    // Clipped to +-256 first (every code stays in reach; NaN goes to the low end), then
+    // rounded half to even by the 1.5 * 2^23 trick: exact for |v| < 2^22 and branch-free, so
+    // the loop vectorizes (nearbyintf and lrintf stay libm calls here).
+    float v = to_float(x[k]) * inv;
+    v = v > -256.0f ? v : -256.0f;
+    v = v < 256.0f ? v : 256.0f;
+    const float q = ((v + 12582912.0f) - 12582912.0f) + zp;
+    out[k] = static_cast<uint8_t>(std::min(std::max(q, 0.0f), 255.0f));
+  }
+}
+
+template <typename T>
+void quantize_u8(const T* x, int64_t stride, int64_t R, int64_t C, float inv_scale,
+                 float zero_point, uint8_t* out, int num_threads) {
+  // Contiguous rows are one span (a 13-wide row is shorter than one vector of 16 floats).
+  const bool flat = stride == C;
+  parallel_for(R, num_threads, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)),
+               [=](int64_t begin, int64_t end) {
+    if (flat) {
+      quantize_span(x + begin * C, out + begin * C, (end - begin) * C, inv_scale, zero_point);
+      return;
+    }
+    for (int64_t r = begin; r < end; ++r)
+      quantize_span(x + r * stride, out + r * C, C, inv_scale, zero_point);
+  });
+}
+
 }  // namespace
 
 extern "C" {
+
+// x (R, C) in x_dtype, rows `stride` apart; out (R, C) contiguous uint8 (see quantize_u8).
+int dlrm_quantize_u8(const void* x, int x_dtype, int64_t stride, int64_t R, int64_t C,
+                     float inv_scale, float zero_point, uint8_t* out, int num_threads) {
+  if (R < 0 || C < 0 || stride < C) return -1;
+  const bool ok = with_dtype(x_dtype, [&](auto x_tag) {
+    using T = decltype(x_tag);
+    quantize_u8(static_cast<const T*>(x), stride, R, C, inv_scale, zero_point, out,
+                num_threads);
+    return true;
+  });
+  return ok ? 0 : -2;
+}
 
 // dtype codes: 0 float32, 1 bfloat16. out (B, D + P) has out_dtype == dense_dtype.
 int dlrm_dot_forward(const void* dense, int dense_dtype, int64_t dense_stride_b,

@@ -174,8 +174,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dlrm_bias_act.argtypes = [_PTR, i32, _I64, _I64, _I64, _PTR, i32, i32]
     lib.dlrm_act_bias_backward.argtypes = [_PTR, i32, _I64, _PTR, i32, _I64, _PTR, _I64, _I64,
                                            _I64, i32, _PTR, i32]
+    lib.dlrm_quantize_u8.argtypes = [_PTR, i32, _I64, _I64, _I64, ctypes.c_float,
+                                     ctypes.c_float, _PTR, i32]
     for fn in (lib.dlrm_dot_forward, lib.dlrm_dot_backward, lib.dlrm_sgd_rows,
-               lib.dlrm_lookup_one_hot, lib.dlrm_bias_act, lib.dlrm_act_bias_backward):
+               lib.dlrm_lookup_one_hot, lib.dlrm_bias_act, lib.dlrm_act_bias_backward,
+               lib.dlrm_quantize_u8):
         fn.restype = i32
 
 
@@ -374,3 +377,15 @@ def act_bias_backward(grad: torch.Tensor, act_out: torch.Tensor, relu: bool, in_
         cols, int(relu), bias_grad.data_ptr(), torch.get_num_threads())
     _check(code, "activation + bias backward", f"{tuple(grad.shape)}")
     return masked, bias_grad.to(grad.dtype)
+
+
+def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 codes ``clamp(round(x * (1 / scale)) + zero_point, 0, 255)`` of a 2-D ``x``
+    (rows with a contiguous last dimension), rounded half to even, in one pass."""
+    rows, cols = x.shape
+    out = torch.empty(rows, cols, dtype=torch.uint8)
+    code = _lib().dlrm_quantize_u8(x.data_ptr(), DTYPE_CODE[x.dtype], x.stride(0), rows, cols,
+                                   1.0 / scale, float(zero_point), out.data_ptr(),
+                                   torch.get_num_threads())
+    _check(code, "uint8 quantization", f"{tuple(x.shape)}")
+    return out
