@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -39,6 +40,11 @@ M_MMAP_THRESHOLD = -3
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 _applied: tuple[int, int] | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def tune_cpu_allocator(keep_bytes: int = 1 << 30,
@@ -63,7 +69,7 @@ def tune_cpu_allocator(keep_bytes: int = 1 << 30,
         raise ValueError(f"mmap_threshold {mmap_threshold}: expected 1..{MAX_MMAP_THRESHOLD}")
     if not (0 < keep_bytes < 2**31):
         raise ValueError(f"keep_bytes {keep_bytes}: expected 1..{2**31 - 1} (a C int)")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _libc()
     ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
     ok = libc.mallopt(M_TRIM_THRESHOLD, keep_bytes) == 1 and ok
     if ok:
@@ -141,7 +147,7 @@ def advise_huge_pages(tensor: torch.Tensor, min_bytes: int = 4 * HUGE_PAGE_BYTES
     last = (start + nbytes) & ~(HUGE_PAGE_BYTES - 1)
     if last <= first:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     if libc.madvise(first, last - first, MADV_HUGEPAGE) != 0:
         log.debug("madvise(MADV_HUGEPAGE) refused: errno %d", ctypes.get_errno())
