@@ -197,3 +197,11 @@ def test_uint8_codes_are_the_quantization_math_in_both_kernels():
     torch.library.opcheck(torch.ops.dlrm.quantize_u8.default, (x, 0.02, 128))
     with pytest.raises(ValueError, match="zero point in 0..255"):
         quantize_u8(x, 0.02, 300)
+
+
+def test_int8_mlps_are_refused_up_front_where_the_build_lacks_the_kernel(monkeypatch):
+    import dlrm.models.quantized as quantized
+
+    monkeypatch.setattr(quantized, "int8_kernels_available", lambda: False)
+    with pytest.raises(ValueError, match="leave out --mlp"):
+        quantize_model(DLRM(preset("tiny")), 8, empty=True, mlp="int8")

@@ -156,8 +156,8 @@ class QuantizedEmbeddingBag(nn.Module):
 
 
 def int8_kernels_available() -> bool:
-    """Whether this PyTorch build has oneDNN's int8 linear, which the int8 MLPs run (x86 and
-    ARM builds ship it)."""
+    """Whether this PyTorch build has oneDNN's int8 linear, which the int8 MLPs run (PyTorch's
+    x86 builds ship it)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn,
                                                             "qlinear_pointwise")
 
@@ -362,6 +362,10 @@ def quantize_model(model: nn.Module, bits: int | None = 8, empty: bool = False,
     """
     if mlp is not None and mlp not in MLP_QUANTIZATIONS:
         raise ValueError(f"mlp = {mlp!r}: expected one of {MLP_QUANTIZATIONS}")
+    if mlp == "int8" and not int8_kernels_available():
+        raise ValueError("int8 MLPs run oneDNN's int8 linear (torch.ops.onednn."
+                         "qlinear_pointwise), which this PyTorch build lacks: quantize the "
+                         "tables only (leave out --mlp)")
     for name, child in list(model.named_children()):
         path = f"{_prefix}{name}"
         if isinstance(child, FusedEmbeddingBag) and bits is not None:
