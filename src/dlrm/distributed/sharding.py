@@ -161,14 +161,12 @@ def _fused_with_rows(table_sizes: list[int], dim: int, rows: torch.Tensor) -> Fu
 
 def _joined(pieces: list[torch.Tensor], dim: int, device: torch.device | str | None
             ) -> torch.Tensor:
-    """The rows of ``pieces`` in one table (on the CPU on huge pages, ``empty_table``); a
-    1-row placeholder of zeros when there are none, which keeps the module usable."""
+    """The rows of ``pieces`` (CPU tensors) in one table on ``device``, joined in an
+    ``empty_table`` (on the CPU: huge pages); a 1-row placeholder of zeros when there are
+    none, which keeps the module usable."""
     if not pieces:
         return torch.zeros(1, dim, device=device)
-    rows = sum(len(p) for p in pieces)
-    if torch.device(device or "cpu").type == "cpu":
-        return torch.cat(pieces, out=empty_table(rows, dim))
-    return torch.cat(pieces).to(device)
+    return torch.cat(pieces, out=empty_table(sum(len(p) for p in pieces), dim)).to(device)
 
 
 class ShardedEmbeddingBag(TableModule):

@@ -192,9 +192,8 @@ class FusedEmbeddingBag(TableModule):
         self.register_buffer("table_offsets", torch.tensor(offsets, dtype=torch.int64),
                              persistent=False)
         deferred = getattr(_deferred, "on", False)
-        self.weight = nn.Parameter(
-            torch.empty(offsets[-1], self.embedding_dim, device="meta") if deferred
-            else empty_table(offsets[-1], self.embedding_dim))
+        self.weight = nn.Parameter(empty_table(offsets[-1], self.embedding_dim,
+                                               device="meta" if deferred else None))
         self.weight.sparse_rows = True  # tells build_optimizer to use a sparse row update
         self.row_update: RowUpdate | None = None  # the optimizer's, applied in the backward
         if not deferred:
