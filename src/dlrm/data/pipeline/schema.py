@@ -32,8 +32,12 @@ Fields:
   column the data gets one constant column of ones (``constant_one``).
 - ``categorical``: ``column``, optional ``name``, ``kind`` (``string``, default, or ``hex32``:
   exactly 8 hex digits, as Criteo's), ``transform`` (``none``, ``prefix`` with ``length``,
-  ``bucket`` with sorted ``boundaries``, ``yymmddhh_hour``, ``yymmddhh_weekday``) and
-  ``separator`` (a multi-hot bag of the separated values; empty items are dropped).
+  ``bucket`` with sorted ``boundaries``, ``log_squared``, ``yymmddhh_hour``,
+  ``yymmddhh_weekday``) and ``separator`` (a multi-hot bag of the separated values; empty
+  items are dropped).
+  ``log_squared`` makes a count a category, as the Criteo Kaggle winners did (Juan et al.
+  2016): ``floor(v)`` for v <= 2, ``floor(ln(v)^2)`` above (ids ``v:<n>`` and ``l:<n>``),
+  so a dense column can also be a categorical one under another ``name``.
 - ``split``: ``order`` ``reference`` (``days`` consecutive equal parts, all but the last for
   training, the last halved into test then validation: the reference DLRM's Kaggle split),
   ``days`` (one input file per day, ``test_day`` halved into test and validation:
@@ -57,7 +61,8 @@ from dlrm.data.pipeline.metadata import DataError
 
 SPLITS = ("train", "val", "test")
 DENSE_TRANSFORMS = ("log1p", "standardize", "none")
-CATEGORICAL_TRANSFORMS = ("none", "prefix", "bucket", "yymmddhh_hour", "yymmddhh_weekday")
+CATEGORICAL_TRANSFORMS = ("none", "prefix", "bucket", "log_squared", "yymmddhh_hour",
+                          "yymmddhh_weekday")
 SPLIT_ORDERS = ("reference", "days", "file", "column", "random")
 
 
