@@ -19,6 +19,15 @@ set -x
 # Criteo the reference recipe too, for contrast.
 $DLRM compare --data "$OUT/data/criteo" --models "$DEEP,lr" --recipes small,reference \
   --against lr:small --ensemble "${COMMON[@]}" --out "$OUT/results-criteo"
+# The same Criteo rows with the 13 counts also as categories (criteo-tsv-buckets), every kind
+# at its recipe tuned on them; DLRM also at the paper's dot interaction (its dot-only study).
+$DLRM compare --data "$OUT/data/criteo-buckets" --models "$DEEP,lr" --recipes small \
+  --against lr:small --ensemble "${COMMON[@]}" --out "$OUT/results-criteo-buckets"
+for seed in 0 1 2; do  # DLRM at the recipe of its dot-only study (the paper's interaction)
+  $DLRM train --data "$OUT/data/criteo-buckets" --model dlrm --seed "$seed" --threads 1 --quiet \
+    --recipe "$OUT/tune3-criteo30-buckets-dlrm-arch/recipe.json" \
+    --out "$OUT/results-criteo-buckets-dlrm-dot/seed$seed"
+done
 for data in avazu movielens; do
   $DLRM compare --data "$OUT/data/$data" --models "$DEEP,lr" --recipes small --ensemble \
     "${COMMON[@]}" --out "$OUT/results-$data"

@@ -24,7 +24,7 @@ from dlrm.training.recipes import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DATASETS = ["criteo-tsv", "avazu", "movielens-100k"]
+DATASETS = ["criteo-tsv", "criteo-tsv-buckets", "avazu", "movielens-100k"]
 KINDS = ["dlrm", "dcn", "dcnv2", "dlrm_dcnv2", "wdl", "deepfm", "lr"]
 ML_LR = TUNED_RECIPES["lr"]["small-movielens-100k"]["train"]
 CRITEO_LR = TUNED_RECIPES["lr"]["small-criteo-tsv"]["train"]
@@ -43,7 +43,7 @@ def test_every_kind_ships_a_small_recipe_per_data_set():
         assert recipe_variants(kind, "small") == {d: f"small-{d}" for d in DATASETS}
         assert recipe_names(kind) == ["reference", "small", *(f"small-{d}" for d in DATASETS),
                                       "auto"]
-        study = {"criteo-tsv": "-criteo", "avazu": "-avazu-",
+        study = {"criteo-tsv": "-criteo", "criteo-tsv-buckets": "-buckets-", "avazu": "-avazu-",
                  "movielens-100k": "tune-movielens-"}
         for d in DATASETS:
             recipe = TUNED_RECIPES[kind][f"small-{d}"]
@@ -54,6 +54,9 @@ def test_every_kind_ships_a_small_recipe_per_data_set():
     assert TUNED_RECIPES["deepfm"]["small-criteo-tsv"]["train"]["optimizer"] == "adagrad"
     assert TUNED_RECIPES["deepfm"]["small-avazu"]["train"]["optimizer"] == "adam"
     assert TUNED_RECIPES["dlrm"]["small-criteo-tsv"]["model"]["bottom_mlp"] == "512-256-64-16"
+    # DLRM's Criteo studies searched the interaction too; validation chose the reference's cat
+    for d in ("criteo-tsv", "criteo-tsv-buckets"):
+        assert TUNED_RECIPES["dlrm"][f"small-{d}"]["model"]["interaction"] == "cat"
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -104,7 +107,8 @@ def test_explicit_variants_auto_and_unknown_names():
     with pytest.raises(ValueError) as err:
         resolve_recipe("lr", "small-netflix", 9000, dataset="netflix")
     assert str(err.value) == ("--recipe 'small-netflix': model 'lr' has the recipes reference, "
-                              "small, small-criteo-tsv, small-avazu, small-movielens-100k, auto")
+                              "small, small-criteo-tsv, small-criteo-tsv-buckets, small-avazu, "
+                              "small-movielens-100k, auto")
 
 
 def test_dataset_name_reads_the_data_sources_metadata(tmp_path):

@@ -368,7 +368,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "reference (the reference DLRM's SGD recipe), small (tuned by `dlrm "
                      "tune` on a small sample of this data's data set where there is one, "
                      "else on Criteo's), small-DATASET (the one tuned on DATASET: "
-                     "small-criteo-tsv, small-avazu, small-movielens-100k), auto (by the "
+                     "small-criteo-tsv, small-criteo-tsv-buckets, small-avazu, "
+                     "small-movielens-100k), auto (by the "
                      "training split's size), or a recipe.json; settings given as flags or "
                      "by --config win over it")
     g.add_argument("--memory-report", action="store_true",
