@@ -37,6 +37,8 @@ def test_log_squared_ids_on_edges():
     assert got[8:12] == ["l:48", "l:49", "l:49", "l:50"]
 
 
+@pytest.mark.skipif(not (DATA / "criteo-kaggle-head10k" / "train.txt").exists(),
+                    reason=f"the real Criteo samples are not at {DATA}")
 def test_criteo_buckets_schema_on_real_rows(tmp_path):
     """Every I*_bucket id of the shipped schema decodes to the naive rule's category."""
     schema = json.loads((ROOT / "benchmarks" / "schemas" / "criteo-tsv-buckets.json")
