@@ -61,14 +61,19 @@ for variant in "" "-buckets"; do
 done
 # The same rows with the 13 counts also as categories (`log_squared` buckets, the Criteo Kaggle
 # winners' discretization; benchmarks/schemas/criteo-tsv-buckets.json) are a data set of their
-# own, so every kind gets a recipe tuned on them (small-criteo-tsv-buckets), each on the
-# 3,000-row validation split as DLRM's (docs/results.md also shows what studies of these kinds
-# on the 1,000-row split chose, run as the plain Criteo ones above).
+# own, so every kind gets a recipe tuned on them (small-criteo-tsv-buckets) as DLRM's is: on
+# the 3,000-row validation split, 40 trials, its architecture searched too (deep widths; DCN's
+# cross layers; DLRM-DCNv2's bottom and top MLPs and cross layers). docs/results.md also shows
+# what 20-trial studies of the training space alone chose (tune3-criteo30-buckets-KIND, and
+# tune3-criteo-buckets-KIND on the 1,000-row split).
+declare -A ARCH=([dcn]=cross-arch [dcnv2]=cross-arch [dlrm_dcnv2]=dlrm_dcnv2-arch
+                 [wdl]=deep-arch [deepfm]=deep-arch)
 for kind in $KINDS; do
   [ "$kind" = dlrm ] && continue  # DLRM's studies are above
   $DLRM tune --model "$kind" --preset kaggle --data "$OUT/data/criteo-buckets-val30" \
-    --trials "$TRIALS" --epochs 10 --evals-per-epoch 4 --patience 4 --seed 0 --seeds-per-trial 3 \
-    --threads 1 --quiet --out "$OUT/tune3-criteo30-buckets-$kind"
+    --space "benchmarks/spaces/${ARCH[$kind]}.json" --trials 40 --epochs 10 --evals-per-epoch 4 \
+    --patience 4 --seed 0 --seeds-per-trial 3 --threads 1 --quiet \
+    --out "$OUT/tune3-criteo30-buckets-$kind-arch"
 done
 for data in criteo criteo-buckets avazu movielens; do
   $DLRM tune --model lr --preset kaggle --data "$OUT/data/$data" --trials "$TRIALS" \
@@ -92,7 +97,7 @@ done
 # studies' (criteo-val30 is Criteo head10k split 70/30).
 studies=("$OUT"/tune3-criteo-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm} "$OUT/tune-criteo-lr"
          "$OUT/tune3-criteo30-dlrm-arch-interaction")
-studies+=("$OUT"/tune3-criteo30-buckets-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm}
+studies+=("$OUT"/tune3-criteo30-buckets-{dcn,dcnv2,dlrm_dcnv2,wdl,deepfm}-arch
           "$OUT/tune-criteo-buckets-lr" "$OUT/tune3-criteo30-buckets-dlrm-arch-interaction")
 studies+=("$OUT/tune-avazu-lr" "$OUT/tune-movielens-lr")
 for kind in dcn dcnv2 dlrm_dcnv2 wdl deepfm dlrm; do

@@ -48,19 +48,22 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                     'seeds)',
                           'tuned_on': 'criteo-tsv'},
      'small-criteo-tsv-buckets': {'train': {'optimizer': 'adagrad',
-                                            'lr': 0.005432,
-                                            'batch_size': 64,
+                                            'lr': 0.06072,
+                                            'batch_size': 128,
                                             'sparse_optimizer': 'sgd',
-                                            'sparse_lr': 0.1382,
-                                            'weight_decay': 1.56e-06,
+                                            'sparse_lr': 0.03082,
+                                            'weight_decay': 6.235e-08,
                                             'epochs': 10,
                                             'patience': 4,
                                             'evals_per_epoch': 4},
-                                  'model': {'embedding_init': 'uniform'},
-                                  'source': 'dlrm tune tune3-criteo30-buckets-dcn '
-                                            'on criteo-buckets-val30 '
+                                  'model': {'embedding_init': 'normal:1e-2',
+                                            'deep_mlp': '64',
+                                            'cross_layers': 2},
+                                  'source': 'dlrm tune '
+                                            'tune3-criteo30-buckets-dcn-arch on '
+                                            'criteo-buckets-val30 '
                                             '(benchmarks/tune_recipes.sh): best of '
-                                            '20 trials, validation AUC 0.7399 '
+                                            '40 trials, validation AUC 0.7447 '
                                             '(mean of 3 seeds)',
                                   'tuned_on': 'criteo-tsv-buckets'},
      'small-avazu': {'train': {'optimizer': 'adam',
@@ -106,21 +109,23 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                     'trials, validation AUC 0.7605 (mean of 3 '
                                     'seeds)',
                           'tuned_on': 'criteo-tsv'},
-     'small-criteo-tsv-buckets': {'train': {'optimizer': 'adam',
-                                            'lr': 0.0008171,
-                                            'batch_size': 128,
+     'small-criteo-tsv-buckets': {'train': {'optimizer': 'adagrad',
+                                            'lr': 0.003495,
+                                            'batch_size': 64,
                                             'sparse_optimizer': 'rowwise_adagrad',
-                                            'sparse_lr': 0.05157,
-                                            'weight_decay': 1.149e-05,
+                                            'sparse_lr': 0.01736,
+                                            'weight_decay': 2.806e-08,
                                             'epochs': 10,
                                             'patience': 4,
                                             'evals_per_epoch': 4},
-                                  'model': {'embedding_init': 'normal:1e-4'},
+                                  'model': {'embedding_init': 'normal:1e-2',
+                                            'deep_mlp': '512-256',
+                                            'cross_layers': 6},
                                   'source': 'dlrm tune '
-                                            'tune3-criteo30-buckets-dcnv2 on '
+                                            'tune3-criteo30-buckets-dcnv2-arch on '
                                             'criteo-buckets-val30 '
                                             '(benchmarks/tune_recipes.sh): best of '
-                                            '20 trials, validation AUC 0.7408 '
+                                            '40 trials, validation AUC 0.7402 '
                                             '(mean of 3 seeds)',
                                   'tuned_on': 'criteo-tsv-buckets'},
      'small-avazu': {'train': {'optimizer': 'adam',
@@ -167,20 +172,23 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                     'seeds)',
                           'tuned_on': 'criteo-tsv'},
      'small-criteo-tsv-buckets': {'train': {'optimizer': 'adam',
-                                            'lr': 0.0005064,
-                                            'batch_size': 128,
+                                            'lr': 0.001013,
+                                            'batch_size': 64,
                                             'sparse_optimizer': 'rowwise_adagrad',
-                                            'sparse_lr': 0.0304,
-                                            'weight_decay': 1.3e-05,
+                                            'sparse_lr': 0.03234,
+                                            'weight_decay': 6.865e-06,
                                             'epochs': 10,
                                             'patience': 4,
                                             'evals_per_epoch': 4},
-                                  'model': {'embedding_init': 'normal:1e-4'},
+                                  'model': {'embedding_init': 'uniform',
+                                            'bottom_mlp': '64-16',
+                                            'top_mlp': '64-1',
+                                            'cross_layers': 1},
                                   'source': 'dlrm tune '
-                                            'tune3-criteo30-buckets-dlrm_dcnv2 on '
-                                            'criteo-buckets-val30 '
+                                            'tune3-criteo30-buckets-dlrm_dcnv2-arch '
+                                            'on criteo-buckets-val30 '
                                             '(benchmarks/tune_recipes.sh): best of '
-                                            '20 trials, validation AUC 0.7427 '
+                                            '40 trials, validation AUC 0.7448 '
                                             '(mean of 3 seeds)',
                                   'tuned_on': 'criteo-tsv-buckets'},
      'small-avazu': {'train': {'optimizer': 'adam',
@@ -227,19 +235,21 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                     'seeds)',
                           'tuned_on': 'criteo-tsv'},
      'small-criteo-tsv-buckets': {'train': {'optimizer': 'adagrad',
-                                            'lr': 0.1388,
-                                            'batch_size': 128,
+                                            'lr': 0.01203,
+                                            'batch_size': 64,
                                             'sparse_optimizer': 'sgd',
-                                            'sparse_lr': 0.9062,
-                                            'weight_decay': 9.904e-05,
+                                            'sparse_lr': 0.6638,
+                                            'weight_decay': 4.528e-08,
                                             'epochs': 10,
                                             'patience': 4,
                                             'evals_per_epoch': 4},
-                                  'model': {'embedding_init': 'normal:1e-4'},
-                                  'source': 'dlrm tune tune3-criteo30-buckets-wdl '
-                                            'on criteo-buckets-val30 '
+                                  'model': {'embedding_init': 'uniform',
+                                            'deep_mlp': '256-128'},
+                                  'source': 'dlrm tune '
+                                            'tune3-criteo30-buckets-wdl-arch on '
+                                            'criteo-buckets-val30 '
                                             '(benchmarks/tune_recipes.sh): best of '
-                                            '20 trials, validation AUC 0.7436 '
+                                            '40 trials, validation AUC 0.7457 '
                                             '(mean of 3 seeds)',
                                   'tuned_on': 'criteo-tsv-buckets'},
      'small-avazu': {'train': {'optimizer': 'adam',
@@ -286,20 +296,21 @@ TUNED_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                     'seeds)',
                           'tuned_on': 'criteo-tsv'},
      'small-criteo-tsv-buckets': {'train': {'optimizer': 'adam',
-                                            'lr': 0.0001335,
+                                            'lr': 0.0001372,
                                             'batch_size': 64,
                                             'sparse_optimizer': 'sgd',
-                                            'sparse_lr': 0.4987,
-                                            'weight_decay': 3.787e-08,
+                                            'sparse_lr': 0.5828,
+                                            'weight_decay': 1.026e-08,
                                             'epochs': 10,
                                             'patience': 4,
                                             'evals_per_epoch': 4},
-                                  'model': {'embedding_init': 'normal:1e-3'},
+                                  'model': {'embedding_init': 'normal:1e-4',
+                                            'deep_mlp': '512-256'},
                                   'source': 'dlrm tune '
-                                            'tune3-criteo30-buckets-deepfm on '
+                                            'tune3-criteo30-buckets-deepfm-arch on '
                                             'criteo-buckets-val30 '
                                             '(benchmarks/tune_recipes.sh): best of '
-                                            '20 trials, validation AUC 0.7473 '
+                                            '40 trials, validation AUC 0.7468 '
                                             '(mean of 3 seeds)',
                                   'tuned_on': 'criteo-tsv-buckets'},
      'small-avazu': {'train': {'optimizer': 'adam',
