@@ -376,15 +376,15 @@ def categorical_strings(cells: Cells, spec: CategoricalColumn
         return strings, bad, ""
     if t == "prefix":
         return pc.utf8_slice_codeunits(strings, 0, spec.length), bad, ""
-    if t == "bucket":
+    if t in ("bucket", "log_squared"):  # a number made a category: one parse, one bad rule
         values, empty, not_number, out_of_range = parse_float(cells)
-        bucket = np.searchsorted(np.asarray(spec.boundaries, dtype=np.float64), values,
-                                 side="right")
-        out = pa.array(bucket.astype(str), pa.string(), mask=empty)
+        if t == "bucket":
+            bucket = np.searchsorted(np.asarray(spec.boundaries, dtype=np.float64), values,
+                                     side="right")
+            out = pa.array(bucket.astype(str), pa.string(), mask=empty)
+        else:
+            out = log_squared_ids(values, empty)
         return out, not_number | out_of_range, "is not a number"
-    if t == "log_squared":
-        values, empty, not_number, out_of_range = parse_float(cells)
-        return log_squared_ids(values, empty), not_number | out_of_range, "is not a number"
     stamps = pc.strptime(pc.utf8_trim_whitespace(strings), format="%y%m%d%H", unit="s",
                          error_is_null=True)
     bad = (pc.is_null(stamps).to_numpy(zero_copy_only=False)
@@ -398,8 +398,7 @@ def log_squared_ids(values: np.ndarray, empty: np.ndarray) -> pa.Array:
     ``l:floor(ln(v)^2)``; buckets widen as counts grow (3-4 share ``l:1``, 1097-1177 share
     ``l:49``). Null where ``empty``."""
     small = values <= 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        level = np.floor(np.square(np.log(np.where(small, 3.0, values))))
+    level = np.floor(np.square(np.log(np.where(small, 3.0, values))))  # log of values > 2 only
     code = np.where(small, np.floor(values), level).astype(np.int64)
     prefix = np.where(small, "v:", "l:")
     strings = np.char.add(prefix, code.astype(str))
